@@ -1,0 +1,51 @@
+"""The executor interface: how long does a step take?
+
+The SimPy engine never computes time itself. It hands each step to an
+executor: the simulator's executor prices the step with a cost model; the GPU
+executor (``gpu/executor.py``) runs it on real KV tensors and returns the
+measured time. Allocation is never done here: it already happened in the
+scheduler, and the plan carries its results (block tables, copy-on-write
+pairs, swaps).
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from sim.plan import StepPlan, StepShapes
+
+
+@runtime_checkable
+class Executor(Protocol):
+    #: True when every step must be executed one by one (a GPU executor).
+    #: False lets the engine price whole decode stretches at once with
+    #: ``price`` and skip over steps whose outcome is already determined.
+    needs_plans: bool
+
+    def execute(self, plan: StepPlan) -> float:
+        """Run (or price) one step; return its duration in seconds."""
+        ...
+
+    def price(self, shapes: StepShapes) -> np.ndarray:
+        """Durations in seconds of K steps described by ``shapes``.
+
+        Must be elementwise: ``price(s)[i]`` equals the price of step ``i``
+        alone, bit for bit, so that the fast mode equals step-by-step mode.
+        """
+        ...
+
+
+class CostModelExecutor:
+    """Prices steps with a cost model (any object with ``price(shapes)``)."""
+
+    needs_plans = False
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def execute(self, plan: StepPlan) -> float:
+        return float(self.model.price(plan.shapes())[0])
+
+    def price(self, shapes: StepShapes) -> np.ndarray:
+        return self.model.price(shapes)
