@@ -1,0 +1,70 @@
+"""Cost models: how long one engine step takes, and how much KV fits.
+
+A cost model is any object with ``price(shapes: StepShapes) -> np.ndarray``
+(seconds per step, elementwise). Two are provided:
+
+* ``RooflineCostModel``: analytic, from model and GPU presets;
+* ``TableCostModel``: linear models fitted to measured GPU steps and stored
+  in a JSON calibration file (``fit_table`` builds one from rows).
+
+``kv_cache_blocks`` sizes the block pool the way vLLM does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.costmodel.capacity import (
+    default_activation_reserve, kv_cache_blocks, kv_cache_bytes, kv_cache_tokens,
+)
+from sim.costmodel.presets import (
+    GPUS, MODELS, GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, kv_heads_per_gpu,
+    weight_bytes,
+)
+from sim.costmodel.roofline import RooflineCostModel
+from sim.costmodel.table import CalibrationError, TableCostModel, fit_table
+
+__all__ = [
+    "ModelSpec", "GPUSpec", "MODELS", "GPUS", "get_model", "get_gpu", "kv_bytes_per_token",
+    "kv_heads_per_gpu", "weight_bytes", "kv_cache_blocks", "kv_cache_bytes", "kv_cache_tokens",
+    "default_activation_reserve", "RooflineCostModel", "TableCostModel", "CalibrationError",
+    "fit_table", "make_cost_model",
+]
+
+
+def make_cost_model(
+    kind: str | Path = "roofline",
+    model: ModelSpec | str | None = None,
+    gpu: GPUSpec | str | None = None,
+    tp: int | None = None,
+    block_size: int | None = None,
+    **roofline_kwargs,
+):
+    """Build a cost model from a config value.
+
+    ``kind="roofline"`` needs ``model`` and ``gpu`` (names or specs; ``tp``
+    defaults to 1, ``block_size`` to 16, extra keyword arguments go to
+    ``RooflineCostModel``). Anything else is the path of a calibration file;
+    ``model``/``gpu``/``tp``/``block_size``, when given, must match its
+    metadata, because a calibration measured for one setting silently
+    misprices another.
+    """
+    if str(kind) == "roofline":
+        if model is None or gpu is None:
+            raise ValueError("the roofline cost model needs a model and a gpu")
+        return RooflineCostModel(model, gpu, tp or 1, block_size=block_size or 16,
+                                 **roofline_kwargs)
+    if roofline_kwargs:
+        raise ValueError(f"options {sorted(roofline_kwargs)} apply to the roofline model only")
+    table = TableCostModel.from_file(kind)
+    meta = table.meta
+    wanted = {
+        "model": None if model is None else get_model(model).name,
+        "gpu": None if gpu is None else get_gpu(gpu).name,
+        "tp": tp,
+        "block_size": block_size,
+    }
+    for key, want in wanted.items():
+        have = meta.get(key, 1) if key == "tp" else meta.get(key)
+        if want is not None and str(have).lower() != str(want).lower():
+            raise ValueError(f"{kind}: calibrated for {key}={have!r}, but {key}={want!r} was asked")
+    return table
