@@ -1,0 +1,83 @@
+"""Optional log of every allocator reference change, one row each.
+
+Schema (documented in README.md; external tools read it):
+
+``step`` (int, set by the engine), ``seq`` (int or NA for ``evict``),
+``kind`` (one of KINDS), ``block`` (int), ``src_block`` (int or NA).
+
+* ``alloc``     seq takes a block nobody holds
+* ``cache_hit`` seq takes a reference to a cached block
+* ``fork``      seq (the child) takes a reference to a block another seq holds
+* ``cow``       seq drops the shared ``src_block`` and takes the fresh ``block``
+* ``free``      seq drops its reference to ``block`` (it may stay cached)
+* ``evict``     a block nobody holds loses its cached content (no seq)
+* ``swap_out``  seq drops GPU ``src_block`` and takes CPU ``block``
+* ``swap_in``   seq drops CPU ``src_block`` and takes GPU ``block``
+
+GPU and CPU block ids are separate spaces. Rows are stored as parallel int
+lists (cheap to append) and become a DataFrame only when asked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+KINDS = ("alloc", "free", "fork", "cow", "cache_hit", "evict", "swap_out", "swap_in")
+ALLOC, FREE, FORK, COW, CACHE_HIT, EVICT, SWAP_OUT, SWAP_IN = range(len(KINDS))
+NA = -1
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self.step = 0
+        self.steps: list[int] = []
+        self.seqs: list[int] = []
+        self.kinds: list[int] = []
+        self.blocks: list[int] = []
+        self.srcs: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def add(self, seq: int, kind: int, block: int, src: int = NA) -> None:
+        self.steps.append(self.step)
+        self.seqs.append(seq)
+        self.kinds.append(kind)
+        self.blocks.append(block)
+        self.srcs.append(src)
+
+    def rows(self) -> list[tuple]:
+        """(step, seq, kind name, block, src_block) with None for NA."""
+        return [
+            (st, None if sq == NA else sq, KINDS[k], b, None if s == NA else s)
+            for st, sq, k, b, s in zip(self.steps, self.seqs, self.kinds, self.blocks, self.srcs)
+        ]
+
+    def to_dataframe(self):
+        import numpy as np
+        import pandas as pd
+
+        def nullable(xs):
+            a = np.asarray(xs, dtype=np.int64)
+            return pd.arrays.IntegerArray(a, a == NA)
+
+        return pd.DataFrame({
+            "step": np.asarray(self.steps, dtype=np.int64),
+            "seq": nullable(self.seqs),
+            "kind": pd.Categorical.from_codes(np.asarray(self.kinds, dtype=np.int8), categories=list(KINDS)),
+            "block": np.asarray(self.blocks, dtype=np.int64),
+            "src_block": nullable(self.srcs),
+        })
+
+    def write(self, path: str | Path) -> Path:
+        """Write as .parquet or .csv (by suffix), atomically (tmp + rename)."""
+        path = Path(path)
+        df = self.to_dataframe()
+        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"{path}: event log must end in .parquet or .csv")
+        tmp.replace(path)
+        return path

@@ -1,0 +1,72 @@
+"""Invariants of the paged KV-cache manager, checkable at any moment.
+
+Used after every step of the property-based tests, and available to users
+who write their own allocator policies. Each failure message names the
+broken invariant.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from sim.accounting import CATEGORIES
+
+
+def check_pool_links(pool) -> None:
+    q = pool.free_queue
+    seen = 0
+    prev = q._head
+    b = q._head.next
+    while b is not q._tail:
+        assert b.prev is prev, f"free-queue links broken at block {b.id}: prev mismatch"
+        assert b.ref_cnt == 0, f"block {b.id} is in the free queue with ref_cnt {b.ref_cnt}"
+        seen += 1
+        assert seen <= pool.num_blocks, "free queue has a cycle"
+        prev, b = b, b.next
+    assert q._tail.prev is prev, "free-queue tail sentinel is not linked to the last block"
+    assert seen == len(q), f"free-queue length {len(q)} != {seen} linked blocks"
+
+
+def check_pool(pool, holders: Counter) -> None:
+    """``holders``: block id -> number of block tables holding it."""
+    check_pool_links(pool)
+    null = pool.null_block
+    for b in pool.blocks:
+        expected = holders.get(b.id, 0) + (1 if b is null else 0)
+        assert b.ref_cnt == expected, (
+            f"ref count of block {b.id} is {b.ref_cnt} but {expected} tables hold it")
+        queued = b.prev is not None
+        assert queued == (b.ref_cnt == 0), (
+            f"block {b.id}: in free queue={queued} but ref_cnt={b.ref_cnt}")
+    used = sum(1 for b in pool.blocks if b.ref_cnt > 0)
+    assert pool.num_free + used == pool.num_blocks, "free + in use != total blocks"
+    for h, b in pool.cached.items():
+        assert b.hash == h, f"hash map entry {h} points to block {b.id} whose hash is {b.hash}"
+    hashed = [b for b in pool.blocks if b.hash is not None]
+    assert len(hashed) == len(pool.cached), "a block carries a hash that the map does not know"
+    cached_free = sum(1 for b in hashed if b.ref_cnt == 0)
+    assert cached_free == pool.num_cached_free, (
+        f"num_cached_free {pool.num_cached_free} != {cached_free} hashed free blocks")
+
+
+def check_manager(m) -> None:
+    """All invariants of a ``PagedKVCacheManager``."""
+    gpu, cpu = Counter(), Counter()
+    for s in m.seqs.values():
+        (cpu if s.on_cpu else gpu).update(s.table)
+        assert len(s.table) == -(-s.num_tokens // m.block_size), (
+            f"block table of {len(s.table)} blocks for {s.num_tokens} tokens")
+    check_pool(m.pool, gpu)
+    if m.cpu_pool is not None:
+        check_pool(m.cpu_pool, cpu)
+    live = sum(m.pool.blocks[b].fill for b in gpu)
+    assert live == m.live_tokens, f"live_tokens {m.live_tokens} != {live} filled slots in held blocks"
+    for b in m.pool.blocks:
+        if b.hash is not None:
+            assert b.fill == m.block_size, f"block {b.id} is cached but only {b.fill} slots full"
+    check_split(m.usage(), m.capacity_tokens)
+
+
+def check_split(split, capacity: int) -> None:
+    for k in CATEGORIES:
+        assert getattr(split, k) >= 0, f"accounting category {k} is negative: {split}"
+    assert split.capacity == capacity, f"accounting categories sum to {split.capacity}, not {capacity}"

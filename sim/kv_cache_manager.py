@@ -1,0 +1,322 @@
+"""Paged KV-cache manager: per-sequence block tables over one block pool.
+
+Both generations of vLLM's block manager live here, because users compare
+them: V1 prefix caching (chained block hashes, LRU reuse of freed blocks) and
+V0 fork / copy-on-write for parallel sampling and beam search, plus swapping
+to a CPU pool (``sim/swap.py``). Each action has a check beside it
+(``can_allocate`` / ``allocate``, ``can_append`` / ``append_slots``); a
+failed action raises before changing anything.
+
+Block table of a sequence with ``num_tokens = 37``, ``block_size = 16``::
+
+    logical  | 0: tokens 0-15 | 1: tokens 16-31 | 2: tokens 32-36 + 11 empty |
+    physical |     b7         |      b2         |      b9                    |
+
+Blocks 0 and 1 are full and (with prefix caching) hashed; block 2 is partial
+and never shared through the cache, only through ``fork``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.accounting import MemorySplit
+from sim.block_keys import UNIQUE_KEY_BASE, BlockKeys
+from sim.block_pool import Block, BlockPool
+from sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from sim.event_log import ALLOC, CACHE_HIT, COW, EVICT, FORK, FREE, EventLog
+from sim.swap import SwapMixin
+
+
+@dataclass(slots=True)
+class SeqState:
+    table: list[int]          # physical block ids, logical order
+    num_tokens: int           # token slots in use
+    keys: BlockKeys | None    # content identities for prefix caching
+    num_hashed: int = 0       # leading full blocks already given a key
+    on_cpu: bool = False      # swapped out: table holds CPU block ids
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class PagedKVCacheManager(SwapMixin):
+    """Block tables for sequences, on a pool of ``num_blocks`` GPU blocks.
+
+    Sequence ids are ints, unique within a run (a forked child has its own).
+    ``live_tokens`` is the number of token slots holding live K/V, counting
+    a shared block once: it is what makes memory sharing measurable.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        enable_prefix_caching: bool = False,
+        num_cpu_blocks: int = 0,
+        null_block: bool = False,
+        event_log: EventLog | None = None,
+    ) -> None:
+        if not isinstance(block_size, int) or not 1 <= block_size <= 256:
+            raise InvalidArgument(f"block_size must be an int in 1..256, got {block_size!r}")
+        if not isinstance(num_cpu_blocks, int) or num_cpu_blocks < 0:
+            raise InvalidArgument(f"num_cpu_blocks must be an int >= 0, got {num_cpu_blocks!r}")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.log = event_log
+        on_evict = (lambda b: event_log.add(-1, EVICT, b)) if event_log is not None else None
+        self.pool = BlockPool(num_blocks, null_block=null_block, on_evict=on_evict)
+        self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks else None
+        self.seqs: dict[int, SeqState] = {}
+        self.live_tokens = 0
+        self._next_unique = UNIQUE_KEY_BASE
+        # Statistics for the simulator's summary.
+        self.hit_tokens = 0
+        self.queried_tokens = 0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free
+
+    def _seq(self, seq_id: int) -> SeqState:
+        s = self.seqs.get(seq_id)
+        if s is None:
+            raise UnknownSequence(f"sequence {seq_id} is not held by the KV-cache manager")
+        return s
+
+    def block_table(self, seq_id: int) -> list[int]:
+        return self._seq(seq_id).table
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seq(seq_id).num_tokens
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return cdiv(num_tokens, self.block_size)
+
+    # ----------------------------------------------------------- prefix cache
+    def cached_prefix(self, num_tokens: int, keys: BlockKeys | None) -> list[Block]:
+        """Longest run of cached leading blocks usable for a new sequence of
+        ``num_tokens`` tokens. The last token is always recomputed (its
+        logits are needed), so at most ``(num_tokens - 1) // block_size``
+        blocks can hit."""
+        if not self.enable_prefix_caching or keys is None:
+            return []
+        limit = min(keys.known_blocks, (num_tokens - 1) // self.block_size)
+        hits = []
+        lookup = self.pool.cached.get
+        for i in range(limit):
+            b = lookup(keys.key(i))
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    def num_cached_tokens(self, num_tokens: int, keys: BlockKeys | None) -> int:
+        return len(self.cached_prefix(num_tokens, keys)) * self.block_size
+
+    # ---------------------------------------------------------------- allocate
+    def _allocate_need(self, num_tokens: int, hits: list[Block]) -> int:
+        """Free blocks consumed: new blocks plus idle hit blocks revived."""
+        revived = sum(1 for b in hits if b.ref_cnt == 0)
+        return cdiv(num_tokens, self.block_size) - len(hits) + revived
+
+    def can_allocate(self, num_tokens: int, keys: BlockKeys | None = None, *,
+                     watermark_blocks: int = 0, max_tokens: int | None = None) -> bool:
+        if num_tokens <= 0:
+            return False
+        hits = self.cached_prefix(num_tokens, keys)
+        return self._allocate_need(num_tokens, hits) + watermark_blocks <= self.pool.num_free
+
+    def allocate(self, seq_id: int, num_tokens: int, keys: BlockKeys | None = None, *,
+                 max_tokens: int | None = None) -> int:
+        """Give a new sequence slots for its first ``num_tokens`` tokens,
+        reusing its longest cached prefix. Returns the number of tokens whose
+        K/V was found in the cache (the scheduler skips computing them).
+        ``max_tokens`` (final length) is ignored here: paged memory grows on
+        demand; the contiguous baselines need it."""
+        if seq_id in self.seqs:
+            raise InvalidArgument(f"sequence {seq_id} already has a block table")
+        if not isinstance(num_tokens, int) or num_tokens <= 0:
+            raise InvalidArgument(f"num_tokens must be a positive int, got {num_tokens!r}")
+        hits = self.cached_prefix(num_tokens, keys)
+        need = self._allocate_need(num_tokens, hits)
+        if need > self.pool.num_free:
+            raise OutOfBlocks(f"sequence {seq_id}: needs {need} blocks, {self.pool.num_free} free")
+        log, bs = self.log, self.block_size
+        for b in hits:
+            if b.ref_cnt == 0:
+                self.live_tokens += bs
+            self.pool.touch(b)
+            if log is not None:
+                log.add(seq_id, CACHE_HIT, b.id)
+        new = self.pool.get_new_blocks(cdiv(num_tokens, bs) - len(hits))
+        table = [b.id for b in hits]
+        left = num_tokens - len(hits) * bs
+        for b in new:
+            b.fill = bs if left >= bs else left
+            left -= b.fill
+            table.append(b.id)
+            if log is not None:
+                log.add(seq_id, ALLOC, b.id)
+        self.live_tokens += num_tokens - len(hits) * bs
+        s = SeqState(table, num_tokens, keys, num_hashed=len(hits))
+        self.seqs[seq_id] = s
+        self._hash_full_blocks(s)
+        cached = len(hits) * bs
+        if self.enable_prefix_caching:
+            self.hit_tokens += cached
+            self.queried_tokens += num_tokens
+        return cached
+
+    def _hash_full_blocks(self, s: SeqState) -> None:
+        """Enter every newly full block of ``s`` into the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        full = s.num_tokens // self.block_size
+        keys, blocks, cache = s.keys, self.pool.blocks, self.pool.cache
+        for i in range(s.num_hashed, full):
+            if keys is not None and i < keys.known_blocks:
+                h = keys.key(i)
+            else:
+                h = self._next_unique
+                self._next_unique += 1
+            cache(blocks[s.table[i]], h)
+        if full > s.num_hashed:
+            s.num_hashed = full
+
+    # ------------------------------------------------------------------ append
+    def _append_need(self, s: SeqState, n: int) -> tuple[int, bool]:
+        bs = self.block_size
+        new_blocks = cdiv(s.num_tokens + n, bs) - len(s.table)
+        last = self.pool.blocks[s.table[-1]] if s.table else None
+        cow = last is not None and last.ref_cnt > 1 and last.fill < bs and n > 0
+        return new_blocks, cow
+
+    def can_append(self, seq_id: int, n: int = 1) -> bool:
+        s = self._seq(seq_id)
+        if s.on_cpu:
+            return False
+        new_blocks, cow = self._append_need(s, n)
+        return new_blocks + cow <= self.pool.num_free
+
+    def append_slots(self, seq_id: int, n: int = 1) -> list[tuple[int, int]]:
+        """Make room for ``n`` more tokens; a new block only when the last one
+        is full. If the last block is partial and shared (after ``fork``), it
+        is copied first: the ``(src, dst)`` pair is returned so an executor
+        can copy the data. Returns ``[]`` when nothing had to be copied."""
+        s = self._seq(seq_id)
+        if s.on_cpu:
+            raise InvalidArgument(f"sequence {seq_id} is swapped out; swap it in before appending")
+        if not isinstance(n, int) or n < 0:
+            raise InvalidArgument(f"n must be an int >= 0, got {n!r}")
+        bs, blocks = self.block_size, self.pool.blocks
+        if s.table:
+            last = blocks[s.table[-1]]
+            # Fast path: the decode step of an unshared sequence with room left.
+            if last.ref_cnt == 1 and last.fill + n <= bs:
+                last.fill += n
+                s.num_tokens += n
+                self.live_tokens += n
+                if last.fill == bs:
+                    self._hash_full_blocks(s)
+                return []
+        new_blocks, cow = self._append_need(s, n)
+        if new_blocks + cow > self.pool.num_free:
+            raise OutOfBlocks(f"sequence {seq_id}: needs {new_blocks + cow} blocks, "
+                              f"{self.pool.num_free} free")
+        pairs = []
+        if cow:
+            pairs.append(self._copy_on_write(seq_id, s))
+        log = self.log
+        for b in self.pool.get_new_blocks(new_blocks):
+            s.table.append(b.id)
+            if log is not None:
+                log.add(seq_id, ALLOC, b.id)
+        # Fill slots block by block from the first non-full one.
+        left, i = n, s.num_tokens // bs
+        while left:
+            b = blocks[s.table[i]]
+            take = min(bs - b.fill, left)
+            b.fill += take
+            left -= take
+            i += 1
+        s.num_tokens += n
+        self.live_tokens += n
+        self._hash_full_blocks(s)
+        return pairs
+
+    def _copy_on_write(self, seq_id: int, s: SeqState) -> tuple[int, int]:
+        src = self.pool.blocks[s.table[-1]]
+        dst = self.pool.get_new_blocks(1)[0]
+        dst.fill = src.fill
+        self.live_tokens += src.fill
+        released = self.pool.release(src)
+        assert not released, f"copy-on-write source block {src.id} had no other holder"
+        s.table[-1] = dst.id
+        if self.log is not None:
+            self.log.add(seq_id, COW, dst.id, src.id)
+        return (src.id, dst.id)
+
+    # -------------------------------------------------------------- fork, free
+    def fork(self, parent_id: int, child_id: int) -> None:
+        """Child shares every block of the parent (ref counts up, nothing
+        allocated); later appends copy a shared partial last block."""
+        p = self._seq(parent_id)
+        if child_id in self.seqs:
+            raise InvalidArgument(f"sequence {child_id} already has a block table")
+        if p.on_cpu:
+            raise InvalidArgument(f"sequence {parent_id} is swapped out; cannot fork it")
+        blocks, log = self.pool.blocks, self.log
+        for bid in p.table:
+            blocks[bid].ref_cnt += 1
+            if log is not None:
+                log.add(child_id, FORK, bid)
+        keys = p.keys.truncated(p.num_tokens // self.block_size) if p.keys is not None else None
+        self.seqs[child_id] = SeqState(list(p.table), p.num_tokens, keys, p.num_hashed)
+
+    def free(self, seq_id: int) -> None:
+        """Release a sequence's blocks, tail first (see ``BlockPool``)."""
+        s = self.seqs.get(seq_id)
+        if s is None:
+            raise UnknownSequence(f"cannot free sequence {seq_id}: not held")
+        if s.on_cpu:
+            self._free_on_cpu(seq_id, s)
+            return
+        del self.seqs[seq_id]
+        pool, blocks, log = self.pool, self.pool.blocks, self.log
+        for bid in reversed(s.table):
+            b = blocks[bid]
+            fill = b.fill
+            if pool.release(b):
+                self.live_tokens -= fill
+            if log is not None:
+                log.add(seq_id, FREE, bid)
+
+    def _free_on_cpu(self, seq_id: int, s: SeqState) -> None:
+        del self.seqs[seq_id]
+        for bid in reversed(s.table):
+            self.cpu_pool.release(self.cpu_pool.blocks[bid])
+            if self.log is not None:
+                self.log.add(seq_id, FREE, bid)
+
+    # ------------------------------------------------------------- accounting
+    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
+        """Where the GPU pool's token slots are now (``pending_tokens`` is
+        ignored: paged memory has no external fragmentation)."""
+        bs, pool = self.block_size, self.pool
+        null = 1 if pool.null_block is not None else 0
+        used = pool.num_blocks - pool.num_free - null
+        return MemorySplit(
+            token_states=self.live_tokens,
+            reserved=null * bs,
+            internal_frag=used * bs - self.live_tokens,
+            external_frag=0,
+            cached_free=pool.num_cached_free * bs,
+            free=(pool.num_free - pool.num_cached_free) * bs,
+        )
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.pool.num_blocks * self.block_size
