@@ -1,0 +1,235 @@
+"""Paged decode attention: one query token per sequence over its paged KV.
+
+Layout (vLLM V1 / FlashAttention)::
+
+    k_cache, v_cache   [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables       int32 [batch, max_blocks]   physical block ids
+    token t of seq b   lives at block_tables[b, t // block_size], offset t % block_size
+
+Work split::
+
+    grid = (num_kv_heads, batch, num_splits)
+    program (h, b, s) ── all GROUP = num_heads // num_kv_heads query heads of
+                         kv head h (padded to >= 16 rows for tl.dot), over the
+                         token tiles [s * tiles_per_split, (s+1) * tiles_per_split)
+                         of sequence b; each K/V tile is loaded once per group.
+
+With one split the program writes the output. With several (flash-decoding)
+it writes a normalised partial output and its log2-sum-exp; a second small
+kernel merges them, or, when ``counters`` is given, the last program of each
+(b, h) to finish merges them in the same launch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _merge_splits(opart_ptr, lse_ptr, out_ptr, b, heads, gmask, d, dmask,
+                  num_heads, num_splits, stride_ob, stride_oh,
+                  HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[b, heads] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)."""
+    row = (b * num_heads + heads).to(tl.int64) * num_splits  # split 0 of each head
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    for s in range(num_splits):
+        lse = tl.load(lse_ptr + row + s, mask=gmask, other=float("-inf"), cache_modifier=".cg")
+        m = tl.maximum(m, lse)
+    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: weights 0, output 0
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    wsum = tl.zeros([BLOCK_G], tl.float32)
+    for s in range(num_splits):
+        lse = tl.load(lse_ptr + row + s, mask=gmask, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp2(lse - m)
+        o = tl.load(opart_ptr + (row + s)[:, None] * HEAD_DIM + d[None, :],
+                    mask=gmask[:, None] & dmask[None, :], other=0.0, cache_modifier=".cg")
+        acc += w[:, None] * o
+        wsum += w
+    out = acc / tl.maximum(wsum, 1e-30)[:, None]
+    tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, opart_ptr, lse_ptr, cnt_ptr,
+    qk_scale, num_kv_heads, tiles_per_split, num_splits,
+    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, FUSED_MERGE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    kvh = tl.program_id(0)
+    b = tl.program_id(1)
+    s = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + b)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    n = tl.arange(0, TILE_N)
+    heads = kvh * GROUP + g
+    gmask = g < GROUP
+    dmask = d < HEAD_DIM
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + b.to(tl.int64) * stride_btb
+    head_off = kvh.to(tl.int64) * stride_kh
+    tile_lo = s * tiles_per_split
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(ctx, TILE_N))
+    for t in range(tile_lo, tile_hi):
+        tok = t * TILE_N + n
+        tmask = tok < ctx
+        blk = tl.load(bt_row + tok // BLOCK_SIZE, mask=tmask, other=0).to(tl.int64)
+        row = blk * stride_kb + (tok % BLOCK_SIZE) * stride_ks + head_off
+        kv_mask = tmask[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        qk = tl.where(tmask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every visited tile has a valid token
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+
+    o = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty range: acc == 0, o == 0
+    if SPLIT:
+        num_heads = num_kv_heads * GROUP
+        row_s = (b * num_heads + heads).to(tl.int64) * num_splits + s
+        tl.store(opart_ptr + row_s[:, None] * HEAD_DIM + d[None, :], o, mask=gmask[:, None] & dmask[None, :])
+        tl.store(lse_ptr + row_s, m_i + tl.log2(tl.maximum(l_i, 1e-30)), mask=gmask)  # -inf when empty
+        if FUSED_MERGE:
+            # Release this program's partials, count it; the last one merges.
+            tl.debug_barrier()
+            cnt_p = cnt_ptr + b * num_kv_heads + kvh
+            done = tl.atomic_add(cnt_p, 1, sem="acq_rel", scope="gpu")
+            if done == num_splits - 1:
+                tl.debug_barrier()
+                _merge_splits(opart_ptr, lse_ptr, out_ptr, b, heads, gmask, d, dmask, num_heads, num_splits,
+                              stride_ob, stride_oh, HEAD_DIM, BLOCK_G, BLOCK_D)
+                tl.atomic_xchg(cnt_p, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    else:
+        tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_kv_heads, num_splits, stride_ob, stride_oh,
+                  GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    kvh = tl.program_id(0)
+    b = tl.program_id(1)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    _merge_splits(opart_ptr, lse_ptr, out_ptr, b, kvh * GROUP + g, g < GROUP, d, d < HEAD_DIM,
+                  num_kv_heads * GROUP, num_splits, stride_ob, stride_oh, HEAD_DIM, BLOCK_G, BLOCK_D)
+
+
+def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
+                  head_dim: int) -> dict:
+    """Heuristic launch parameters (tile, warps, stages, splits) as data.
+
+    Splits: enough (batch * kv_heads * splits) programs to give every SM
+    ``waves`` programs, but never fewer than ``min_tiles`` tiles per split.
+    """
+    if device.type != "cuda":
+        cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1, min_tiles=1)
+    else:
+        cfg = dict(tile_n=64 if head_dim <= 128 else 32, num_warps=4, num_stages=3, waves=2, min_tiles=2)
+    tiles = max(1, triton.cdiv(max_context_len, cfg["tile_n"]))
+    want = triton.cdiv(cfg["waves"] * num_sms(device), n_groups)
+    cfg["num_splits"] = max(1, min(want, tiles // cfg["min_tiles"]))
+    return cfg
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float | None = None, *, max_context_len: int | None = None,
+                 num_splits: int | None = None, tile_n: int | None = None, num_warps: int | None = None,
+                 num_stages: int | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of q [batch, num_heads, head_dim] over each sequence's paged KV.
+
+    ``max_context_len`` (default: block_tables.shape[1] * block_size, so no
+    device sync and graph-capturable) only sizes the split-K grid.
+    ``counters``: int32 zeros of >= batch * num_kv_heads elements; when given,
+    the split merge runs inside the same launch (left zeroed again; do not
+    share between concurrent launches). Other keywords override the heuristic.
+    """
+    device = check_device(q, k_cache, v_cache, block_tables, context_lens)
+    check_cache(k_cache, v_cache)
+    _, block_size, num_kv_heads, head_dim = k_cache.shape
+    assert q.dim() == 3, f"q must be [batch, num_heads, head_dim], got {tuple(q.shape)}"
+    batch, num_heads, _ = q.shape
+    assert q.shape[2] == head_dim, f"q head_dim {q.shape[2]} != cache head_dim {head_dim}"
+    assert q.dtype == k_cache.dtype and q.dtype in ATTN_TYPES, f"q/cache dtypes {q.dtype}/{k_cache.dtype}: same, fp16/bf16/fp32"
+    assert q.stride(2) == 1, "q's head_dim must be contiguous"
+    assert num_heads % num_kv_heads == 0, f"num_heads {num_heads} not a multiple of num_kv_heads {num_kv_heads}"
+    assert head_dim >= 16, f"head_dim {head_dim} < 16 (tl.dot minimum)"
+    assert block_tables.dim() == 2 and block_tables.shape[0] == batch, "block_tables must be [batch, max_blocks]"
+    assert block_tables.dtype == torch.int32 and block_tables.stride(1) == 1, "block_tables: int32, contiguous rows"
+    assert context_lens.shape == (batch,) and context_lens.dtype == torch.int32, "context_lens: int32 [batch]"
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if max_context_len is None:
+        max_context_len = block_tables.shape[1] * block_size
+
+    group = num_heads // num_kv_heads
+    cfg = decode_config(device, batch * num_kv_heads, max_context_len, block_size, head_dim)
+    tile_n = tile_n or cfg["tile_n"]
+    assert tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n {tile_n}: a power of two >= 16"
+    tiles = max(1, triton.cdiv(max_context_len, tile_n))
+    splits = min(num_splits or cfg["num_splits"], tiles)
+    tiles_per_split = triton.cdiv(tiles, splits)
+    splits = triton.cdiv(tiles, tiles_per_split)  # no split left without tiles
+
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if splits > 1:
+        opart = torch.empty(batch, num_heads, splits, head_dim, device=device, dtype=torch.float32)
+        lse = torch.empty(batch, num_heads, splits, device=device, dtype=torch.float32)
+    else:
+        opart, lse = out, out  # unused
+    fused = counters is not None and splits > 1
+    if fused:
+        assert counters.dtype == torch.int32 and counters.numel() >= batch * num_kv_heads, \
+            "counters: int32 zeros with >= batch * num_kv_heads elements"
+    meta = dict(GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim))
+    _paged_decode_kernel[(num_kv_heads, batch, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, out, opart, lse, counters if fused else context_lens,
+        scale * LOG2E, num_kv_heads, tiles_per_split, splits,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, FUSED_MERGE=fused,
+        DOT_PREC=dot_precision(q.dtype), num_warps=num_warps or cfg["num_warps"],
+        num_stages=num_stages or cfg["num_stages"], **meta,
+    )
+    if splits > 1 and not fused:
+        _merge_kernel[(num_kv_heads, batch)](opart, lse, out, num_kv_heads, splits, out.stride(0), out.stride(1),
+                                             num_warps=4 if device.type == "cuda" else 1, **meta)
+    return out
+
+
+def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     context_lens: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Dense float32 reference: gather each sequence's KV, then softmax attention."""
+    batch, num_heads, head_dim = q.shape
+    group = num_heads // k_cache.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    out = torch.zeros(batch, num_heads, head_dim, dtype=torch.float32, device=q.device)
+    for b in range(batch):
+        n = int(context_lens[b])
+        if n == 0:
+            continue
+        k = gather_kv(k_cache, block_tables[b], n).repeat_interleave(group, dim=1)  # [n, H, D]
+        v = gather_kv(v_cache, block_tables[b], n).repeat_interleave(group, dim=1)
+        w = torch.softmax(torch.einsum("hd,nhd->hn", q[b].float(), k) * scale, dim=-1)
+        out[b] = torch.einsum("hn,nhd->hd", w, v)
+    return out
