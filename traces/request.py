@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from traces.pages import page_keys
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -39,3 +41,34 @@ class Request:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
+
+    @property
+    def hashed_tokens(self) -> int:
+        """How many leading tokens ``block_hashes`` identify (0 without them).
+
+        The hashes cover the prompt and the output when there are more of
+        them than the prompt needs and exactly as many as prompt + output
+        need; otherwise only the prompt. When the output ends inside the
+        prompt's last block the two readings have equally many ids; we then
+        take the prompt alone, which never claims content it does not know.
+        """
+        if self.block_hashes is None or not self.hash_block_size:
+            return 0
+        size, count = self.hash_block_size, len(self.block_hashes)
+        prompt_blocks = -(-self.prompt_tokens // size)
+        if count > prompt_blocks and count == -(-self.total_tokens // size):
+            return self.total_tokens
+        return min(self.prompt_tokens, count * size)
+
+    def page_keys(self, page_size: int, num_tokens: int | None = None) -> list[int]:
+        """Identities of the full pages among the first ``num_tokens`` tokens.
+
+        ``num_tokens`` defaults to, and is clipped at, ``hashed_tokens``:
+        pages past the hashed tokens have no known identity. See
+        ``traces.pages.page_keys`` for the rule.
+        """
+        covered = self.hashed_tokens
+        if covered == 0:
+            return []
+        limit = covered if num_tokens is None else min(num_tokens, covered)
+        return page_keys(self.block_hashes, self.hash_block_size, limit, page_size)

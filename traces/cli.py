@@ -1,0 +1,74 @@
+"""``pagesim trace ...`` subcommands; ``sim/cli.py`` mounts them with
+``add_subcommands(subparsers)``. Also runs alone: ``python -m traces.cli``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from traces.errors import TraceError
+from traces.load import FORMATS, ON_TOO_LONG, load_trace, read_table
+from traces.stats import format_stats, trace_stats
+from traces.trace import Trace
+
+
+def add_subcommands(subparsers) -> None:
+    """Register ``trace`` (with ``stats``) on an argparse subparsers object.
+    Each leaf parser sets ``func``: call ``args.func(args)`` for an exit code."""
+    trace = subparsers.add_parser("trace", help="inspect request traces",
+                                  description="Inspect request traces.")
+    sub = trace.add_subparsers(dest="trace_command", metavar="COMMAND", required=True)
+    stats = sub.add_parser(
+        "stats", help="rows, rate, burstiness, lengths and prefix reuse of a trace",
+        description="Print rows, duration, arrival rate, burstiness (CV of "
+                    "inter-arrival gaps), mean/p50/p99 of prompt and output tokens, "
+                    "and the prefix-reuse ratio under an unlimited cache when the "
+                    "trace has hash ids or token ids.")
+    stats.add_argument("file", help="trace file (format detected unless --format)")
+    stats.add_argument("--format", choices=FORMATS, default=None,
+                       help="the file's format, if detection should not decide")
+    stats.add_argument("--rate", type=float, default=None,
+                       help="Poisson arrivals at R requests/s (length-only files "
+                            "have no times; for others, replaces them)")
+    stats.add_argument("--seed", type=int, default=0, help="seed for --rate arrivals")
+    stats.add_argument("--max-model-len", type=int, default=None,
+                       help="limit on prompt + output tokens per request")
+    stats.add_argument("--on-too-long", choices=ON_TOO_LONG, default="reject",
+                       help="what to do with requests over --max-model-len")
+    stats.add_argument("--sort", action="store_true",
+                       help="sort rows by arrival instead of rejecting disorder")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.set_defaults(func=run_stats)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    try:
+        table = read_table(args.file, args.format)
+        untimed = table.meta.get("needs_arrival") and args.rate is None
+        if untimed:
+            trace = Trace.from_frame(table.frame, table.source, table.meta)
+        else:
+            trace = load_trace(args.file, table.fmt, arrival=args.rate, seed=args.seed,
+                               max_model_len=args.max_model_len,
+                               on_too_long=args.on_too_long, sort=args.sort)
+    except (TraceError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stats = trace_stats(trace, timed=not untimed)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_stats(stats, f"{args.file} ({table.fmt})"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pagesim")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
