@@ -175,24 +175,31 @@ class PagedKVCacheManager(SwapMixin):
         if not self.enable_prefix_caching:
             return
         full = s.num_tokens // self.block_size
-        keys, blocks, cache = s.keys, self.pool.blocks, self.pool.cache
+        keys, blocks, cached = s.keys, self.pool.blocks, self.pool.cached
+        known = keys.known_blocks if keys is not None else 0
         for i in range(s.num_hashed, full):
-            if keys is not None and i < keys.known_blocks:
+            b = blocks[s.table[i]]
+            if b.hash is not None:  # shared with a fork sibling that hashed it
+                continue
+            if i < known:
                 h = keys.key(i)
             else:
                 h = self._next_unique
                 self._next_unique += 1
-            cache(blocks[s.table[i]], h)
+            # Inlined BlockPool.cache: one entry per content, first block wins.
+            if h not in cached:
+                cached[h] = b
+                b.hash = h
         if full > s.num_hashed:
             s.num_hashed = full
 
     # ------------------------------------------------------------------ append
     def _append_need(self, s: SeqState, n: int) -> tuple[int, bool]:
+        """(new blocks, whether the shared partial last block must be copied)."""
         bs = self.block_size
-        new_blocks = cdiv(s.num_tokens + n, bs) - len(s.table)
-        last = self.pool.blocks[s.table[-1]] if s.table else None
-        cow = last is not None and last.ref_cnt > 1 and last.fill < bs and n > 0
-        return new_blocks, cow
+        new_blocks = -(-(s.num_tokens + n) // bs) - len(s.table)
+        last = self.pool.blocks[s.table[-1]]
+        return new_blocks, (n > 0 and last.ref_cnt > 1 and last.fill < bs)
 
     def can_append(self, seq_id: int, n: int = 1) -> bool:
         s = self._seq(seq_id)
@@ -206,46 +213,55 @@ class PagedKVCacheManager(SwapMixin):
         is full. If the last block is partial and shared (after ``fork``), it
         is copied first: the ``(src, dst)`` pair is returned so an executor
         can copy the data. Returns ``[]`` when nothing had to be copied."""
-        s = self._seq(seq_id)
-        if s.on_cpu:
-            raise InvalidArgument(f"sequence {seq_id} is swapped out; swap it in before appending")
-        if not isinstance(n, int) or n < 0:
-            raise InvalidArgument(f"n must be an int >= 0, got {n!r}")
-        bs, blocks = self.block_size, self.pool.blocks
-        if s.table:
-            last = blocks[s.table[-1]]
-            # Fast path: the decode step of an unshared sequence with room left.
-            if last.ref_cnt == 1 and last.fill + n <= bs:
-                last.fill += n
-                s.num_tokens += n
-                self.live_tokens += n
-                if last.fill == bs:
-                    self._hash_full_blocks(s)
-                return []
-        new_blocks, cow = self._append_need(s, n)
-        if new_blocks + cow > self.pool.num_free:
+        s = self.seqs.get(seq_id)
+        if s is None or s.on_cpu or not isinstance(n, int) or n < 0:
+            self._reject_append(seq_id, s, n)
+        bs = self.block_size
+        table = s.table
+        last = self.pool.blocks[table[-1]]
+        room = bs - last.fill
+        if last.ref_cnt == 1 and n <= room:
+            # Fast path: an unshared last block with room left.
+            last.fill += n
+            s.num_tokens += n
+            self.live_tokens += n
+            if n == room and self.enable_prefix_caching:
+                self._hash_full_blocks(s)
+            return []
+        new_blocks = (s.num_tokens + n + bs - 1) // bs - len(table)
+        cow = n > 0 and room > 0 and last.ref_cnt > 1
+        if new_blocks + cow > self.pool.free_queue._len:
             raise OutOfBlocks(f"sequence {seq_id}: needs {new_blocks + cow} blocks, "
                               f"{self.pool.num_free} free")
         pairs = []
         if cow:
             pairs.append(self._copy_on_write(seq_id, s))
+            last = self.pool.blocks[s.table[-1]]
+        left = n
+        take = bs - last.fill
+        if take > left:
+            take = left
+        last.fill += take
+        left -= take
         log = self.log
         for b in self.pool.get_new_blocks(new_blocks):
-            s.table.append(b.id)
+            b.fill = bs if left >= bs else left
+            left -= b.fill
+            table.append(b.id)
             if log is not None:
                 log.add(seq_id, ALLOC, b.id)
-        # Fill slots block by block from the first non-full one.
-        left, i = n, s.num_tokens // bs
-        while left:
-            b = blocks[s.table[i]]
-            take = min(bs - b.fill, left)
-            b.fill += take
-            left -= take
-            i += 1
         s.num_tokens += n
         self.live_tokens += n
-        self._hash_full_blocks(s)
+        if self.enable_prefix_caching:
+            self._hash_full_blocks(s)
         return pairs
+
+    def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
+        if s is None:
+            raise UnknownSequence(f"sequence {seq_id} is not held by the KV-cache manager")
+        if s.on_cpu:
+            raise InvalidArgument(f"sequence {seq_id} is swapped out; swap it in before appending")
+        raise InvalidArgument(f"n must be an int >= 0, got {n!r}")
 
     def _copy_on_write(self, seq_id: int, s: SeqState) -> tuple[int, int]:
         src = self.pool.blocks[s.table[-1]]
@@ -285,14 +301,11 @@ class PagedKVCacheManager(SwapMixin):
             self._free_on_cpu(seq_id, s)
             return
         del self.seqs[seq_id]
-        pool, blocks, log = self.pool, self.pool.blocks, self.log
-        for bid in reversed(s.table):
-            b = blocks[bid]
-            fill = b.fill
-            if pool.release(b):
-                self.live_tokens -= fill
-            if log is not None:
-                log.add(seq_id, FREE, bid)
+        blocks = self.pool.blocks
+        self.live_tokens -= self.pool.release_all([blocks[b] for b in reversed(s.table)])
+        if self.log is not None:
+            for bid in reversed(s.table):
+                self.log.add(seq_id, FREE, bid)
 
     def _free_on_cpu(self, seq_id: int, s: SeqState) -> None:
         del self.seqs[seq_id]
