@@ -11,9 +11,9 @@ model answers are right-skewed with a long tail), round it to integers and
 clip it to [1, 2048] (the paper's models have a 2048-token context), and
 solve for the location ``mu`` that makes the mean of the *clipped, rounded*
 variable hit the target exactly (see ``clipped_mean``). The spreads are our
-choice: sigma 1.0 for ShareGPT (CV about 1.3; the ShareGPT length sample in
+choice: sigma 1.0 for ShareGPT (CV about 1.1-1.3; the ShareGPT length sample in
 ``shared/traces/raw`` has a log-std of output lengths of 1.00), and sigma
-0.6 / 0.9 for Alpaca's short instructions and answers, so that ShareGPT has
+0.6 / 0.8 for Alpaca's short instructions and answers, so that ShareGPT has
 the "higher variance" the paper notes.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ class EmpiricalLengths:
 
 WORKLOADS = {
     "sharegpt": LognormalLengths(161.31, 337.99, 1.0, 1.0),
-    "alpaca": LognormalLengths(19.31, 58.45, 0.6, 0.9),
+    "alpaca": LognormalLengths(19.31, 58.45, 0.6, 0.8),
 }
 
 
