@@ -22,6 +22,7 @@ from gpu import kernels as K  # noqa: E402
 from gpu.kernels.swap import block_runs  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+HERE = "cuda" if HAS_CUDA else "cpu"  # where launchers accept tensors in this process
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(not _env.interpreting(), reason="CPU tensors need the interpreter")),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]),
@@ -86,9 +87,11 @@ def test_store_kv_all_negative_changes_nothing(device):
 
 
 def test_store_kv_names_the_broken_invariant():
-    kc = torch.zeros(4, 2, 2, 16)
+    kc, kv = torch.zeros(4, 2, 2, 16, device=HERE), torch.zeros(3, 2, 16, device=HERE)
     with pytest.raises(AssertionError, match="slot_mapping"):
-        K.store_kv(torch.zeros(3, 2, 16), torch.zeros(3, 2, 16), kc, kc.clone(), torch.zeros(3, dtype=torch.float32))
+        K.store_kv(kv, kv, kc, kc.clone(), torch.zeros(3, device=HERE))
+    with pytest.raises(AssertionError, match="num_tokens"):
+        K.store_kv(kv, kv, kc, kc.clone(), torch.zeros(2, dtype=torch.int64, device=HERE))
 
 
 # ---------------------------------------------------------------- paged_decode
@@ -278,7 +281,7 @@ def test_copy_blocks_copies_exactly_the_pairs(device, stacked):
 
 
 def test_copy_blocks_rejects_chained_pairs():
-    caches = [torch.zeros(4, 2, 2, 16)]
+    caches = [torch.zeros(4, 2, 2, 16, device=HERE)]
     with pytest.raises(AssertionError, match="also a source"):
         K.copy_blocks(caches, [(0, 1), (1, 2)])
     with pytest.raises(AssertionError, match=r"\[0, 4\)"):

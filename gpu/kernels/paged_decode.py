@@ -135,20 +135,24 @@ def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_kv_heads, num_splits, stride_
                   num_kv_heads * GROUP, num_splits, stride_ob, stride_oh, HEAD_DIM, BLOCK_G, BLOCK_D)
 
 
+def num_splits_for(n_groups: int, max_context_len: int, tile_n: int, sms: int, waves: float,
+                   min_tiles: int) -> int:
+    """Splits giving ``waves`` programs per SM over all (seq, kv head) groups,
+    but never fewer than ``min_tiles`` tiles of ``tile_n`` tokens per split."""
+    tiles = max(1, triton.cdiv(max_context_len, tile_n))
+    want = math.ceil(waves * sms / n_groups)
+    return max(1, min(want, tiles // min_tiles))
+
+
 def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
                   head_dim: int) -> dict:
-    """Heuristic launch parameters (tile, warps, stages, splits) as data.
-
-    Splits: enough (batch * kv_heads * splits) programs to give every SM
-    ``waves`` programs, but never fewer than ``min_tiles`` tiles per split.
-    """
+    """Heuristic launch parameters (tile, warps, stages, splits) as data."""
     if device.type != "cuda":
         cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1, min_tiles=1)
     else:
         cfg = dict(tile_n=64 if head_dim <= 128 else 32, num_warps=4, num_stages=3, waves=2, min_tiles=2)
-    tiles = max(1, triton.cdiv(max_context_len, cfg["tile_n"]))
-    want = triton.cdiv(cfg["waves"] * num_sms(device), n_groups)
-    cfg["num_splits"] = max(1, min(want, tiles // cfg["min_tiles"]))
+    cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], num_sms(device), cfg["waves"],
+                                       cfg["min_tiles"])
     return cfg
 
 
