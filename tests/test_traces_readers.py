@@ -211,3 +211,34 @@ def test_trace_helpers():
     with pytest.raises(ValueError):
         t.arrival_s[0] = 1.0     # read-only view
     assert not math.isnan(t.duration_s)
+
+
+def test_arrival_spec_replaces_the_file_times(tmp_path):
+    path = write(tmp_path / "a.csv", AZURE)
+    t = load_trace(path, arrival=lambda n, rng: np.arange(n, 0, -1) * 1.0)
+    assert [r.id for r in t] == [3, 2, 1, 0]     # rows got 4, 3, 2, 1 s
+    assert "arrival" in t.meta and t.meta["format"] == "azure"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_synthetic_traces_round_trip(tmp_path, suffix):
+    for t in (traces.synthetic(num_requests=30, rate=3.0),
+              traces.synthetic(num_requests=30, rate=3.0, turns=2, few_shot="one-shot")):
+        t.save(tmp_path / f"s{suffix}")
+        assert load_trace(tmp_path / f"s{suffix}") == t
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + AZURE.encode())
+    assert len(load_trace(path)) == 4
+
+
+def test_csv_floats_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(11)
+    times = np.sort(np.concatenate([rng.random(2000) * 1e4, rng.random(2000) * 1e-3,
+                                    [0.1, 1 / 3, 2 / 3, 1e-300, 5e-324]]))
+    t = Trace.from_dataframe(pd.DataFrame({"arrival_s": times, "prompt_tokens": 1,
+                                           "output_tokens": 1}))
+    t.save(tmp_path / "f.csv")
+    assert load_trace(tmp_path / "f.csv").arrival_s.tolist() == t.arrival_s.tolist()

@@ -166,3 +166,12 @@ def test_a_million_requests_in_a_few_seconds(tmp_path):
     start = time.perf_counter()
     assert len(traces.load_trace(tmp_path / "big.parquet")) == 1_000_000
     assert time.perf_counter() - start < 8
+
+
+def test_a_custom_arrival_callable_is_checked():
+    t = synthetic(num_requests=5, arrival=lambda n, rng: np.arange(n) * 2.0)
+    assert t.arrival_s.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    with pytest.raises(ValueError, match="finite times"):
+        synthetic(num_requests=5, arrival=lambda n, rng: np.full(n, np.nan))
+    with pytest.raises(ValueError, match="finite times"):
+        synthetic(num_requests=5, arrival=lambda n, rng: np.zeros(n - 1))

@@ -108,6 +108,15 @@ class Replay:
         return tiled[:n]
 
 
+def draw(process: ArrivalProcess, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``process(n, rng)``, checked: ``n`` finite times >= 0 (a user's callable
+    may return anything; a bad time must not reach the simulator)."""
+    times = np.asarray(process(n, rng), dtype=np.float64)
+    if times.shape != (n,) or not np.isfinite(times).all() or (times < 0).any():
+        raise ValueError(f"arrival process {process!r} must return {n} finite times >= 0")
+    return times
+
+
 def parse_arrival(spec) -> ArrivalProcess:
     """An arrival process from a short spec.
 

@@ -84,7 +84,7 @@ def _default_column(name: str, size: int, value):
     return np.broadcast_to(np.asarray(value, dtype=np.int64), size).copy()
 
 
-def _tuple_cell(cell, lo: int) -> tuple[int, ...] | None | str:
+def tuple_cell(cell, lo: int) -> tuple[int, ...] | None | str:
     """A cell as a tuple of ints in [lo, 2**63), None, or a problem text."""
     if cell is None or (isinstance(cell, float) and np.isnan(cell)):
         return None
@@ -105,7 +105,7 @@ def _tuple_cell(cell, lo: int) -> tuple[int, ...] | None | str:
 def _tuples(values: pd.Series, name: str):
     out = np.empty(len(values), dtype=object)
     for row, cell in enumerate(values.tolist()):
-        got = _tuple_cell(cell, 0)
+        got = tuple_cell(cell, 0)
         if isinstance(got, str):
             return out, (row, f"{name} {got}")
         out[row] = got
@@ -128,6 +128,25 @@ def _nullable(values: pd.Series, name: str, minimum):
     return out, None
 
 
+def _int(name, minimum):
+    return lambda col: v.number_column(col, name, minimum=minimum, integer=True)
+
+
+# How each canonical column is checked and parsed: (values, first issue).
+_CHECKS = {
+    "id": _int("id", 0),
+    "arrival_s": lambda col: v.number_column(col, "arrival_s"),
+    "prompt_tokens": _int("prompt_tokens", 1),
+    "output_tokens": _int("output_tokens", 0),
+    **{name: (lambda col, name=name: _tuples(col, name)) for name in TUPLE_COLUMNS},
+    "hash_block_size": lambda col: _nullable(col, "hash_block_size", 1),
+    "session_id": lambda col: _nullable(col, "session_id", None),
+    "n": _int("n", 1),
+    "beam_width": _int("beam_width", 1),
+    "priority": _int("priority", None),
+}
+
+
 def check_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, v.Issue | None]:
     """Validate a frame in canonical columns and return it normalised.
 
@@ -137,26 +156,13 @@ def check_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, v.Issue | None]:
     problem = v.missing_columns(list(df.columns), REQUIRED)
     if problem:
         return df, (-1, problem)
-    size = len(df)
-    out, issues = {}, []
-    ids = df["id"] if "id" in df else pd.Series(np.arange(size))
-    out["id"], i = v.number_column(ids, "id", minimum=None, integer=True); issues.append(i)
-    out["arrival_s"], i = v.number_column(df["arrival_s"], "arrival_s"); issues.append(i)
-    for name, low in (("prompt_tokens", 1), ("output_tokens", 0)):
-        out[name], i = v.counts(df[name], name, low); issues.append(i)
-    for name in TUPLE_COLUMNS:
-        if name in df:
-            out[name], i = _tuples(df[name], name); issues.append(i)
-    for name, low in (("hash_block_size", 1), ("session_id", None)):
-        if name in df:
-            out[name], i = _nullable(df[name], name, low); issues.append(i)
-    for name, low in (("n", 1), ("beam_width", 1), ("priority", None)):
-        if name in df:
-            out[name], i = v.number_column(df[name], name, minimum=low, integer=True)
-            issues.append(i)
-    issue = v.earliest(*issues)
+    if "id" not in df:
+        df = df.assign(id=np.arange(len(df)))
+    checked = {name: check(df[name]) for name, check in _CHECKS.items() if name in df}
+    issue = v.earliest(*(found for _, found in checked.values()))
     if issue is not None:
         return df, issue
+    out = {name: values for name, (values, _) in checked.items()}
     frame = make_frame(out.pop("arrival_s"), out.pop("prompt_tokens"),
                        out.pop("output_tokens"), ids=out.pop("id"), **out)
     return frame, _consistency(frame)
@@ -169,7 +175,7 @@ def _consistency(frame: pd.DataFrame) -> v.Issue | None:
     output = frame["output_tokens"].to_numpy()
     for name, want in (("prompt_token_ids", prompt), ("output_token_ids", output)):
         got = _lengths(frame[name].to_numpy())
-        row = v._first((got >= 0) & (got != want))
+        row = v.first_row((got >= 0) & (got != want))
         if row is not None:
             issues.append((row, f"{name} has {got[row]} ids but the request "
                                 f"has {want[row]} {name.split('_')[0]} tokens"))
@@ -189,13 +195,13 @@ def hash_count_issue(count: np.ndarray, size: pd.Series, prompt: np.ndarray,
     """Hash ids must cover the prompt (or prompt + output) exactly."""
     has = count >= 0
     no_size = size.isna().to_numpy()
-    row = v._first(has & no_size)
+    row = v.first_row(has & no_size)
     if row is not None:
         return row, f"{label} given without hash_block_size"
     s = size.fillna(1).to_numpy(dtype=np.int64)
     need = -(-prompt // s)
     need_all = -(-(prompt + output) // s)
-    row = v._first(has & (count != need) & (count != need_all))
+    row = v.first_row(has & (count != need) & (count != need_all))
     if row is None:
         return None
     return row, (f"{label} has {count[row]} ids but prompt_tokens {prompt[row]} "

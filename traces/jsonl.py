@@ -66,7 +66,7 @@ def _id_lists(values: list, name: str, required: bool):
             continue
         if not isinstance(cell, list):
             return out, (row, f"{name} is not a list ({str(cell)[:40]})")
-        got = canonical._tuple_cell(cell, 0)
+        got = canonical.tuple_cell(cell, 0)
         if isinstance(got, str):
             return out, (row, f"{name} {got}")
         out[row] = got
@@ -121,7 +121,7 @@ def read_tokens(path: Path) -> Table:
     for ids, want, name, count_name in ((pids, prompt, "input_tok_ids", "input_toks"),
                                         (oids, output, "output_tok_ids", "output_toks")):
         got = np.fromiter((-1 if t is None else len(t) for t in ids), np.int64, len(ids))
-        row = v._first((got >= 0) & (got != want))
+        row = v.first_row((got >= 0) & (got != want))
         if row is not None:
             issues.append((row, f"{name} has {got[row]} ids but {count_name} is {want[row]}"))
     v.raise_issue(v.earliest(*issues), path, lines)

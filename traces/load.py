@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from traces import validate as v
-from traces.arrivals import parse_arrival
+from traces.arrivals import draw, parse_arrival
 from traces.canonical import Table
 from traces.errors import TraceError, TraceWarning
 from traces.jsonl import read_mooncake, read_tokens
@@ -86,8 +86,8 @@ def load_trace(path: str | Path, fmt: str | None = None, *, arrival=None, seed: 
     needs_arrival = meta.pop("needs_arrival", False)
     if arrival is not None:
         process = parse_arrival(arrival)
-        times = process(len(frame), np.random.default_rng(seed))
-        frame = frame.assign(arrival_s=np.asarray(times, dtype=np.float64))
+        times = draw(process, len(frame), np.random.default_rng(seed))
+        frame = frame.assign(arrival_s=times)
         meta.update(arrival=repr(process), seed=seed)
     elif needs_arrival:
         raise TraceError(path, None, "a length-only trace has no arrival times: pass "

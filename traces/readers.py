@@ -20,13 +20,16 @@ from traces.canonical import Table
 from traces.errors import TraceError
 
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"   # pandas' %f takes 7 digits too
+# Canonical CSVs must round-trip floats exactly. pandas 3 parses them exactly
+# by default (and deprecates the option); pandas 2 needs to be asked.
+_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def first_line(path: Path) -> tuple[int, str]:
     """The first non-blank line and its number; TraceError for an empty file."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
-            text = raw.decode("utf-8", errors="replace").strip()
+            text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
             if text:
                 return number, text
     raise TraceError(path, None, "empty file")
@@ -78,7 +81,7 @@ def read_csv(path: Path, skip: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """
     first_line(path)
     try:
-        frame = pd.read_csv(path, skiprows=skip, skip_blank_lines=False)
+        frame = pd.read_csv(path, skiprows=skip, skip_blank_lines=False, **_EXACT_FLOATS)
     except pd.errors.EmptyDataError:
         raise TraceError(path, None, "empty file") from None
     except pd.errors.ParserError as exc:
@@ -119,7 +122,7 @@ def read_azure(path: Path) -> Table:
     _columns(frame, lines, path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
     raw = frame["TIMESTAMP"]
     times = _azure_times(raw)
-    bad = v._first(times.isna().to_numpy())
+    bad = v.first_row(times.isna().to_numpy())
     time_issue = None
     if bad is not None:
         time_issue = (bad, "missing TIMESTAMP" if pd.isna(raw.iloc[bad]) else

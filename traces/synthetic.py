@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from traces import canonical
-from traces.arrivals import Gamma, Poisson, parse_arrival
+from traces.arrivals import Gamma, Poisson, draw, parse_arrival
 from traces.lengths import length_sampler
 from traces.sharing import FEW_SHOT_TOKENS, session_block_hashes, shared_segments
 from traces.trace import Trace
@@ -74,7 +74,7 @@ def synthetic(workload="sharegpt", num_requests: int = 1000, rate: float = 10.0,
     if arrival is None:
         arrival = Poisson(rate / turns) if cv is None else Gamma(rate / turns, cv)
     process = parse_arrival(arrival)
-    starts = np.asarray(process(int(session[-1]) + 1, rng), dtype=np.float64)
+    starts = draw(process, int(session[-1]) + 1, rng)
     user, answer = sampler(num_requests, rng)
     arrival_s = starts[session]
     if turns > 1:

@@ -34,7 +34,8 @@ def raise_issue(issue: Issue | None, path, lines: Sequence[int] | None,
     raise TraceError(path, line, problem, unit=unit)
 
 
-def _first(mask: np.ndarray) -> int | None:
+def first_row(mask: np.ndarray) -> int | None:
+    """Index of the first True, or None."""
     return int(np.argmax(mask)) if mask.any() else None
 
 
@@ -60,7 +61,7 @@ def number_column(values: pd.Series, name: str, *, minimum: float | None = 0,
     """
     if integer and is_integer_dtype(values) and not values.isna().any():
         arr = values.to_numpy(dtype=np.int64)
-        low = _first(arr < minimum) if minimum is not None else None
+        low = first_row(arr < minimum) if minimum is not None else None
         return arr, _below(name, arr, low, minimum)
     num, missing = _as_float(values)
     text = np.isnan(num) & ~missing
@@ -68,7 +69,7 @@ def number_column(values: pd.Series, name: str, *, minimum: float | None = 0,
     neg = num < 0 if minimum is not None and minimum >= 0 else np.zeros_like(missing)
     frac = (num != np.floor(num)) & np.isfinite(num) if integer else np.zeros_like(missing)
     low = num < minimum if minimum is not None else np.zeros_like(missing)
-    row = _first(missing | text | inf | neg | frac | low)
+    row = first_row(missing | text | inf | neg | frac | low)
     if row is None:
         return (num.astype(np.int64) if integer else num), None
     raw, v = values.iloc[row], num[row]
@@ -103,7 +104,7 @@ def counts(values: pd.Series, name: str, minimum: int = 0):
 
 def order_issue(times: np.ndarray, label: str, shown: Sequence | None = None) -> Issue | None:
     """The first row whose time is earlier than the row before it."""
-    row = _first(np.diff(times) < 0)
+    row = first_row(np.diff(times) < 0)
     if row is None:
         return None
     row += 1
@@ -114,7 +115,7 @@ def order_issue(times: np.ndarray, label: str, shown: Sequence | None = None) ->
 
 def blank_rows(frame: pd.DataFrame) -> Issue | None:
     """An entirely empty CSV row (a blank line in the middle of the file)."""
-    row = _first(frame.isna().all(axis=1).to_numpy())
+    row = first_row(frame.isna().all(axis=1).to_numpy())
     return None if row is None else (row, "blank line")
 
 
