@@ -1,1 +1,1 @@
-"""analysis"""
+"""pagesim.analysis: tables and plots from replay outputs."""

@@ -134,17 +134,27 @@ class ContiguousKVCacheManager:
     def fork(self, parent_id: int, child_id: int) -> None:
         raise InvalidArgument("contiguous baselines cannot share memory between sequences (no fork)")
 
-    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
-        """``pending_tokens``: final length of the request waiting at the head
-        of the queue; free chunks too small for it count as external."""
+    def counters(self, pending_tokens: int | None = None) -> tuple:
+        """Everything ``usage`` depends on besides ``live_tokens``."""
         unusable = 0
         if pending_tokens is not None:
             unusable = self.buddy.free_in_chunks_smaller_than(self.reservation(pending_tokens))
+        return (self._sum_final, self._sum_internal, self._sum_rounding + unusable,
+                self.buddy.free_slots - unusable)
+
+    @staticmethod
+    def usage_from(live, sum_final, sum_internal, external, free) -> MemorySplit:
+        """The accounting formula (ints or numpy arrays)."""
         return MemorySplit(
-            token_states=self.live_tokens,
-            reserved=self._sum_final - self.live_tokens,
-            internal_frag=self._sum_internal,
-            external_frag=self._sum_rounding + unusable,
-            cached_free=0,
-            free=self.buddy.free_slots - unusable,
+            token_states=live,
+            reserved=sum_final - live,
+            internal_frag=sum_internal + live * 0,
+            external_frag=external + live * 0,
+            cached_free=live * 0,
+            free=free + live * 0,
         )
+
+    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
+        """``pending_tokens``: final length of the request waiting at the head
+        of the queue; free chunks too small for it count as external."""
+        return self.usage_from(self.live_tokens, *self.counters(pending_tokens))

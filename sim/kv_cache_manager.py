@@ -48,6 +48,7 @@ class PagedKVCacheManager(SwapMixin):
     a shared block once: it is what makes memory sharing measurable.
     """
 
+
     def __init__(
         self,
         num_blocks: int,
@@ -315,20 +316,29 @@ class PagedKVCacheManager(SwapMixin):
                 self.log.add(seq_id, FREE, bid)
 
     # ------------------------------------------------------------- accounting
+    def counters(self, pending_tokens: int | None = None) -> tuple:
+        """Everything ``usage`` depends on besides ``live_tokens``: a cheap
+        snapshot the fast engine takes at allocator events."""
+        return (self.pool.num_free, self.pool.num_cached_free)
+
+    def usage_from(self, live, num_free, num_cached_free) -> MemorySplit:
+        """The accounting formula, written once. Arithmetic only, so it
+        works on ints (``usage``) and on numpy arrays (per-step tables)."""
+        bs, pool = self.block_size, self.pool
+        null = 1 if pool.null_block is not None else 0
+        return MemorySplit(
+            token_states=live,
+            reserved=null * bs + live * 0,
+            internal_frag=(pool.num_blocks - num_free - null) * bs - live,
+            external_frag=live * 0,
+            cached_free=num_cached_free * bs,
+            free=(num_free - num_cached_free) * bs,
+        )
+
     def usage(self, pending_tokens: int | None = None) -> MemorySplit:
         """Where the GPU pool's token slots are now (``pending_tokens`` is
         ignored: paged memory has no external fragmentation)."""
-        bs, pool = self.block_size, self.pool
-        null = 1 if pool.null_block is not None else 0
-        used = pool.num_blocks - pool.num_free - null
-        return MemorySplit(
-            token_states=self.live_tokens,
-            reserved=null * bs,
-            internal_frag=used * bs - self.live_tokens,
-            external_frag=0,
-            cached_free=pool.num_cached_free * bs,
-            free=(pool.num_free - pool.num_cached_free) * bs,
-        )
+        return self.usage_from(self.live_tokens, *self.counters())
 
     @property
     def capacity_tokens(self) -> int:

@@ -1,0 +1,59 @@
+"""Frozen, validated configuration of the scheduler and engine.
+
+Field help texts double as CLI help (``sim/cli.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+VICTIM_POLICIES = ("latest", "priority", "most-blocks")
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = _help("most sequences running at once (vLLM max_num_seqs)", default=256)
+    max_num_batched_tokens: int = _help("token budget of one step (vLLM max_num_batched_tokens)",
+                                        default=8192)
+    chunked_prefill: bool = _help("split long prompts into chunks within the token budget; "
+                                  "decodes are scheduled first", default=True)
+    watermark: float = _help("fraction of GPU blocks kept free when admitting new requests",
+                             default=0.01)
+    generation: str = _help("v1: recompute-only preemption, n>1 as child requests sharing the "
+                            "prompt through the prefix cache; v0: sequence groups with "
+                            "fork/copy-on-write, swap or recompute preemption", default="v1")
+    preemption: str = _help("recompute or swap (swap needs v0 and a CPU pool)", default="recompute")
+    victim: str = _help("preemption victim: latest (arrival, vLLM default), priority, "
+                        "most-blocks", default="latest")
+    max_model_len: int = _help("longest sequence (prompt + output) admitted", default=8192)
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+        if self.generation not in ("v1", "v0"):
+            raise ValueError(f"generation must be v1 or v0, got {self.generation!r}")
+        if self.preemption not in ("recompute", "swap"):
+            raise ValueError(f"preemption must be recompute or swap, got {self.preemption!r}")
+        if self.preemption == "swap" and self.generation != "v0":
+            raise ValueError("swap preemption exists only in the v0 scheduler (--scheduler v0)")
+        if self.victim not in VICTIM_POLICIES:
+            raise ValueError(f"victim must be one of {VICTIM_POLICIES}, got {self.victim!r}")
+
+    @property
+    def token_budget(self) -> int:
+        """Without chunked prefill a whole prompt must fit in one step, so the
+        budget is at least the longest sequence (as vLLM sets it)."""
+        if self.chunked_prefill:
+            return self.max_num_batched_tokens
+        return max(self.max_num_batched_tokens, self.max_model_len)
+
+
+def config_help(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

@@ -1,0 +1,160 @@
+"""Replay a trace: build allocator, scheduler, executor and engine; collect
+the results. The CLI, notebooks and tests all go through ``run_replay``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from sim.allocators import make_kv_cache_manager
+from sim.config import SchedulerConfig
+from sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
+from sim.engine import Engine
+from sim.event_log import EventLog
+from sim.executor import CostModelExecutor
+from sim.metrics import StepRecorder, requests_dataframe, summarize
+from sim.scheduler import Scheduler
+
+SWAP_SPACE_BYTES = 4 * 2**30  # vLLM V0's default swap_space: 4 GiB per GPU
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Everything a replay needs besides the trace (see README for the CLI)."""
+
+    model: str = "llama-3-8b"
+    gpu: str = "h100-80gb"
+    tp: int = 1
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks: int | None = None     # overrides the size derived from memory
+    num_cpu_blocks: int | None = None     # default: 4 GiB of swap space with --preemption swap
+    block_size: int = 16
+    allocator: str = "paged"
+    prefix_caching: bool = True
+    cost_model: str = "roofline"           # or the path of a calibration file
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    seed: int = 0
+    events: bool = False
+    fast: bool = True                      # skip over determined decode stretches
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block_size <= 256:
+            raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
+            raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
+
+    def gpu_blocks(self) -> int:
+        if self.num_gpu_blocks is not None:
+            return self.num_gpu_blocks
+        return kv_cache_blocks(self.model, self.gpu, self.block_size,
+                               self.gpu_memory_utilization, self.tp)
+
+    def cpu_blocks(self) -> int:
+        if self.num_cpu_blocks is not None:
+            return self.num_cpu_blocks
+        if self.scheduler.preemption != "swap":
+            return 0
+        return SWAP_SPACE_BYTES // (self.block_size * kv_bytes_per_token(get_model(self.model), self.tp))
+
+
+@dataclass
+class ReplayResult:
+    summary: dict
+    requests: object   # pandas DataFrame, one row per trace request
+    steps: object      # pandas DataFrame, one row per engine step
+    events: EventLog | None
+    config: ReplayConfig
+
+
+def build(trace, cfg: ReplayConfig, executor=None):
+    """(engine, scheduler, kv manager, recorder) ready to run."""
+    sched_cfg = cfg.scheduler
+    log = EventLog() if cfg.events else None
+    kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
+                               max_model_len=sched_cfg.max_model_len,
+                               enable_prefix_caching=cfg.prefix_caching,
+                               num_cpu_blocks=cfg.cpu_blocks(), event_log=log)
+    rng = np.random.default_rng(cfg.seed)
+    sched = Scheduler(sched_cfg, kv, rng=rng, event_log=log)
+    if executor is None:
+        executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model, cfg.gpu, cfg.tp,
+                                                     cfg.block_size))
+    recorder = StepRecorder(kv.usage_from)
+    engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder)
+    return engine, sched, kv, recorder
+
+
+def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
+               progress: bool = False) -> ReplayResult:
+    engine, sched, kv, recorder = build(trace, cfg, executor)
+    engine.progress = progress
+    engine.run()
+    _check_drained(sched, kv)
+    req_df = requests_dataframe(sched.records)
+    step_df = recorder.to_dataframe()
+    summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
+                        preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
+                        queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
+                        sim_time_s=engine.clock)
+    summary["config"] = config_dict(cfg, kv)
+    return ReplayResult(summary, req_df, step_df, sched.log, cfg)
+
+
+def _check_drained(sched, kv) -> None:
+    """Conservation at the end of a run: nothing left, no block leaked."""
+    assert not sched.has_work(), "engine stopped with work left"
+    assert not getattr(kv, "seqs", {}), f"{len(kv.seqs)} sequences still hold KV at the end"
+    pool = getattr(kv, "pool", None)
+    if pool is not None:
+        null = 1 if pool.null_block is not None else 0
+        assert pool.num_free == pool.num_blocks - null, "KV blocks leaked"
+    assert kv.live_tokens == 0, "live token count is not zero at the end"
+
+
+def config_dict(cfg: ReplayConfig, kv) -> dict:
+    d = asdict(cfg)
+    d["num_gpu_blocks"] = getattr(getattr(kv, "pool", None), "num_blocks", None) or cfg.gpu_blocks()
+    d["capacity_tokens"] = kv.capacity_tokens
+    return d
+
+
+def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
+                  table_format: str = "parquet") -> list[Path]:
+    """Write summary.json, requests/steps tables, the event log and plots.
+
+    Every file is written under a temporary name and renamed when complete,
+    so an interrupted run never leaves a half-written file behind.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def atomic(name, write):
+        path = out / name
+        tmp = out / f".{name}.tmp"
+        write(tmp)
+        os.replace(tmp, path)
+        written.append(path)
+
+    ext = "parquet" if table_format == "parquet" else "csv"
+    for name, df in (("requests", result.requests), ("steps", result.steps)):
+        if ext == "parquet":
+            atomic(f"{name}.parquet", lambda p, df=df: df.to_parquet(p, index=False))
+        else:
+            atomic(f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
+    if result.events is not None:
+        path = result.events.write(out / f"events.{ext}")
+        written.append(path)
+    if plots:
+        from analysis.plots import latency_cdfs, memory_breakdown
+        atomic("memory.png", lambda p: memory_breakdown(result.steps, result.summary, p))
+        atomic("latency.png", lambda p: latency_cdfs(result.requests, p))
+    atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
+    return written
+
+
+__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "write_outputs", "build", "replace"]

@@ -1,0 +1,321 @@
+"""Continuous-batching scheduler: decides each step, commits its outcome.
+
+Pure Python over the allocator's check/act pairs; the SimPy engine only
+drives it (``schedule`` -> executor -> ``commit``). One step, as in vLLM:
+
+1. running groups, in keep order: decodes (one token per sequence) and
+   continuing prefill chunks, within the token budget. A group that cannot
+   get slots preempts victims (``victim`` policy) until it can, or is
+   preempted itself;
+2. swapped groups come back (V0, only if nobody was preempted this step);
+3. waiting groups are admitted in order while the token budget, the
+   sequence limit and the free blocks (minus the watermark) allow.
+
+See ``sim/sequence.py`` for the progress rule shared by prefill, decode and
+recompute.
+"""
+from __future__ import annotations
+
+import bisect
+import heapq
+
+from sim.config import SchedulerConfig
+from sim.plan import StepPlan
+from sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from sim.workload import admit_request
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
+        self.cfg = config
+        self.kv = kv
+        self.rng = rng
+        self.log = event_log
+        self.waiting: list[tuple] = []      # heap of (key, group)
+        self.running: list[Group] = []      # keep order: first = kept longest
+        self._running_keys: list[tuple] = []
+        self.swapped: list[tuple] = []      # heap of (key, group)
+        self.records = []
+        self.step = 0
+        self.preemptions = 0
+        self.next_seq_id = 0
+        self.next_gid = 0
+        num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
+        self.watermark_blocks = int(config.watermark * num_blocks)
+        self._scheduled: list[tuple[Group, list[int]]] = []
+        self._pending_forks: list[tuple[int, int]] = []
+        self._pending_freed: list[int] = []
+
+    # --------------------------------------------------------------- requests
+    def key(self, g: Group) -> tuple:
+        if self.cfg.victim == "priority":
+            return (g.priority, g.arrival_s, g.gid)
+        return (g.arrival_s, g.gid)
+
+    def add_request(self, req) -> None:
+        """Turn a trace request into groups, or reject it with a reason."""
+        record, groups = admit_request(self, req)
+        self.records.append(record)
+        for g in groups:
+            heapq.heappush(self.waiting, (self.key(g), g))
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    @property
+    def num_running_seqs(self) -> int:
+        return sum(len(g.seqs) for g in self.running)
+
+    # --------------------------------------------------------------- schedule
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed)
+        self._pending_forks, self._pending_freed = [], []
+        if self.log is not None:
+            self.log.step = self.step
+        self._scheduled = []
+        budget = self.cfg.token_budget
+        preempted_before = self.preemptions
+        budget = self._schedule_running(plan, budget)
+        if self.preemptions == preempted_before:
+            budget = self._schedule_swapped(plan, budget)
+            if not self.swapped:
+                self._schedule_waiting(plan, budget)
+        return plan
+
+    def _tokens_for(self, g: Group, budget: int) -> int:
+        """Query tokens per sequence this step (0 if the budget is too small)."""
+        s = g.seqs[0]
+        left = s.known - s.computed
+        if left == 1:
+            return 1 if len(g.seqs) <= budget else 0
+        if not self.cfg.chunked_prefill:
+            return left if left <= budget else 0
+        return min(left, budget)
+
+    def _schedule_running(self, plan: StepPlan, budget: int) -> int:
+        i = 0
+        while i < len(self.running):
+            g = self.running[i]
+            q = self._tokens_for(g, budget)
+            if q == 0:
+                i += 1
+                continue
+            if not self._reserve(g, q, i, plan):
+                continue  # g itself was preempted and left the running list
+            self._add_to_plan(plan, g, q)
+            budget -= q * len(g.seqs)
+            i += 1
+        return budget
+
+    def _reserve(self, g: Group, q: int, index: int, plan: StepPlan) -> bool:
+        kv = self.kv
+        for s in g.seqs:
+            while not kv.can_append(s.seq_id, q):
+                victim = self._pick_victim(index)
+                self._preempt(victim, plan)
+                if victim is g:
+                    return False
+            plan.cow.extend(kv.append_slots(s.seq_id, q))
+        return True
+
+    def _pick_victim(self, index: int) -> Group:
+        """Among the running groups not yet scheduled this step (``index``
+        onwards, the one asking included), the one the policy gives up."""
+        if self.cfg.victim == "most-blocks":
+            rest = self.running[index:]
+            return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
+        return self.running[-1]
+
+    def _remove_running(self, g: Group) -> None:
+        i = self.running.index(g)
+        del self.running[i]
+        del self._running_keys[i]
+
+    def _insert_running(self, g: Group) -> None:
+        k = self.key(g)
+        i = bisect.bisect(self._running_keys, k)
+        self._running_keys.insert(i, k)
+        self.running.insert(i, g)
+        g.status = RUNNING
+
+    def _preempt(self, g: Group, plan: StepPlan) -> None:
+        self._remove_running(g)
+        self.preemptions += 1
+        g.record.preemptions += 1
+        ids = [s.seq_id for s in g.seqs]
+        kv = self.kv
+        if self.cfg.preemption == "swap" and kv.cpu_pool is not None and kv.can_swap_out(ids):
+            plan.swap_out.extend(kv.swap_out(ids))
+            g.status = SWAPPED
+            heapq.heappush(self.swapped, (self.key(g), g))
+            return
+        for sid in ids:
+            kv.free(sid)
+            plan.freed.append(sid)
+        if len(g.seqs) > 1:
+            # Forked samples/beams cannot be recomputed from the prompt alone
+            # (vLLM V0 requires swap for them): the group restarts, losing its
+            # generated tokens.
+            g.seqs = [g.seqs[0]]
+            g.seqs[0].generated = 0
+            g.forked = False
+        for s in g.seqs:
+            s.computed = 0
+        g.status = WAITING
+        heapq.heappush(self.waiting, (self.key(g), g))
+
+    def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
+        kv = self.kv
+        while self.swapped:
+            g = self.swapped[0][1]
+            ids = [s.seq_id for s in g.seqs]
+            if (self.num_running_seqs + len(ids) > self.cfg.max_num_seqs
+                    or not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + len(ids))):
+                break
+            q = self._tokens_for(g, budget)
+            if q == 0:
+                break
+            heapq.heappop(self.swapped)
+            plan.swap_in.extend(kv.swap_in(ids))
+            self._insert_running(g)
+            index = self.running.index(g)
+            if self._reserve(g, q, index, plan):
+                self._add_to_plan(plan, g, q)
+                budget -= q * len(ids)
+        return budget
+
+    def admissible(self, g: Group, budget: int) -> tuple[int, int] | None:
+        """(cached tokens, query tokens) if waiting group ``g`` can start now."""
+        kv, cfg = self.kv, self.cfg
+        if budget <= 0 or self.num_running_seqs + max(g.fanout, g.beam_width) > cfg.max_num_seqs:
+            return None
+        s = g.seqs[0]
+        cached = kv.num_cached_tokens(s.known, s.keys)
+        q = s.known - cached
+        if q > budget:
+            if not cfg.chunked_prefill:
+                return None
+            q = budget
+        if not kv.can_allocate(cached + q, s.keys, watermark_blocks=self.watermark_blocks,
+                               max_tokens=s.prompt_len + s.output_len):
+            return None
+        return cached, q
+
+    def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
+        kv = self.kv
+        while self.waiting and budget > 0:
+            g = self.waiting[0][1]
+            got = self.admissible(g, budget)
+            if got is None:
+                if not self.running and not self.swapped and not plan.seq_ids:
+                    self._reject_stuck(g)  # cannot start even in an empty cache
+                    continue
+                break
+            cached, q = got
+            heapq.heappop(self.waiting)
+            s = g.seqs[0]
+            hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len)
+            assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
+            s.computed = cached
+            g.record.cached_tokens += cached
+            self._insert_running(g)
+            self._add_to_plan(plan, g, q)
+            budget -= q
+
+    def pending_tokens(self) -> int | None:
+        """Final length of the group waiting at the head (for accounting)."""
+        if not self.waiting:
+            return None
+        s = self.waiting[0][1].seqs[0]
+        return s.prompt_len + s.output_len
+
+    def _reject_stuck(self, g: Group) -> None:
+        heapq.heappop(self.waiting)
+        g.status = REJECTED
+        g.record.rejected = "does not fit in an empty KV cache"
+        g.record.open_groups -= 1
+
+    def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
+        kv = self.kv
+        tables = getattr(kv, "block_table", None)
+        for s in g.seqs:
+            plan.seq_ids.append(s.seq_id)
+            plan.query_lens.append(q)
+            plan.context_lens.append(s.computed + q)
+            if tables is not None:
+                plan.block_tables.append(tables(s.seq_id))
+        self._scheduled.append((g, q))
+
+    # ----------------------------------------------------------------- commit
+    def commit(self, now: float) -> list[Group]:
+        """Apply the step's outcome at time ``now``; return finished groups."""
+        finished = []
+        for g, q in self._scheduled:
+            if g.status != RUNNING:
+                continue
+            sampled = False
+            for s in g.seqs:
+                s.computed += q
+                if s.computed == s.known:
+                    s.generated += 1
+                    sampled = True
+            if sampled and g.record.first_token_s is None:
+                g.record.first_token_s = now
+            if sampled and (g.fanout > 1 or g.beam_width > 1):
+                self._branch(g)
+            if all(s.done for s in g.seqs):
+                finished.append(g)
+        for g in finished:
+            self._finish(g, now)
+        self._scheduled = []
+        self.step += 1
+        return finished
+
+    def _finish(self, g: Group, now: float) -> None:
+        self._remove_running(g)
+        for s in g.seqs:
+            self.kv.free(s.seq_id)
+            self._pending_freed.append(s.seq_id)
+        g.status = FINISHED
+        r = g.record
+        r.open_groups -= 1
+        if r.open_groups == 0:
+            r.finish_s = now
+
+    def _fork(self, g: Group, parent) -> None:
+        from sim.sequence import Sequence
+        child = Sequence(self.next_seq_id, parent.prompt_len, parent.output_len, None,
+                         parent.generated, parent.computed)
+        self.next_seq_id += 1
+        self.kv.fork(parent.seq_id, child.seq_id)
+        self._pending_forks.append((parent.seq_id, child.seq_id))
+        g.seqs.append(child)
+
+    def _branch(self, g: Group) -> None:
+        """V0 sampling: fork the samples/beams after the prefill; beams are
+        then pruned and re-forked every step by a seeded stochastic model
+        (each of the ``w`` next beams picks a parent uniformly)."""
+        if not g.forked:
+            g.forked = True
+            parent = g.seqs[0]
+            for _ in range(max(g.fanout, g.beam_width) - 1):
+                self._fork(g, parent)
+            return
+        if g.beam_width <= 1 or g.seqs[0].done:
+            return
+        w = len(g.seqs)
+        picks = self.rng.integers(0, w, size=g.beam_width)
+        counts = [0] * w
+        for p in picks.tolist():
+            counts[p] += 1
+        survivors = []
+        for s, c in zip(list(g.seqs), counts):
+            if c == 0:
+                self.kv.free(s.seq_id)
+                self._pending_freed.append(s.seq_id)
+            else:
+                survivors.append((s, c))
+        g.seqs = [s for s, _ in survivors]
+        for s, c in survivors:
+            for _ in range(c - 1):
+                self._fork(g, s)

@@ -1,0 +1,131 @@
+"""Fast mode: run a stretch of pure-decode steps in one go.
+
+Between arrivals and finishes, a batch in which every running request is
+decoding, nothing can be admitted and no memory runs short evolves in a
+determined way: each step appends one token to each sequence, and blocks are
+taken only at block boundaries. This module computes how many such steps
+follow (``k``), prices them in one vectorised call, makes exactly the
+allocator calls the step-by-step engine would make, in the same order
+(every block fill and every block boundary crossing, step by step,
+sequence by sequence), and records per-step rows whose memory split is
+extrapolated exactly between allocator events. Results equal step-by-step
+mode; the tests compare the two on random traces.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sim.plan import StepShapes
+
+
+def stable_decode(sched) -> bool:
+    """True when the next step is pure decode and admits, swaps and
+    preempts nothing."""
+    if sched.swapped or not sched.running:
+        return False
+    n = 0
+    for g in sched.running:
+        if len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
+            return False
+        s = g.seqs[0]
+        if s.known - s.computed != 1:
+            return False
+        n += 1
+    budget = sched.cfg.token_budget - n
+    if budget < 0:
+        return False
+    return not sched.waiting or sched.admissible(sched.waiting[0][1], budget) is None
+
+
+def _event_steps(kv, seqs, c: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """(step, running-order index) of every allocator call a step-by-step
+    run would make that is not a plain in-place token write: crossing into a
+    new block, and (for sequences whose upcoming content is known, so that
+    its cache key could collide with another block's) filling a block, which
+    is when it gets hashed. Sorted as the step-by-step engine meets them."""
+    bs = kv.block_size
+    events = []
+    first_cross = ((-c) % bs).tolist()
+    fills = None
+    if kv.enable_prefix_caching:
+        fills = ((-c - 1) % bs).tolist()
+    for i, j0 in enumerate(first_cross):
+        events.extend((j, i) for j in range(j0, k, bs))
+        if fills is not None:
+            keys = seqs[i].keys
+            if keys is not None and keys.known_blocks > int(c[i]) // bs:
+                events.extend((j, i) for j in range(fills[i], k, bs))
+    events.sort()
+    return events
+
+
+def run_stretch(sched, executor, clock: float, next_arrival: float | None, recorder) -> float | None:
+    """Run ``k >= 1`` decode steps if the state is stable; return the new
+    clock, or None when the next step needs the full scheduler."""
+    if not stable_decode(sched):
+        return None
+    kv = sched.kv
+    seqs = [g.seqs[0] for g in sched.running]
+    n = len(seqs)
+    c = np.fromiter((s.computed for s in seqs), dtype=np.int64, count=n)
+    k = int(min(s.output_len - s.generated for s in seqs))
+    paged = hasattr(kv, "pool")
+    if paged:
+        bs = kv.block_size
+        crossings = np.bincount((-c) % bs, minlength=bs)[np.arange(k) % bs]
+        k = min(k, int(np.searchsorted(np.cumsum(crossings), kv.pool.num_free, side="right")))
+        if k == 0:
+            return None
+    sum_ctx0 = int(c.sum()) + n
+    dts = executor.price(StepShapes.decode_stretch(n, sum_ctx0, k))
+    times = np.cumsum(np.concatenate(([clock], dts)))
+    if next_arrival is not None and k > 1:
+        p = int(np.searchsorted(times[1:k], next_arrival, side="left"))
+        k = min(k, p + 1)
+    _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder)
+    return float(times[k])
+
+
+def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
+    kv, log, step0 = sched.kv, sched.log, sched.step
+    pending = sched.pending_tokens()
+    live0 = kv.live_tokens
+    snap_steps, snaps = [-1], [kv.counters(pending)]
+    if hasattr(kv, "pool"):
+        cur = c.tolist()
+        last_j = None
+        for j, i in _event_steps(kv, seqs, c, k):
+            if j != last_j:
+                if last_j is not None:
+                    snap_steps.append(last_j)
+                    snaps.append(kv.counters(pending))
+                if log is not None:
+                    log.step = step0 + j
+                last_j = j
+            target = int(c[i]) + j + 1
+            if target > cur[i]:
+                kv.append_slots(seqs[i].seq_id, target - cur[i])
+                cur[i] = target
+        if last_j is not None:
+            snap_steps.append(last_j)
+            snaps.append(kv.counters(pending))
+        end = (c + k).tolist()
+        for i, s in enumerate(seqs):
+            if end[i] > cur[i]:
+                kv.append_slots(s.seq_id, end[i] - cur[i])
+    else:
+        for s in seqs:
+            kv.append_slots(s.seq_id, k)
+    if recorder is not None:
+        recorder.add_stretch(step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snaps)
+    for s in seqs:
+        s.computed += k
+        s.generated += k
+    if log is not None:
+        log.step = step0 + k - 1
+    now = float(times[k])
+    for g in [g for g in sched.running if g.seqs[0].done]:
+        sched._finish(g, now)
+    sched.step = step0 + k
+    sched._pending_forks.clear()
+    sched._pending_freed.clear()

@@ -1,0 +1,75 @@
+"""From a trace request to scheduler groups: identities, fan-out, rejection.
+
+Rejection happens here, once, with a reason, so that the scheduler never
+retries a request that can never run (the livelock guard): longer than
+``max_model_len``, or needing more memory than the whole cache.
+"""
+from __future__ import annotations
+
+from sim.block_keys import BlockKeys
+from sim.sequence import REJECTED, Group, RequestRecord, Sequence
+
+
+def request_keys(req, block_size: int, *, shared_prompt: bool) -> BlockKeys | None:
+    """Content identities of the request's blocks, for prefix caching.
+
+    Real token ids win, then trace hash ids (mapped to pages of our block
+    size). Without either, a request whose prompt is shared by its own child
+    requests (``n > 1`` in V1) gets identities unique to the request.
+    """
+    if req.prompt_token_ids is not None:
+        ids = tuple(req.prompt_token_ids) + tuple(req.output_token_ids or ())
+        return BlockKeys(block_size, token_ids=ids)
+    if req.block_hashes is not None and req.hash_block_size:
+        return BlockKeys(block_size, page_ids=req.page_keys(block_size))
+    if shared_prompt:
+        return BlockKeys(block_size, page_ids=[("req", req.id, i)
+                                               for i in range(req.prompt_tokens // block_size)])
+    return None
+
+
+def rejection(sched, req) -> str | None:
+    kv, cfg = sched.kv, sched.cfg
+    total = req.prompt_tokens + req.output_tokens
+    if total > cfg.max_model_len:
+        return f"longer than max_model_len ({total} > {cfg.max_model_len} tokens)"
+    if hasattr(kv, "fits_ever"):
+        if not kv.fits_ever(total):
+            return f"its reservation exceeds the largest contiguous region ({kv.reservation(total)} slots)"
+        return None
+    bs = kv.block_size
+    extra = max(req.beam_width, 1) - 1 if sched.cfg.generation == "v0" else 0
+    need = -(-total // bs) + extra * (-(-req.output_tokens // bs) + 1)
+    have = kv.pool.num_blocks - sched.watermark_blocks
+    if need > have:
+        return f"needs {need} KV blocks, the cache has {have} usable"
+    return None
+
+
+def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:
+    rec = RequestRecord(req.id, req.arrival_s, req.prompt_tokens, req.output_tokens,
+                        req.n, req.beam_width, req.priority)
+    reason = rejection(sched, req)
+    if reason is not None:
+        rec.rejected = reason
+        return rec, []
+    kv = sched.kv
+    can_fork = hasattr(kv, "pool")
+    v0 = sched.cfg.generation == "v0" and can_fork
+    beam = req.beam_width if can_fork else 1
+    if beam > 1 or (v0 and req.n > 1):
+        fanout, children = (req.n if beam <= 1 else 1), 1
+    else:
+        fanout, children = 1, req.n
+    caching = getattr(kv, "enable_prefix_caching", False)
+    keys = request_keys(req, kv.block_size, shared_prompt=children > 1) if caching else None
+    groups = []
+    for _ in range(children):
+        seq = Sequence(sched.next_seq_id, req.prompt_tokens, req.output_tokens, keys)
+        sched.next_seq_id += 1
+        g = Group(sched.next_gid, rec, [seq], req.arrival_s, req.priority,
+                  fanout=fanout, beam_width=beam)
+        sched.next_gid += 1
+        groups.append(g)
+    rec.open_groups = len(groups)
+    return rec, groups
