@@ -267,7 +267,7 @@ def test_prefill_random_shapes_interpreter(data):
 @pytest.mark.parametrize("stacked", [False, True])
 def test_copy_blocks_copies_exactly_the_pairs(device, stacked):
     gen = torch.Generator().manual_seed(7)
-    layers, nb, bs, kvh, d = (3, 12, 4, 2, 16) if device == "cpu" else (32, 2048, 16, 8, 128)
+    layers, nb, bs, kvh, d = (3, 12, 4, 2, 16) if device == "cpu" else (32, 128, 16, 8, 128)
     for dtype in dtypes(device):
         stack = torch.randn(layers, 2, nb, bs, kvh, d, generator=gen).to(dtype).to(device)
         caches = stack if stacked else [torch.randn(nb, bs, kvh, d, generator=gen).to(dtype).to(device)

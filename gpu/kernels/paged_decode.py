@@ -30,31 +30,26 @@ import triton.language as tl
 from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
+MAX_SPLITS = 64  # the merge holds [splits, head_dim] fp32 per head in registers
 
 
 @triton.jit
-def _merge_splits(opart_ptr, lse_ptr, out_ptr, b, heads, gmask, d, dmask,
-                  num_heads, num_splits, stride_ob, stride_oh,
-                  HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[b, heads] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)."""
-    row = (b * num_heads + heads).to(tl.int64) * num_splits  # split 0 of each head
-    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    for s in range(num_splits):
-        lse = tl.load(lse_ptr + row + s, mask=gmask, other=float("-inf"), cache_modifier=".cg")
-        m = tl.maximum(m, lse)
+def _merge_head(opart_ptr, lse_ptr, out_ptr, b, head, num_heads, num_splits, stride_ob, stride_oh,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    """out[b, head] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), all splits loaded at once."""
+    sp = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, BLOCK_D)
+    smask = sp < num_splits
+    row = (b * num_heads + head).to(tl.int64) * num_splits + sp
+    lse = tl.load(lse_ptr + row, mask=smask, other=float("-inf"), cache_modifier=".cg")
+    o = tl.load(opart_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=smask[:, None] & (d[None, :] < HEAD_DIM),
+                other=0.0, cache_modifier=".cg")
+    m = tl.max(lse, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: weights 0, output 0
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    wsum = tl.zeros([BLOCK_G], tl.float32)
-    for s in range(num_splits):
-        lse = tl.load(lse_ptr + row + s, mask=gmask, other=float("-inf"), cache_modifier=".cg")
-        w = tl.exp2(lse - m)
-        o = tl.load(opart_ptr + (row + s)[:, None] * HEAD_DIM + d[None, :],
-                    mask=gmask[:, None] & dmask[None, :], other=0.0, cache_modifier=".cg")
-        acc += w[:, None] * o
-        wsum += w
-    out = acc / tl.maximum(wsum, 1e-30)[:, None]
-    tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+    w = tl.exp2(lse - m)
+    out = tl.sum(w[:, None] * o, 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty),
+             mask=d < HEAD_DIM)
 
 
 @triton.jit
@@ -64,7 +59,7 @@ def _paged_decode_kernel(
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
@@ -116,8 +111,9 @@ def _paged_decode_kernel(
             done = tl.atomic_add(cnt_p, 1, sem="acq_rel", scope="gpu")
             if done == num_splits - 1:
                 tl.debug_barrier()
-                _merge_splits(opart_ptr, lse_ptr, out_ptr, b, heads, gmask, d, dmask, num_heads, num_splits,
-                              stride_ob, stride_oh, HEAD_DIM, BLOCK_G, BLOCK_D)
+                for gi in tl.static_range(GROUP):
+                    _merge_head(opart_ptr, lse_ptr, out_ptr, b, kvh * GROUP + gi, num_heads, num_splits,
+                                stride_ob, stride_oh, HEAD_DIM, BLOCK_D, SPLITS_PAD)
                 tl.atomic_xchg(cnt_p, 0, sem="relaxed", scope="gpu")  # ready for the next launch
     else:
         tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -125,14 +121,10 @@ def _paged_decode_kernel(
 
 
 @triton.jit
-def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_kv_heads, num_splits, stride_ob, stride_oh,
-                  GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    kvh = tl.program_id(0)
-    b = tl.program_id(1)
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, BLOCK_D)
-    _merge_splits(opart_ptr, lse_ptr, out_ptr, b, kvh * GROUP + g, g < GROUP, d, d < HEAD_DIM,
-                  num_kv_heads * GROUP, num_splits, stride_ob, stride_oh, HEAD_DIM, BLOCK_G, BLOCK_D)
+def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_heads, num_splits, stride_ob, stride_oh,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    _merge_head(opart_ptr, lse_ptr, out_ptr, tl.program_id(1), tl.program_id(0), num_heads, num_splits,
+                stride_ob, stride_oh, HEAD_DIM, BLOCK_D, SPLITS_PAD)
 
 
 def num_splits_for(n_groups: int, max_context_len: int, tile_n: int, sms: int, waves: float,
@@ -146,13 +138,20 @@ def num_splits_for(n_groups: int, max_context_len: int, tile_n: int, sms: int, w
 
 def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
                   head_dim: int) -> dict:
-    """Heuristic launch parameters (tile, warps, stages, splits) as data."""
+    """Heuristic launch parameters as data (H100 sweep, bench/KERNEL_NOTES.md).
+
+    Many (sequence, kv head) groups: 64-token tiles, no split, several
+    programs per SM hide latency. Few groups: 128-token tiles and enough
+    splits for one program per SM.
+    """
     if device.type != "cuda":
-        cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1, min_tiles=1)
+        cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1)
+    elif n_groups >= 2 * num_sms(device) or head_dim > 128:
+        cfg = dict(tile_n=64, num_warps=4, num_stages=3, waves=1)
     else:
-        cfg = dict(tile_n=64 if head_dim <= 128 else 32, num_warps=4, num_stages=3, waves=2, min_tiles=2)
+        cfg = dict(tile_n=128, num_warps=4, num_stages=3, waves=1)
     cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], num_sms(device), cfg["waves"],
-                                       cfg["min_tiles"])
+                                       min_tiles=2 if device.type == "cuda" else 1)
     return cfg
 
 
@@ -191,7 +190,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     tile_n = tile_n or cfg["tile_n"]
     assert tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n {tile_n}: a power of two >= 16"
     tiles = max(1, triton.cdiv(max_context_len, tile_n))
-    splits = min(num_splits or cfg["num_splits"], tiles)
+    splits = min(num_splits or cfg["num_splits"], tiles, MAX_SPLITS)
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # no split left without tiles
 
@@ -212,12 +211,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, FUSED_MERGE=fused,
-        DOT_PREC=dot_precision(q.dtype), num_warps=num_warps or cfg["num_warps"],
+        SPLITS_PAD=next_pow2(splits) if fused else 1, DOT_PREC=dot_precision(q.dtype),
+        num_warps=num_warps or cfg["num_warps"],
         num_stages=num_stages or cfg["num_stages"], **meta,
     )
     if splits > 1 and not fused:
-        _merge_kernel[(num_kv_heads, batch)](opart, lse, out, num_kv_heads, splits, out.stride(0), out.stride(1),
-                                             num_warps=4 if device.type == "cuda" else 1, **meta)
+        _merge_kernel[(num_heads, batch)](opart, lse, out, num_heads, splits, out.stride(0), out.stride(1),
+                                          HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], SPLITS_PAD=next_pow2(splits),
+                                          num_warps=4 if device.type == "cuda" else 1)
     return out
 
 
