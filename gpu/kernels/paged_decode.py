@@ -16,8 +16,9 @@ Work split::
 
 With one split the program writes the output. With several (flash-decoding)
 it writes a normalised partial output and its log2-sum-exp; a second small
-kernel merges them, or, when ``counters`` is given, the last program of each
-(b, h) to finish merges them in the same launch.
+kernel, one program per (seq, head), loads all splits of its head as one
+tile and merges them. On Hopper the merge kernel is launched with
+programmatic dependent launch, so its launch overlaps the first kernel's tail.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 
@@ -41,9 +43,9 @@ def _merge_head(opart_ptr, lse_ptr, out_ptr, b, head, num_heads, num_splits, str
     d = tl.arange(0, BLOCK_D)
     smask = sp < num_splits
     row = (b * num_heads + head).to(tl.int64) * num_splits + sp
-    lse = tl.load(lse_ptr + row, mask=smask, other=float("-inf"), cache_modifier=".cg")
+    lse = tl.load(lse_ptr + row, mask=smask, other=float("-inf"))
     o = tl.load(opart_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=smask[:, None] & (d[None, :] < HEAD_DIM),
-                other=0.0, cache_modifier=".cg")
+                other=0.0)
     m = tl.max(lse, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: weights 0, output 0
     w = tl.exp2(lse - m)
@@ -54,13 +56,15 @@ def _merge_head(opart_ptr, lse_ptr, out_ptr, b, head, num_heads, num_splits, str
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, opart_ptr, lse_ptr, cnt_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, opart_ptr, lse_ptr,
     qk_scale, num_kv_heads, tiles_per_split, num_splits,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    SPLITS_PAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
+    if USE_PDL:
+        gdc_launch_dependents()  # let the merge kernel's programs start waiting now
     kvh = tl.program_id(0)
     b = tl.program_id(1)
     s = tl.program_id(2)
@@ -104,17 +108,6 @@ def _paged_decode_kernel(
         row_s = (b * num_heads + heads).to(tl.int64) * num_splits + s
         tl.store(opart_ptr + row_s[:, None] * HEAD_DIM + d[None, :], o, mask=gmask[:, None] & dmask[None, :])
         tl.store(lse_ptr + row_s, m_i + tl.log2(tl.maximum(l_i, 1e-30)), mask=gmask)  # -inf when empty
-        if FUSED_MERGE:
-            # Release this program's partials, count it; the last one merges.
-            tl.debug_barrier()
-            cnt_p = cnt_ptr + b * num_kv_heads + kvh
-            done = tl.atomic_add(cnt_p, 1, sem="acq_rel", scope="gpu")
-            if done == num_splits - 1:
-                tl.debug_barrier()
-                for gi in tl.static_range(GROUP):
-                    _merge_head(opart_ptr, lse_ptr, out_ptr, b, kvh * GROUP + gi, num_heads, num_splits,
-                                stride_ob, stride_oh, HEAD_DIM, BLOCK_D, SPLITS_PAD)
-                tl.atomic_xchg(cnt_p, 0, sem="relaxed", scope="gpu")  # ready for the next launch
     else:
         tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
@@ -122,7 +115,9 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_heads, num_splits, stride_ob, stride_oh,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:
+        gdc_wait()  # launched early (programmatic dependent launch): wait for the partials
     _merge_head(opart_ptr, lse_ptr, out_ptr, tl.program_id(1), tl.program_id(0), num_heads, num_splits,
                 stride_ob, stride_oh, HEAD_DIM, BLOCK_D, SPLITS_PAD)
 
@@ -141,16 +136,21 @@ def decode_config(device: torch.device, n_groups: int, max_context_len: int, blo
     """Heuristic launch parameters as data (H100 sweep, bench/KERNEL_NOTES.md).
 
     Many (sequence, kv head) groups: 64-token tiles, no split, several
-    programs per SM hide latency. Few groups: 128-token tiles and enough
-    splits for one program per SM.
+    programs per SM hide latency. Fewer: 128-token tiles and enough splits
+    for one program per SM. Very few (small batch): also num_stages 5, the
+    first depth at which the pipeliner double-buffers K/V behind the
+    block-id indirection.
     """
+    sms = num_sms(device)
     if device.type != "cuda":
         cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1)
-    elif n_groups >= 2 * num_sms(device) or head_dim > 128:
+    elif n_groups >= 2 * sms or head_dim > 128:
         cfg = dict(tile_n=64, num_warps=4, num_stages=3, waves=1)
-    else:
+    elif n_groups > sms // 4:
         cfg = dict(tile_n=128, num_warps=4, num_stages=3, waves=1)
-    cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], num_sms(device), cfg["waves"],
+    else:
+        cfg = dict(tile_n=128, num_warps=4, num_stages=5, waves=1)
+    cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], sms, cfg["waves"],
                                        min_tiles=2 if device.type == "cuda" else 1)
     return cfg
 
@@ -158,14 +158,14 @@ def decode_config(device: torch.device, n_groups: int, max_context_len: int, blo
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, *, max_context_len: int | None = None,
                  num_splits: int | None = None, tile_n: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+                 num_stages: int | None = None, pdl: bool | None = None) -> torch.Tensor:
     """Attention of q [batch, num_heads, head_dim] over each sequence's paged KV.
 
     ``max_context_len`` (default: block_tables.shape[1] * block_size, so no
     device sync and graph-capturable) only sizes the split-K grid.
-    ``counters``: int32 zeros of >= batch * num_kv_heads elements; when given,
-    the split merge runs inside the same launch (left zeroed again; do not
-    share between concurrent launches). Other keywords override the heuristic.
+    ``pdl``: launch the merge kernel with programmatic dependent launch
+    (default: on CUDA devices of compute capability >= 9). Other keywords
+    override the heuristic.
     """
     device = check_device(q, k_cache, v_cache, block_tables, context_lens)
     check_cache(k_cache, v_cache)
@@ -200,25 +200,24 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         lse = torch.empty(batch, num_heads, splits, device=device, dtype=torch.float32)
     else:
         opart, lse = out, out  # unused
-    fused = counters is not None and splits > 1
-    if fused:
-        assert counters.dtype == torch.int32 and counters.numel() >= batch * num_kv_heads, \
-            "counters: int32 zeros with >= batch * num_kv_heads elements"
+    if pdl is None:
+        pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    pdl = bool(pdl) and splits > 1 and device.type == "cuda"
     meta = dict(GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim))
     _paged_decode_kernel[(num_kv_heads, batch, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, opart, lse, counters if fused else context_lens,
+        q, k_cache, v_cache, block_tables, context_lens, out, opart, lse,
         scale * LOG2E, num_kv_heads, tiles_per_split, splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, FUSED_MERGE=fused,
-        SPLITS_PAD=next_pow2(splits) if fused else 1, DOT_PREC=dot_precision(q.dtype),
+        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, USE_PDL=pdl, DOT_PREC=dot_precision(q.dtype),
         num_warps=num_warps or cfg["num_warps"],
         num_stages=num_stages or cfg["num_stages"], **meta,
     )
-    if splits > 1 and not fused:
+    if splits > 1:
         _merge_kernel[(num_heads, batch)](opart, lse, out, num_heads, splits, out.stride(0), out.stride(1),
                                           HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], SPLITS_PAD=next_pow2(splits),
-                                          num_warps=4 if device.type == "cuda" else 1)
+                                          USE_PDL=pdl, num_warps=4 if device.type == "cuda" else 1,
+                                          **(dict(launch_pdl=True) if pdl else {}))
     return out
 
 
