@@ -129,15 +129,14 @@ def test_decode_block_sizes_and_short_sequences(device, block_size):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("pdl", [False, True])
-def test_decode_split_k_merges(device, pdl):
+def test_decode_split_k_merges(device):
     lens = [70, 3, 0, 33] if device == "cpu" else [32768, 100, 0, 4097]  # 0: empty context -> zeros
     dtype = dtypes(device)[0]
     for splits in (1, 3, 7):
-        if device == "cpu":  # pdl is a CUDA launch attribute; ignored here
-            check_decode(device, dtype, lens, 8, 2, 16, 16, seed=splits, tile_n=16, num_splits=splits, pdl=pdl)
+        if device == "cpu":
+            check_decode(device, dtype, lens, 8, 2, 16, 16, seed=splits, tile_n=16, num_splits=splits)
         else:
-            check_decode(device, dtype, lens, 32, 8, 128, 16, seed=splits, num_splits=8 * splits, pdl=pdl)
+            check_decode(device, dtype, lens, 32, 8, 128, 16, seed=splits, num_splits=8 * splits)
 
 
 @pytest.mark.parametrize("device", DEVICES)

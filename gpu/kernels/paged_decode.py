@@ -17,8 +17,7 @@ Work split::
 With one split the program writes the output. With several (flash-decoding)
 it writes a normalised partial output and its log2-sum-exp; a second small
 kernel, one program per (seq, head), loads all splits of its head as one
-tile and merges them. On Hopper the merge kernel is launched with
-programmatic dependent launch, so its launch overlaps the first kernel's tail.
+tile and merges them.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 
@@ -60,11 +58,8 @@ def _paged_decode_kernel(
     qk_scale, num_kv_heads, tiles_per_split, num_splits,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    if USE_PDL:
-        gdc_launch_dependents()  # let the merge kernel's programs start waiting now
     kvh = tl.program_id(0)
     b = tl.program_id(1)
     s = tl.program_id(2)
@@ -115,9 +110,7 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_heads, num_splits, stride_ob, stride_oh,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr, USE_PDL: tl.constexpr):
-    if USE_PDL:
-        gdc_wait()  # launched early (programmatic dependent launch): wait for the partials
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
     _merge_head(opart_ptr, lse_ptr, out_ptr, tl.program_id(1), tl.program_id(0), num_heads, num_splits,
                 stride_ob, stride_oh, HEAD_DIM, BLOCK_D, SPLITS_PAD)
 
@@ -131,25 +124,32 @@ def num_splits_for(n_groups: int, max_context_len: int, tile_n: int, sms: int, w
     return max(1, min(want, tiles // min_tiles))
 
 
+# Launch parameters as data, from the H100 sweeps (bench/KERNEL_NOTES.md): the
+# first row whose bound covers n_groups = batch * kv_heads (in SMs) applies.
+#  <= SMs/4   (1 long sequence): split to ~2 programs per SM; num_stages 5 is
+#             the first depth at which the pipeliner double-buffers K/V behind
+#             the block-id indirection, worth it with so few programs
+#  <= SMs     split to ~2 programs per SM
+#  <= 2 SMs   no split, 128-token tiles
+#  more       no split, 64-token tiles: several programs per SM hide latency
+DECODE_TABLE = (
+    (0.25, dict(tile_n=64, num_warps=4, num_stages=5, waves=2)),
+    (1.0, dict(tile_n=64, num_warps=4, num_stages=3, waves=2)),
+    (2.0, dict(tile_n=128, num_warps=4, num_stages=4, waves=1)),
+    (math.inf, dict(tile_n=64, num_warps=4, num_stages=3, waves=1)),
+)
+
+
 def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
                   head_dim: int) -> dict:
-    """Heuristic launch parameters as data (H100 sweep, bench/KERNEL_NOTES.md).
-
-    Many (sequence, kv head) groups: 64-token tiles, no split, several
-    programs per SM hide latency. Fewer: 128-token tiles and enough splits
-    for one program per SM. Very few (small batch): also num_stages 5, the
-    first depth at which the pipeliner double-buffers K/V behind the
-    block-id indirection.
-    """
+    """Launch parameters for one call: a DECODE_TABLE row plus its split count."""
     sms = num_sms(device)
     if device.type != "cuda":
         cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1)
-    elif n_groups >= 2 * sms or head_dim > 128:
-        cfg = dict(tile_n=64, num_warps=4, num_stages=3, waves=1)
-    elif n_groups > sms // 4:
-        cfg = dict(tile_n=128, num_warps=4, num_stages=3, waves=1)
     else:
-        cfg = dict(tile_n=128, num_warps=4, num_stages=5, waves=1)
+        cfg = dict(next(c for bound, c in DECODE_TABLE if n_groups <= bound * sms))
+        if head_dim > 128:
+            cfg.update(tile_n=min(cfg["tile_n"], 64), num_stages=min(cfg["num_stages"], 3))
     cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], sms, cfg["waves"],
                                        min_tiles=2 if device.type == "cuda" else 1)
     return cfg
@@ -158,14 +158,12 @@ def decode_config(device: torch.device, n_groups: int, max_context_len: int, blo
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, *, max_context_len: int | None = None,
                  num_splits: int | None = None, tile_n: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None, pdl: bool | None = None) -> torch.Tensor:
+                 num_stages: int | None = None) -> torch.Tensor:
     """Attention of q [batch, num_heads, head_dim] over each sequence's paged KV.
 
     ``max_context_len`` (default: block_tables.shape[1] * block_size, so no
     device sync and graph-capturable) only sizes the split-K grid.
-    ``pdl``: launch the merge kernel with programmatic dependent launch
-    (default: on CUDA devices of compute capability >= 9). Other keywords
-    override the heuristic.
+    Other keywords override the heuristic (``decode_config``).
     """
     device = check_device(q, k_cache, v_cache, block_tables, context_lens)
     check_cache(k_cache, v_cache)
@@ -200,24 +198,20 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         lse = torch.empty(batch, num_heads, splits, device=device, dtype=torch.float32)
     else:
         opart, lse = out, out  # unused
-    if pdl is None:
-        pdl = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    pdl = bool(pdl) and splits > 1 and device.type == "cuda"
     meta = dict(GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim))
     _paged_decode_kernel[(num_kv_heads, batch, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, opart, lse,
         scale * LOG2E, num_kv_heads, tiles_per_split, splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, USE_PDL=pdl, DOT_PREC=dot_precision(q.dtype),
+        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, DOT_PREC=dot_precision(q.dtype),
         num_warps=num_warps or cfg["num_warps"],
         num_stages=num_stages or cfg["num_stages"], **meta,
     )
     if splits > 1:
         _merge_kernel[(num_heads, batch)](opart, lse, out, num_heads, splits, out.stride(0), out.stride(1),
                                           HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], SPLITS_PAD=next_pow2(splits),
-                                          USE_PDL=pdl, num_warps=4 if device.type == "cuda" else 1,
-                                          **(dict(launch_pdl=True) if pdl else {}))
+                                          num_warps=4 if device.type == "cuda" else 1)
     return out
 
 
