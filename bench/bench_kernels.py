@@ -22,6 +22,7 @@ import math
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,6 +40,7 @@ HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 ROTATE_BYTES = 256 << 20
 PREFILL_Q, PREFILL_PREFIXES = 4096, (0, 4096)
 BLOCK_SWEEP = [(32, 2048), (1, 32768)]
+OPS_LAYERS, OPS_BLOCKS = 32, 2048
 DEVICE = "cuda"  # a CPU smoke test of this script may set "cpu" (with the interpreter)
 
 
@@ -276,6 +278,41 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
     return rows
 
 
+def bench_ops(log) -> dict:
+    """store_kv (graph-timed), copy_blocks (eager) and swap (host-timed, GPU <-> pinned CPU) bandwidths."""
+    layers, nb, bs = OPS_LAYERS, OPS_BLOCKS, 16
+    block_bytes = bs * KV_HEADS * HEAD_DIM * 2
+    res = {}
+    kc = torch.randn(nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    vc = torch.randn_like(kc)
+    n_tok = nb * bs // 4
+    slots = [torch.randperm(nb * bs, device=DEVICE)[:n_tok] for _ in range(4)]
+    k, v = (torch.randn(n_tok, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    t = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s) for s in slots])
+    res["store_kv_gbs"] = 2 * 2 * k.numel() * 2 / t / 1e9  # K and V, read + written
+    caches = [torch.randn(nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2 * layers)]
+    n_pairs = nb // 8
+    pair_sets = [torch.randperm(nb, device=DEVICE)[: 2 * n_pairs].view(2, -1).t().contiguous() for _ in range(4)]
+    # not graph-capturable (per-call host->device copy of the cache offsets): eager, launch overhead included
+    t = triton.testing.do_bench(lambda: K.copy_blocks(caches, pair_sets[0]), return_mode="median") / 1e3
+    res["copy_blocks_gbs"] = 2 * n_pairs * len(caches) * block_bytes / t / 1e9
+    pool = [K.pinned_pool_like(c, n_pairs) for c in caches]
+    perm = torch.randperm(nb).tolist()
+    for name, dst in (("runs", list(range(n_pairs))), ("scattered", torch.randperm(n_pairs).tolist())):
+        pairs = list(zip(sorted(perm[:n_pairs]) if name == "runs" else perm[:n_pairs], dst))
+        for direction, (src, to) in (("out", (caches, pool)), ("in", (pool, caches))):
+            p = pairs if direction == "out" else [(d, s) for s, d in pairs]
+            K.swap_blocks(src, to, p).synchronize()
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                K.swap_blocks(src, to, p).synchronize()
+                times.append(time.perf_counter() - t0)
+            res[f"swap_{direction}_{name}_gbs"] = n_pairs * len(caches) * block_bytes / statistics.median(times) / 1e9
+    log("ops " + json.dumps(res))
+    return res
+
+
 def kernel_report(log) -> list[dict]:
     """Registers, spills, shared memory and wide-load counts of every compiled variant."""
     from gpu.kernels.paged_decode import _paged_decode_kernel
@@ -301,6 +338,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also time a grid of tile/warps/stages/splits configs")
     ap.add_argument("--blocks", action="store_true", help="block size sweep 1..256")
     ap.add_argument("--prefill", action="store_true", help="prefill 4096 tokens with/without a 4096 prefix")
+    ap.add_argument("--ops", action="store_true", help="store_kv / copy_blocks / swap bandwidths")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for results.json")
     args = ap.parse_args()
     lines = []
@@ -318,6 +356,8 @@ def main() -> None:
         res["blocks"] = bench_blocks(log)
     if args.prefill:
         res["prefill"] = bench_prefill(args.sweep, log)
+    if args.ops:
+        res["ops"] = bench_ops(log)
     try:
         res["kernels"] = kernel_report(log)
     except Exception as e:  # Triton internals differ between versions

@@ -73,7 +73,11 @@ def _pairs_tensor(pairs, num_blocks: int, device: torch.device) -> torch.Tensor:
 
 
 def copy_blocks(caches: torch.Tensor | Sequence[torch.Tensor], pairs) -> None:
-    """In place: for every cache, block[dst] = block[src] for each (src, dst)."""
+    """In place: for every cache, block[dst] = block[src] for each (src, dst).
+
+    Copies the cache offsets host -> device on every call, so it is not
+    CUDA-graph capturable (copy-on-write pairs change every step anyway).
+    """
     base, offsets = _as_caches(caches)
     device = check_device(base)
     pairs_t = _pairs_tensor(pairs, base.shape[0], device)
