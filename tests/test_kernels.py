@@ -19,7 +19,6 @@ pytest.importorskip("triton")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from gpu import kernels as K  # noqa: E402
-from gpu.kernels.swap import block_runs  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 HERE = "cuda" if HAS_CUDA else "cpu"  # where launchers accept tensors in this process
@@ -283,19 +282,16 @@ def test_copy_blocks_rejects_chained_pairs():
 
 
 # ---------------------------------------------------------------- swap
-def test_block_runs_merges_consecutive_pairs():
-    assert block_runs([(5, 1), (3, 7), (4, 8), (6, 2), (9, 9)]) == [(3, 7, 2), (5, 1, 2), (9, 9, 1)]
-
-
 @pytest.mark.parametrize("device", DEVICES)
-def test_swap_round_trip_is_bit_identical(device):
+@pytest.mark.parametrize("pool_ids", [[0, 1, 2, 3], [4, 0, 2, 1]], ids=["run", "scattered"])
+def test_swap_round_trip_is_bit_identical(device, pool_ids):
     gen = torch.Generator().manual_seed(8)
     nb, shape = (10, (4, 2, 16)) if device == "cpu" else (4096, (16, 8, 128))
     for dtype in dtypes(device):
         gpu = [torch.randn(nb, *shape, generator=gen).to(dtype).to(device) for _ in range(4)]
         before = [t.clone() for t in gpu]
         pool = [K.pinned_pool_like(t, nb // 2).zero_() for t in gpu]
-        out_pairs = [(3, 0), (4, 1), (7, 2), (1, 4)]
+        out_pairs = list(zip([3, 4, 7, 1], pool_ids))
         expect = K.swap_blocks_ref(gpu, pool, out_pairs)
         K.swap_blocks(gpu, pool, out_pairs).synchronize()
         assert all(torch.equal(a, b) for a, b in zip(pool, expect))
