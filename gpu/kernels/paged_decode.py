@@ -183,6 +183,8 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if max_context_len is None:
         max_context_len = block_tables.shape[1] * block_size
 
+    if batch == 0:
+        return torch.empty_like(q)
     group = num_heads // num_kv_heads
     cfg = decode_config(device, batch * num_kv_heads, max_context_len, block_size, head_dim)
     tile_n = tile_n or cfg["tile_n"]
