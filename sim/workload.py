@@ -38,8 +38,13 @@ def rejection(sched, req) -> str | None:
             return f"its reservation exceeds the largest contiguous region ({kv.reservation(total)} slots)"
         return None
     bs = kv.block_size
-    extra = max(req.beam_width, 1) - 1 if sched.cfg.generation == "v0" else 0
-    need = -(-total // bs) + extra * (-(-req.output_tokens // bs) + 1)
+    # Forked sequences (beams; samples in V0) each end up with their own copy
+    # of the prompt's last partial block and their own output blocks.
+    forks = max(req.beam_width, req.n if sched.cfg.generation == "v0" else 1)
+    if forks > 1:
+        need = -(-req.prompt_tokens // bs) + forks * (-(-req.output_tokens // bs) + 1)
+    else:
+        need = -(-total // bs)
     have = kv.pool.num_blocks - sched.watermark_blocks
     if need > have:
         return f"needs {need} KV blocks, the cache has {have} usable"

@@ -1,0 +1,33 @@
+"""Small helpers shared by the simulator tests."""
+import numpy as np
+
+from sim.config import SchedulerConfig
+from sim.replay import ReplayConfig
+from traces import Request, Trace
+
+
+class LinearCost:
+    """A cost model with round numbers: 1 s per step + 1/8 s per token
+    (binary fractions, so times are exact)."""
+
+    def price(self, shapes):
+        return 1.0 + shapes.num_tokens.astype(np.float64) / 8 + shapes.swap_blocks * 0.5
+
+
+def trace_of(*rows, **kw):
+    """rows: (arrival_s, prompt, output) or dicts of Request fields."""
+    reqs = []
+    for i, r in enumerate(rows):
+        if isinstance(r, dict):
+            reqs.append(Request(id=i, **r))
+        else:
+            reqs.append(Request(id=i, arrival_s=r[0], prompt_tokens=r[1], output_tokens=r[2], **kw))
+    return Trace(reqs, source="test")
+
+
+def config(num_blocks=16, block_size=4, *, caching=False, **sched):
+    sched.setdefault("watermark", 0.0)
+    sched.setdefault("max_model_len", 4096)
+    return ReplayConfig(num_gpu_blocks=num_blocks, block_size=block_size, prefix_caching=caching,
+                        scheduler=SchedulerConfig(**sched), events=True,
+                        num_cpu_blocks=None)

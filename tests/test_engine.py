@@ -1,0 +1,109 @@
+"""The engine and scheduler: exact small scenarios, SimPy-style logs."""
+import pytest
+
+from sim.executor import CostModelExecutor
+from sim.replay import build, replace, run_replay
+from tests.simhelpers import LinearCost, config, trace_of
+
+
+def run_logged(trace, cfg):
+    """Replay, returning [(step, start time, {seq: query tokens})] too."""
+    log = []
+    engine, sched, kv, rec = build(trace, cfg, CostModelExecutor(LinearCost()))
+    engine.on_step = lambda plan, start, dt: log.append(
+        (plan.step, start, dict(zip(plan.seq_ids, plan.query_lens))))
+    engine.run()
+    return log, sched, engine
+
+
+def test_two_requests_exact_log():
+    trace = trace_of((0.0, 6, 3), (0.5, 4, 2))
+    cfg = replace(config(), fast=False)
+    log, sched, engine = run_logged(trace, cfg)
+    # step 0: A's prompt (6 tokens, 1.75 s); B arrived at 0.5, joins step 1
+    assert log == [(0, 0.0, {0: 6}), (1, 1.75, {0: 1, 1: 4}), (2, 3.375, {0: 1, 1: 1})]
+    assert engine.clock == 4.625
+    a, b = sched.records
+    assert (a.first_token_s, a.finish_s) == (1.75, 4.625)
+    assert (b.first_token_s, b.finish_s) == (3.375, 4.625)
+    rows = sched.log.rows()
+    assert [r for r in rows if r[2] == "alloc"] == [
+        (0, 0, "alloc", 0, None), (0, 0, "alloc", 1, None),
+        (1, 1, "alloc", 2, None), (2, 1, "alloc", 3, None)]
+    assert [(r[0], r[1], r[3]) for r in rows if r[2] == "free"] == [
+        (2, 0, 1), (2, 0, 0), (2, 1, 3), (2, 1, 2)]
+
+
+def test_recompute_preemption_latest_arrival_first():
+    # 3 blocks of 4: A (8 + 4) and B (3 + 4) both start; A's first decode
+    # needs a third block while B holds it: B, the latest arrival, is preempted.
+    trace = trace_of((0.0, 8, 4), (0.0, 3, 4))
+    cfg = replace(config(num_blocks=3), fast=False)
+    log, sched, _ = run_logged(trace, cfg)
+    assert log[0] == (0, 0.0, {0: 8, 1: 3})
+    assert log[1][2] == {0: 1}
+    assert sched.preemptions == 1 and sched.records[1].preemptions == 1
+    # After A finishes B recomputes its prompt plus the token it had sampled.
+    resumed = [entry for entry in log if 1 in entry[2]]
+    assert resumed[1][2] == {1: 4}
+    assert all(r.finish_s is not None for r in sched.records)
+
+
+def test_swap_preemption_keeps_progress():
+    trace = trace_of((0.0, 8, 4), (0.0, 3, 4))
+    cfg = replace(config(num_blocks=3, generation="v0", preemption="swap"), num_cpu_blocks=8, fast=False)
+    log, sched, _ = run_logged(trace, cfg)
+    kinds = [r[2] for r in sched.log.rows()]
+    assert "swap_out" in kinds and "swap_in" in kinds
+    # B never recomputes: after its prompt, it only ever decodes one token.
+    assert [e[2][1] for e in log if 1 in e[2]] == [3, 1, 1, 1]
+
+
+def test_parallel_sampling_v0_forks_and_copies_on_write():
+    trace = trace_of({"arrival_s": 0.0, "prompt_tokens": 6, "output_tokens": 3, "n": 3})
+    cfg = replace(config(generation="v0"), fast=False)
+    log, sched, _ = run_logged(trace, cfg)
+    kinds = [r[2] for r in sched.log.rows()]
+    assert kinds.count("fork") == 2 * 2      # two children share the prompt's two blocks
+    assert kinds.count("cow") == 2           # the partial last block is copied twice
+    assert log[1][2] == {0: 1, 1: 1, 2: 1}
+
+
+def test_parallel_sampling_v1_shares_prompt_through_prefix_cache():
+    trace = trace_of({"arrival_s": 0.0, "prompt_tokens": 9, "output_tokens": 2, "n": 3})
+    cfg = replace(config(caching=True), fast=False)
+    res = run_replay(trace, cfg, executor=CostModelExecutor(LinearCost()))
+    assert res.requests.loc[0, "cached_tokens"] == 2 * 8
+    assert res.summary["prefix_cache"]["hit_rate_tokens"] == pytest.approx(16 / 27)
+
+
+def test_beam_search_forks_prunes_and_finishes():
+    trace = trace_of({"arrival_s": 0.0, "prompt_tokens": 5, "output_tokens": 12, "beam_width": 4})
+    cfg = replace(config(num_blocks=64, generation="v0"), fast=False)
+    log, sched, _ = run_logged(trace, cfg)
+    kinds = [r[2] for r in sched.log.rows()]
+    assert kinds.count("cow") > 3 and kinds.count("free") > kinds.count("alloc") / 2
+    assert all(len(e[2]) == 4 for e in log[1:])
+    assert sched.records[0].finish_s is not None
+
+
+def test_request_that_can_never_fit_is_rejected_not_retried():
+    trace = trace_of((0.0, 100, 10), (0.0, 4, 2))
+    res = run_replay(trace, config(num_blocks=8), executor=CostModelExecutor(LinearCost()))
+    assert res.requests["rejected"].tolist()[0].startswith("needs 28 KV blocks")
+    assert res.summary["requests"] == {"total": 2, "finished": 1, "rejected": 1}
+
+
+def test_chunked_prefill_splits_prompt_within_budget():
+    trace = trace_of((0.0, 10, 2))
+    cfg = replace(config(max_num_batched_tokens=4), fast=False)
+    log, _, _ = run_logged(trace, cfg)
+    assert [e[2] for e in log] == [{0: 4}, {0: 4}, {0: 2}, {0: 1}]
+
+
+def test_without_chunked_prefill_the_prompt_runs_whole():
+    trace = trace_of((0.0, 10, 2), (0.0, 3, 2))
+    cfg = replace(config(max_num_batched_tokens=12, max_model_len=12, chunked_prefill=False), fast=False)
+    log, _, _ = run_logged(trace, cfg)
+    assert log[0][2] == {0: 10}           # B (3 tokens) would overflow the budget
+    assert log[1][2] == {0: 1, 1: 3}
