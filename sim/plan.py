@@ -40,6 +40,7 @@ class StepPlan:
     swap_in: list[tuple[int, int]] = field(default_factory=list)   # (cpu, gpu)
     forks: list[tuple[int, int]] = field(default_factory=list)     # (parent seq, child seq)
     freed: list[int] = field(default_factory=list)  # seqs whose KV was released after the last step
+    finished: list[int] = field(default_factory=list)  # of those, seqs that are done for good
 
     @property
     def num_tokens(self) -> int:

@@ -45,6 +45,7 @@ class Scheduler:
         self._scheduled: list[tuple[Group, list[int]]] = []
         self._pending_forks: list[tuple[int, int]] = []
         self._pending_freed: list[int] = []
+        self._pending_finished: list[int] = []
 
     # --------------------------------------------------------------- requests
     def key(self, g: Group) -> tuple:
@@ -68,8 +69,9 @@ class Scheduler:
 
     # --------------------------------------------------------------- schedule
     def schedule(self) -> StepPlan:
-        plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed)
-        self._pending_forks, self._pending_freed = [], []
+        plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed,
+                        finished=self._pending_finished)
+        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
         if self.log is not None:
             self.log.step = self.step
         self._scheduled = []
@@ -276,6 +278,7 @@ class Scheduler:
         for s in g.seqs:
             self.kv.free(s.seq_id)
             self._pending_freed.append(s.seq_id)
+            self._pending_finished.append(s.seq_id)
         g.status = FINISHED
         r = g.record
         r.open_groups -= 1
@@ -313,6 +316,7 @@ class Scheduler:
             if c == 0:
                 self.kv.free(s.seq_id)
                 self._pending_freed.append(s.seq_id)
+                self._pending_finished.append(s.seq_id)
             else:
                 survivors.append((s, c))
         g.seqs = [s for s, _ in survivors]

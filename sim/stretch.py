@@ -129,3 +129,4 @@ def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
     sched.step = step0 + k
     sched._pending_forks.clear()
     sched._pending_freed.clear()
+    sched._pending_finished.clear()
