@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim.block_keys import UNIQUE_KEY_BASE
 from sim.errors import InvalidArgument, OutOfBlocks
 
 
@@ -123,28 +124,34 @@ class BlockPool:
     def num_free(self) -> int:
         return len(self.free_queue)
 
-    def get_new_blocks(self, n: int) -> list[Block]:
-        """Pop ``n`` blocks from the head, evicting cached content, ref = 1.
+    def get_new_blocks(self, n: int, fill: int = 0) -> list[Block]:
+        """Pop ``n`` blocks from the head, evicting cached content; each gets
+        ref 1 and ``fill`` written slots.
 
         The hottest path of the simulator: the list walk is inlined and the
-        queue is relinked once, not once per block.
+        queue is relinked once, not once per block. Blocks under a unique key
+        (content nobody else can have, see ``sim.block_keys``) are not in the
+        map, so evicting them is just forgetting the key.
         """
         q = self.free_queue
         if n > q._len:
             raise OutOfBlocks(f"need {n} blocks, {q._len} free")
         head = q._head
         out = []
+        append = out.append
         b = head.next
         for _ in range(n):
-            if b.hash is not None:  # inlined _evict
-                del self.cached[b.hash]
+            h = b.hash
+            if h is not None:  # inlined _evict
+                if h < UNIQUE_KEY_BASE:
+                    del self.cached[h]
                 b.hash = None
                 self.num_cached_free -= 1
                 if self.on_evict is not None:
                     self.on_evict(b.id)
             b.ref_cnt = 1
-            b.fill = 0
-            out.append(b)
+            b.fill = fill
+            append(b)
             nxt = b.next
             b.prev = b.next = None
             b = nxt
@@ -153,16 +160,18 @@ class BlockPool:
         q._len -= n
         return out
 
-    def release_all(self, blocks: list[Block]) -> int:
-        """Drop one reference from each block, in order; blocks reaching 0
-        join the queue's tail in that order. Returns the filled slots of the
-        blocks that became free (for the manager's live-token count)."""
+    def release_all(self, block_ids) -> int:
+        """Drop one reference from each block (given by id), in order; blocks
+        reaching 0 join the queue's tail in that order. Returns the filled
+        slots of the blocks that became free (for the live-token count)."""
+        blocks = self.blocks
         q = self.free_queue
         tail = q._tail
         freed_fill = 0
         ncf = 0
         nq = 0
-        for b in blocks:
+        for bid in block_ids:
+            b = blocks[bid]
             rc = b.ref_cnt - 1
             assert rc >= 0, f"block {b.id} released with ref_cnt 0"
             b.ref_cnt = rc
@@ -184,7 +193,8 @@ class BlockPool:
         return freed_fill
 
     def _evict(self, b: Block) -> None:
-        del self.cached[b.hash]
+        if b.hash < UNIQUE_KEY_BASE:
+            del self.cached[b.hash]
         b.hash = None
         self.num_cached_free -= 1
         if self.on_evict is not None:

@@ -28,11 +28,14 @@ class SchedulerConfig:
     preemption: str = _help("recompute or swap (swap needs v0 and a CPU pool)", default="recompute")
     victim: str = _help("preemption victim: latest (arrival, vLLM default), priority, "
                         "most-blocks", default="latest")
-    max_model_len: int = _help("longest sequence (prompt + output) admitted", default=8192)
+    max_model_len: int | None = _help("longest sequence (prompt + output) admitted; None: the "
+                                      "model preset's (filled in by ReplayConfig)", default=None)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             v = getattr(self, name)
+            if name == "max_model_len" and v is None:
+                continue
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not 0 <= self.watermark < 1:
@@ -52,7 +55,7 @@ class SchedulerConfig:
         budget is at least the longest sequence (as vLLM sets it)."""
         if self.chunked_prefill:
             return self.max_num_batched_tokens
-        return max(self.max_num_batched_tokens, self.max_model_len)
+        return max(self.max_num_batched_tokens, self.max_model_len or 0)
 
 
 def config_help(cls) -> dict[str, str]:

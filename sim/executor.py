@@ -45,7 +45,16 @@ class CostModelExecutor:
         self.model = model
 
     def execute(self, plan: StepPlan) -> float:
-        return float(self.model.price(plan.shapes())[0])
+        price_one = getattr(self.model, "price_one", None)
+        if price_one is None:
+            return float(self.model.price(plan.shapes())[0])
+        n_seq, n_tok, kv, pairs, _, copies, swaps = plan.shape_numbers()
+        return price_one(n_seq, n_tok, kv, pairs, copies, swaps)
 
     def price(self, shapes: StepShapes) -> np.ndarray:
         return self.model.price(shapes)
+
+    @property
+    def price_one(self):
+        """The model's scalar pricing (bit-identical to ``price``), if any."""
+        return getattr(self.model, "price_one", None)

@@ -152,14 +152,13 @@ class PagedKVCacheManager(SwapMixin):
             self.pool.touch(b)
             if log is not None:
                 log.add(seq_id, CACHE_HIT, b.id)
-        new = self.pool.get_new_blocks(cdiv(num_tokens, bs) - len(hits))
+        new = self.pool.get_new_blocks(cdiv(num_tokens, bs) - len(hits), fill=bs)
+        if new:
+            new[-1].fill = num_tokens - (len(hits) + len(new) - 1) * bs
         table = [b.id for b in hits]
-        left = num_tokens - len(hits) * bs
-        for b in new:
-            b.fill = bs if left >= bs else left
-            left -= b.fill
-            table.append(b.id)
-            if log is not None:
+        table.extend([b.id for b in new])
+        if log is not None:
+            for b in new:
                 log.add(seq_id, ALLOC, b.id)
         self.live_tokens += num_tokens - len(hits) * bs
         s = SeqState(table, num_tokens, keys, num_hashed=len(hits))
@@ -184,13 +183,15 @@ class PagedKVCacheManager(SwapMixin):
                 continue
             if i < known:
                 h = keys.key(i)
+                # Inlined BlockPool.cache: one entry per content, first block wins.
+                if h not in cached:
+                    cached[h] = b
+                    b.hash = h
             else:
-                h = self._next_unique
+                # Unknown content: a unique key nobody can look up, so it
+                # needs no map entry (see BlockPool.get_new_blocks).
+                b.hash = self._next_unique
                 self._next_unique += 1
-            # Inlined BlockPool.cache: one entry per content, first block wins.
-            if h not in cached:
-                cached[h] = b
-                b.hash = h
         if full > s.num_hashed:
             s.num_hashed = full
 
@@ -257,6 +258,28 @@ class PagedKVCacheManager(SwapMixin):
             self._hash_full_blocks(s)
         return pairs
 
+    def write_in_place(self, seq_ids, counts) -> None:
+        """Append ``counts[i]`` tokens to each sequence when the caller
+        knows they fit in its unshared last block (the fast engine's bulk
+        decode): ``append_slots`` without its per-call checks and branches."""
+        bs, blocks, seqs = self.block_size, self.pool.blocks, self.seqs
+        caching = self.enable_prefix_caching
+        total = 0
+        for sid, n in zip(seq_ids, counts):
+            if not n:
+                continue
+            s = seqs[sid]
+            b = blocks[s.table[-1]]
+            fill = b.fill + n
+            assert fill <= bs and b.ref_cnt == 1, (
+                f"write_in_place: sequence {sid} would overflow or write a shared block")
+            b.fill = fill
+            s.num_tokens += n
+            total += n
+            if caching and fill == bs:
+                self._hash_full_blocks(s)
+        self.live_tokens += total
+
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:
             raise UnknownSequence(f"sequence {seq_id} is not held by the KV-cache manager")
@@ -302,8 +325,7 @@ class PagedKVCacheManager(SwapMixin):
             self._free_on_cpu(seq_id, s)
             return
         del self.seqs[seq_id]
-        blocks = self.pool.blocks
-        self.live_tokens -= self.pool.release_all([blocks[b] for b in reversed(s.table)])
+        self.live_tokens -= self.pool.release_all(reversed(s.table))
         if self.log is not None:
             for bid in reversed(s.table):
                 self.log.add(seq_id, FREE, bid)

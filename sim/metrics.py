@@ -133,7 +133,7 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
     for c in CATEGORIES:
         v = step_df[c].to_numpy(dtype=np.float64)
         split[c] = float((v * dur).sum() / total_dur / capacity_tokens) if total_dur > 0 else 0.0
-    span = sim_time_s if sim_time_s > 0 else float("nan")
+    span = sim_time_s if sim_time_s > 0 else 1.0  # nothing ran: rates are 0, not NaN
 
     def mean(col):
         x = done[col].dropna()

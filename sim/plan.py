@@ -46,6 +46,13 @@ class StepPlan:
     def num_tokens(self) -> int:
         return sum(self.query_lens)
 
+    def shape_numbers(self) -> tuple:
+        """(num_seqs, num_tokens, kv_tokens_read, attn_pairs,
+        num_prefill_seqs, copy_blocks, swap_blocks) as plain numbers."""
+        q, c = self.query_lens, self.context_lens
+        return (len(q), sum(q), sum(c), _attn_pairs(q, c), sum(1 for x in q if x > 1),
+                len(self.cow), len(self.swap_out) + len(self.swap_in))
+
     def shapes(self) -> "StepShapes":
         """Price view of this single step (arrays of length 1)."""
         q = self.query_lens

@@ -46,6 +46,9 @@ class ReplayConfig:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
+        if self.scheduler.max_model_len is None:  # the model's own limit
+            object.__setattr__(self, "scheduler", replace(
+                self.scheduler, max_model_len=get_model(self.model).max_model_len))
 
     def gpu_blocks(self) -> int:
         if self.num_gpu_blocks is not None:

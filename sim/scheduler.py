@@ -82,6 +82,11 @@ class Scheduler:
             budget = self._schedule_swapped(plan, budget)
             if not self.swapped:
                 self._schedule_waiting(plan, budget)
+        if not plan.seq_ids and not self.running and self.swapped:
+            # Livelock guard: nothing runs and the head swapped group cannot
+            # come back (the GPU cannot take it with the watermark): drop its
+            # CPU copy and let it recompute, which admission always serves.
+            self._requeue_for_recompute(heapq.heappop(self.swapped)[1], plan)
         return plan
 
     def _tokens_for(self, g: Group, budget: int) -> int:
@@ -151,9 +156,13 @@ class Scheduler:
             g.status = SWAPPED
             heapq.heappush(self.swapped, (self.key(g), g))
             return
-        for sid in ids:
-            kv.free(sid)
-            plan.freed.append(sid)
+        self._requeue_for_recompute(g, plan)
+
+    def _requeue_for_recompute(self, g: Group, plan: StepPlan) -> None:
+        """Free the group's KV (GPU or CPU copy) and queue it to recompute."""
+        for s in g.seqs:
+            self.kv.free(s.seq_id)
+            plan.freed.append(s.seq_id)
         if len(g.seqs) > 1:
             # Forked samples/beams cannot be recomputed from the prompt alone
             # (vLLM V0 requires swap for them): the group restarts, losing its

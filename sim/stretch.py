@@ -28,7 +28,9 @@ def stable_decode(sched) -> bool:
         if len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
             return False
         s = g.seqs[0]
-        if s.known - s.computed != 1:
+        # generated == 0 here would be the last prompt token of a chunked
+        # prefill: its step produces the first token (TTFT), not a decode.
+        if s.known - s.computed != 1 or s.generated == 0:
             return False
         n += 1
     budget = sched.cfg.token_budget - n
@@ -44,19 +46,26 @@ def _event_steps(kv, seqs, c: np.ndarray, k: int) -> list[tuple[int, int]]:
     its cache key could collide with another block's) filling a block, which
     is when it gets hashed. Sorted as the step-by-step engine meets them."""
     bs = kv.block_size
-    events = []
-    first_cross = ((-c) % bs).tolist()
-    fills = None
+    n = len(c)
+    starts = [(-c) % bs]
     if kv.enable_prefix_caching:
-        fills = ((-c - 1) % bs).tolist()
-    for i, j0 in enumerate(first_cross):
-        events.extend((j, i) for j in range(j0, k, bs))
-        if fills is not None:
-            keys = seqs[i].keys
-            if keys is not None and keys.known_blocks > int(c[i]) // bs:
-                events.extend((j, i) for j in range(fills[i], k, bs))
-    events.sort()
-    return events
+        known = np.fromiter((s.keys.known_blocks if s.keys is not None else 0 for s in seqs),
+                            dtype=np.int64, count=n)
+        fills = (-c - 1) % bs
+        # sequences with no known content ahead never fill in the event
+        # order that matters: park their fill steps past the stretch
+        starts.append(np.where(known > c // bs, fills, k))
+    steps, idx = [], []
+    for j0 in starts:
+        counts = np.maximum(0, -(-(k - j0) // bs))
+        rep = np.repeat(np.arange(n), counts)
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        steps.append(j0[rep] + within * bs)
+        idx.append(rep)
+    j = np.concatenate(steps)
+    i = np.concatenate(idx)
+    order = np.lexsort((i, j))
+    return list(zip(j[order].tolist(), i[order].tolist()))
 
 
 def run_stretch(sched, executor, clock: float, next_arrival: float | None, recorder) -> float | None:
@@ -77,13 +86,43 @@ def run_stretch(sched, executor, clock: float, next_arrival: float | None, recor
         if k == 0:
             return None
     sum_ctx0 = int(c.sum()) + n
+    times, dts, k = _price(executor, n, sum_ctx0, k, clock, next_arrival)
+    _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder)
+    return float(times[k])
+
+
+#: Stretches up to this long are priced step by step with the executor's
+#: scalar ``price_one`` (no numpy call overhead, and most stretches end at
+#: the next arrival long before their determined length).
+SCALAR_PRICING_MAX = 48
+
+
+def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
+    """Step durations and start times of up to ``k`` decode steps, cut at the
+    first step that would start at or after ``next_arrival`` (the
+    step-by-step engine admits it there). ``times[j]`` is step j's start;
+    times come from sequential float additions either way, so they equal
+    the step-by-step clock exactly."""
+    price_one = getattr(executor, "price_one", None)
+    if price_one is not None and k <= SCALAR_PRICING_MAX:
+        times, dts = [clock], []
+        t = clock
+        for j in range(k):
+            ctx = sum_ctx0 + j * n
+            dt = price_one(n, n, ctx, float(ctx), 0, 0)
+            t = t + dt
+            dts.append(dt)
+            times.append(t)
+            if next_arrival is not None and j + 1 < k and t >= next_arrival:
+                k = j + 1
+                break
+        return np.asarray(times), np.asarray(dts), k
     dts = executor.price(StepShapes.decode_stretch(n, sum_ctx0, k))
     times = np.cumsum(np.concatenate(([clock], dts)))
     if next_arrival is not None and k > 1:
         p = int(np.searchsorted(times[1:k], next_arrival, side="left"))
         k = min(k, p + 1)
-    _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder)
-    return float(times[k])
+    return times, dts, k
 
 
 def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
@@ -110,9 +149,7 @@ def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
             snap_steps.append(last_j)
             snaps.append(kv.counters(pending))
         end = (c + k).tolist()
-        for i, s in enumerate(seqs):
-            if end[i] > cur[i]:
-                kv.append_slots(s.seq_id, end[i] - cur[i])
+        kv.write_in_place([s.seq_id for s in seqs], [e - x for e, x in zip(end, cur)])
     else:
         for s in seqs:
             kv.append_slots(s.seq_id, k)

@@ -14,6 +14,13 @@ class LinearCost:
         return 1.0 + shapes.num_tokens.astype(np.float64) / 8 + shapes.swap_blocks * 0.5
 
 
+class ScalarLinearCost(LinearCost):
+    """The same prices, also through the scalar ``price_one`` path."""
+
+    def price_one(self, num_seqs, num_tokens, kv_tokens_read, attn_pairs, copy_blocks=0, swap_blocks=0):
+        return 1.0 + float(num_tokens) / 8 + float(swap_blocks) * 0.5
+
+
 def trace_of(*rows, **kw):
     """rows: (arrival_s, prompt, output) or dicts of Request fields."""
     reqs = []

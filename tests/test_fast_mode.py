@@ -1,13 +1,14 @@
 """Fast mode (decode stretches) equals step-by-step mode, bit for bit; runs
 are deterministic; nothing leaks; overload never livelocks."""
-import numpy as np
+import os
+
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from sim.executor import CostModelExecutor
 from sim.replay import ReplayConfig, replace, run_replay
-from tests.simhelpers import LinearCost, config
+from tests.simhelpers import LinearCost, ScalarLinearCost, config
 from traces import Request, Trace, synthetic
 
 
@@ -52,14 +53,16 @@ def small_runs(draw):
                watermark=draw(st.sampled_from([0.0, 0.1]))),
         allocator=allocator, num_cpu_blocks=draw(st.sampled_from([0, 16])),
         seed=draw(st.integers(0, 3)))
-    return Trace(rows, source="hypothesis"), cfg
+    return Trace(rows, source="hypothesis"), cfg, draw(st.sampled_from([LinearCost, ScalarLinearCost]))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("PAGESIM_FAST_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_runs())
 def test_fast_mode_equals_step_by_step(run):
-    trace, cfg = run
-    ex = CostModelExecutor(LinearCost())
+    trace, cfg, cost = run
+    note(repr([(r.arrival_s, r.prompt_tokens, r.output_tokens, r.n, r.block_hashes) for r in trace]))
+    note(repr(cfg))
+    ex = CostModelExecutor(cost())
     fast = run_replay(trace, replace(cfg, fast=True), executor=ex)
     slow = run_replay(trace, replace(cfg, fast=False), executor=ex)
     same(fast, slow)
