@@ -20,6 +20,7 @@ import bisect
 import heapq
 
 from sim.config import SchedulerConfig
+from sim.errors import OutOfBlocks
 from sim.plan import StepPlan
 from sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from sim.workload import admit_request
@@ -115,14 +116,21 @@ class Scheduler:
         return budget
 
     def _reserve(self, g: Group, q: int, index: int, plan: StepPlan) -> bool:
-        kv = self.kv
+        append = self.kv.append_slots
         for s in g.seqs:
-            while not kv.can_append(s.seq_id, q):
-                victim = self._pick_victim(index)
-                self._preempt(victim, plan)
-                if victim is g:
-                    return False
-            plan.cow.extend(kv.append_slots(s.seq_id, q))
+            while True:
+                # append_slots checks before it acts: OutOfBlocks means
+                # nothing changed (cheaper than can_append on every step).
+                try:
+                    pairs = append(s.seq_id, q)
+                    break
+                except OutOfBlocks:
+                    victim = self._pick_victim(index)
+                    self._preempt(victim, plan)
+                    if victim is g:
+                        return False
+            if pairs:
+                plan.cow.extend(pairs)
         return True
 
     def _pick_victim(self, index: int) -> Group:
