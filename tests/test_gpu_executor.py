@@ -271,7 +271,7 @@ def test_price_refuses_and_config_checks():
 def test_real_sizes_bf16_on_gpu(kind):
     from traces import synthetic
     if kind == "v1-prefix":
-        trace = synthetic("sharegpt", num_requests=24, rate=50.0, system_prompt_tokens=256, seed=3)
+        trace = synthetic("fixed:400:48", num_requests=24, rate=50.0, system_prompt_tokens=256, seed=3)
         cfg = replace(config(num_blocks=2048, block_size=16, caching=True, max_num_seqs=64),
                       model="llama-3-8b")
     else:

@@ -1,0 +1,107 @@
+"""One step's inputs as the kernels want them, built from a StepPlan.
+
+The model is token-wise everywhere except attention, so the executor may
+order the step's tokens as it likes: decoding sequences (one new token
+each) come first, then prefill sequences (several new tokens, possibly on
+top of a cached prefix or of earlier chunks). Each kernel then takes one
+contiguous slice of the packed rows, with no gather or scatter::
+
+    rows   | d0 d1 d2 ... | p0 p0 p0 p0 | p1 p1 | ...
+           | paged_decode | paged_prefill (cu_seqlens over these rows) |
+
+All integer metadata is packed into one int32 host buffer and copied to the
+device in one transfer, then viewed in pieces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gpu.tokens import TokenBook, slots_of
+from sim.plan import StepPlan
+
+
+@dataclass
+class StepBatch:
+    step: int
+    seq_ids: list[int]            # packed order: decodes, then prefills
+    starts: np.ndarray            # first new position of each sequence
+    query_lens: np.ndarray
+    context_lens: np.ndarray
+    tables: list[list[int]]
+    row0: np.ndarray              # first packed row of each sequence
+    num_decode: int               # sequences (= rows) handled by paged_decode
+    tokens: np.ndarray            # [num_tokens] token ids
+    slots: np.ndarray             # [num_tokens] cache slots written
+    dev: dict = field(default_factory=dict)  # device views, see ``to_device``
+    dec_max_ctx: int = 0
+    pre_max_q: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def to_device(self, device: torch.device) -> None:
+        """Pack the metadata, copy it once, and keep named device views."""
+        nd = self.num_decode
+        q, ctx, starts = self.query_lens, self.context_lens, self.starts
+        positions = np.concatenate([np.arange(s, c) for s, c in zip(starts, ctx)]) \
+            if len(ctx) else np.zeros(0, np.int64)
+        pre_q = q[nd:]
+        parts = {
+            "tokens": self.tokens, "positions": positions, "slots": self.slots,
+            "dec_ctx": ctx[:nd], "dec_tables": _pad(self.tables[:nd]),
+            "pre_cu": np.concatenate(([0], np.cumsum(pre_q))), "pre_ctx": ctx[nd:],
+            "pre_tables": _pad(self.tables[nd:]), "last_rows": self.row0 + q - 1,
+        }
+        flat = np.concatenate([np.asarray(a, dtype=np.int32).reshape(-1) for a in parts.values()])
+        host = torch.from_numpy(flat)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        buf = host.to(device, non_blocking=True)
+        off = 0
+        for name, a in parts.items():
+            a = np.asarray(a)
+            n = a.size
+            self.dev[name] = buf[off:off + n].view(a.shape)
+            off += n
+        self.dec_max_ctx = int(ctx[:nd].max()) if nd else 0
+        self.pre_max_q = int(pre_q.max()) if len(pre_q) else 0
+
+
+def _pad(tables: list[list[int]]) -> np.ndarray:
+    """Block tables as one [n, widest] array; padding entries are never read."""
+    width = max((len(t) for t in tables), default=0)
+    out = np.zeros((len(tables), max(width, 1)), dtype=np.int32)
+    for i, t in enumerate(tables):
+        out[i, :len(t)] = t
+    return out
+
+
+def build_batch(plan: StepPlan, book: TokenBook, block_size: int) -> StepBatch:
+    """Draw the plan's tokens from the book, compute the slots they write,
+    and order the sequences decodes first.
+
+    Tokens are drawn in plan order, writing each sequence's slots into the
+    book before the next: a sequence admitted in this step may hit prefix
+    blocks that an earlier sequence of the same step is filling (the
+    allocator caches a block as soon as it is allocated full). That is
+    sound on the GPU too: every layer stores all new K/V before attending.
+    """
+    q, ctx_all = plan.query_lens, plan.context_lens
+    toks, slots = [], []
+    for sid, table, n, c in zip(plan.seq_ids, plan.block_tables, q, ctx_all):
+        toks.append(book.take(plan.step, sid, table, c - n, c))
+        slots.append(slots_of(table, c - n, c, block_size))
+        book.write(slots[-1], toks[-1])
+    order = [i for i in range(len(q)) if q[i] == 1] + [i for i in range(len(q)) if q[i] != 1]
+    qlens = np.array([q[i] for i in order], dtype=np.int64)
+    ctx = np.array([ctx_all[i] for i in order], dtype=np.int64)
+    tokens = np.concatenate([toks[i] for i in order]) if order else np.zeros(0, np.int64)
+    slot_arr = np.concatenate([slots[i] for i in order]) if order else np.zeros(0, np.int64)
+    row0 = np.concatenate(([0], np.cumsum(qlens)[:-1])) if order else np.zeros(0, np.int64)
+    return StepBatch(plan.step, [plan.seq_ids[i] for i in order], ctx - qlens, qlens, ctx,
+                     [plan.block_tables[i] for i in order], row0, sum(1 for x in q if x == 1),
+                     tokens, slot_arr)

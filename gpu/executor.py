@@ -1,0 +1,184 @@
+"""The GPU executor: run each scheduled step on real KV tensors and kernels.
+
+It plugs into the simulator's engine in place of the cost-model executor
+(``sim/executor.py``), so the *identical* allocator and scheduler drive real
+memory: the block ids of every ``StepPlan`` index the cache tensors. One
+step, in the order the plan prescribes::
+
+    forks, frees            bookkeeping only (token histories, shadow rows)
+    swap_in, swap_out       swap_blocks   (CPU pool <-> GPU blocks)
+    copy-on-write           copy_blocks   (all layers, one launch)
+    forward                 store_kv + paged_decode / paged_prefill per layer
+
+The step's duration is measured around everything from the block moves to
+the end of the forward: CUDA events on a GPU, ``time.perf_counter`` on the
+CPU (where everything is synchronous). With ``time_from`` set to a cost
+model the step still runs, but the cost model's price is returned, so the
+schedule is exactly a simulated replay's (tests compare them).
+
+Steps with checks (``check_every``) time the checks too; their records say
+``checked``. Calibrate with ``check_every=0``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gpu.batch import build_batch
+from gpu.cache import PagedCache
+from gpu.model import MODES, SyntheticDecoder
+from gpu.shadow import Shadow
+from gpu.tokens import TokenBook
+from sim.costmodel import get_model
+from sim.plan import StepPlan, StepShapes
+
+RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
+                  "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "wall_s")
+
+
+class GPUExecutor:
+    """Executes StepPlans on a synthetic model; see the module docstring.
+
+    ``model`` reuses another executor's weights (same spec, device, dtype
+    and mode), which saves the seconds a large model takes to initialise.
+    """
+
+    needs_plans = True
+
+    def __init__(self, model_spec, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int, *,
+                 device=None, dtype: torch.dtype | None = None, mode: str = "model",
+                 check_every: int = 0, time_from="measured", seed: int = 0,
+                 model: SyntheticDecoder | None = None) -> None:
+        spec = get_model(model_spec)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(check_every, int) or check_every < 0:
+            raise ValueError(f"check_every must be an int >= 0, got {check_every!r}")
+        if time_from != "measured" and not hasattr(time_from, "price"):
+            raise ValueError("time_from must be 'measured' or a cost model (an object with price())")
+        if model is not None and (model.spec != spec or model.mode != mode or model.dtype != self.dtype):
+            raise ValueError("the model given does not match model_spec, mode and dtype")
+        self.spec, self.mode, self.time_from, self.check_every = spec, mode, time_from, check_every
+        self.block_size = block_size
+        self.model = model or SyntheticDecoder(spec, device=self.device, dtype=self.dtype,
+                                               mode=mode, seed=seed)
+        self.cache = PagedCache(spec, num_gpu_blocks, num_cpu_blocks, block_size,
+                                device=self.device, dtype=self.dtype)
+        self.seed = seed
+        self.records: list[tuple] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sequence before another replay: sequence ids start
+        over, and the last step's finishes never reach a plan. The weights,
+        the cache tensors and the records stay."""
+        n_gpu = self.cache.num_gpu_blocks
+        n_cpu = 0 if self.cache.cpu_kv is None else self.cache.cpu_kv.shape[2]
+        self.book = TokenBook(n_gpu, n_cpu, self.block_size, self.spec.vocab_size, self.seed)
+        self.shadow = Shadow(self.cache, check_every=self.check_every, seed=self.seed) \
+            if self.check_every else None
+
+    # --------------------------------------------------------------- step
+    def execute(self, plan: StepPlan) -> float:
+        t0 = time.perf_counter()
+        self._bookkeeping(plan)
+        batch = build_batch(plan, self.book, self.block_size)
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.begin(batch)
+        timer = _Timer(self.device)
+        self._move_blocks(plan)
+        batch.to_device(self.device)
+        self.model.forward(self.cache, batch, shadow.layer_hook if shadow is not None else None)
+        measured = timer.stop()
+        err = shadow.end() if shadow is not None else math.nan
+        self.cache.finish_swaps()
+        checked = shadow is not None and (shadow.checking or bool(plan.cow or plan.swap_in or plan.swap_out))
+        self._record(plan, measured, err, checked, time.perf_counter() - t0)
+        if self.time_from == "measured":
+            return measured
+        return float(self.time_from.price(plan.shapes())[0])
+
+    def _bookkeeping(self, plan: StepPlan) -> None:
+        """Forks happened at the last commit, before any free of this plan
+        (a sequence forked and finished in one commit is forked first)."""
+        finished = set(plan.finished)
+        for parent, child in plan.forks:
+            self.book.fork(parent, child)
+            if self.shadow is not None:
+                self.shadow.fork(parent, child)
+        for sid in plan.freed:
+            self.book.free(sid, sid in finished)
+            if self.shadow is not None:
+                self.shadow.free(sid)
+        self.book.swap_in(plan.swap_in)
+        self.book.swap_out(plan.swap_out)
+        self.book.copy(plan.cow)
+
+    def _move_blocks(self, plan: StepPlan) -> None:
+        cache, shadow = self.cache, self.shadow
+        cache.swap_in(plan.swap_in)
+        if shadow is not None:
+            shadow.after_swap_in(plan.step, plan.swap_in)
+            shadow.before_swap_out(plan.swap_out)
+        cache.swap_out(plan.swap_out)
+        cache.copy(plan.cow)
+        if shadow is not None:
+            shadow.after_cow(plan.step, plan.cow)
+
+    def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, wall: float) -> None:
+        s = plan.shapes()
+        self.records.append((plan.step, int(s.num_seqs[0]), int(s.num_tokens[0]),
+                             int(s.kv_tokens_read[0]), float(s.attn_pairs[0]),
+                             int(s.num_prefill_seqs[0]), int(s.copy_blocks[0]),
+                             int(s.swap_blocks[0]), measured, err, checked, wall))
+
+    def records_frame(self) -> pd.DataFrame:
+        """One row per executed step, in the columns ``fit_table`` reads."""
+        return pd.DataFrame.from_records(self.records, columns=list(RECORD_COLUMNS))
+
+    def price(self, shapes: StepShapes) -> np.ndarray:
+        raise NotImplementedError(
+            "GPUExecutor measures the steps it runs and cannot price steps it has not seen; "
+            "the engine executes every step because needs_plans is True. To price shapes, fit "
+            "a TableCostModel on this executor's records (gpu.calibrate).")
+
+
+class _Timer:
+    """CUDA events on a GPU (device time of the region), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3
+        return time.perf_counter() - self.t0
+
+
+def executor_for_replay(cfg, **kwargs) -> GPUExecutor:
+    """A GPUExecutor sized like ``cfg``'s allocator (its model, block size,
+    GPU and CPU block counts), on CUDA when available. ``kwargs`` go to
+    ``GPUExecutor`` (mode, check_every, dtype, time_from, ...)."""
+    if cfg.allocator != "paged":
+        raise ValueError(f"the GPU executor needs block tables: allocator must be 'paged', "
+                         f"got {cfg.allocator!r}")
+    if cfg.tp != 1:
+        raise ValueError(f"the GPU executor runs one GPU: tp must be 1, got {cfg.tp}")
+    kwargs.setdefault("seed", cfg.seed)
+    return GPUExecutor(cfg.model, cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size, **kwargs)
