@@ -5,7 +5,8 @@
 1. build the synthetic model (random bf16 weights) and a KV cache that fits
    the card (or ``--num-gpu-blocks``);
 2. time copy-on-write copies and swaps per block (stored in the file);
-3. warm up (a short replay: Triton compiles its kernel variants);
+3. warm up (by default the calibration replay itself, unrecorded: Triton
+   compiles a kernel variant the first time it meets its shapes);
 4. replay the calibration trace through the GPU executor, fit the table,
    write ``calibration/<model>_<gpu>.json``;
 5. simulated vs measured: the table's price of every measured step (median
@@ -21,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from gpu.calibrate import compare_with_simulation, fit, gpu_preset_name, measure, step_errors
@@ -39,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--workload", default="sharegpt", help="synthetic lengths (traces.synthetic)")
     p.add_argument("--num-requests", type=int, default=160, help="synthetic calibration requests")
     p.add_argument("--holdout-requests", type=int, default=80, help="synthetic held-out requests (0: none)")
+    p.add_argument("--warmup", choices=["same", "short"], default="same",
+                   help="warm-up replay (Triton compiles kernel variants on first use): the "
+                   "calibration trace itself, or its first --warmup-requests requests")
     p.add_argument("--warmup-requests", type=int, default=24)
     p.add_argument("--rate", type=float, default=16.0, help="synthetic arrival rate (req/s)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,19 +51,19 @@ def parse_args(argv=None):
     p.add_argument("--num-gpu-blocks", type=int, help="default: 60%% of the memory free after the weights")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--out", default="calibration", help="folder of the calibration file")
-    p.add_argument("--results", help="write all numbers here (JSON)")
+    p.add_argument("--results", help="write all numbers here (JSON), updated after each phase")
+    p.add_argument("--rows", help="write the measured steps here (CSV, a 'part' column)")
     return p.parse_args(argv)
 
 
 def workloads(args):
     import traces
-    if args.trace:
-        cal = traces.load_trace(args.trace)
-        return cal[:args.warmup_requests], cal, None
     def synth(n, seed):
         return traces.synthetic(args.workload, num_requests=n, rate=args.rate, seed=seed)
-    hold = synth(args.holdout_requests, args.seed + 1) if args.holdout_requests else None
-    return synth(args.warmup_requests, args.seed + 2), synth(args.num_requests, args.seed), hold
+
+    cal = traces.load_trace(args.trace) if args.trace else synth(args.num_requests, args.seed)
+    hold = synth(args.holdout_requests, args.seed + 1) if args.holdout_requests and not args.trace else None
+    return (cal if args.warmup == "same" else cal[:args.warmup_requests]), cal, hold
 
 
 def fitting_blocks(spec, block_size: int, fraction: float = 0.6) -> int:
@@ -134,13 +139,24 @@ def run(args) -> dict:
            "per_block": costs, "table": table.to_dict(),
            "in_sample": {"steps": step_errors(table, rows),
                          "replay": compare_with_simulation(cal, cfg, table, result)}}
+    save(args, out, {"calibration": rows})
+    print(report(out), flush=True)
     if hold is not None:
         t = time.perf_counter()
         hres, hrows = measure(hold, cfg, ex)
         print(f"held-out replay: {len(hrows)} steps in {time.perf_counter() - t:.1f} s", flush=True)
         out["held_out"] = {"steps": step_errors(table, hrows),
                            "replay": compare_with_simulation(hold, cfg, table, hres)}
+        save(args, out, {"calibration": rows, "held_out": hrows})
     return out
+
+
+def save(args, out: dict, parts: dict) -> None:
+    """Write what is known so far (a later phase may run out of time)."""
+    if args.results:
+        Path(args.results).write_text(json.dumps(out, indent=2, default=str))
+    if args.rows:
+        pd.concat([r.assign(part=name) for name, r in parts.items()]).to_csv(args.rows, index=False)
 
 
 def report(out: dict) -> str:
@@ -164,8 +180,6 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: running under the Triton interpreter (a dry run; timings mean nothing)")
     out = run(args)
-    if args.results:
-        Path(args.results).write_text(json.dumps(out, indent=2, default=str))
     print(report(out))
 
 
