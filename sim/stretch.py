@@ -39,33 +39,23 @@ def stable_decode(sched) -> bool:
     return not sched.waiting or sched.admissible(sched.waiting[0][1], budget) is None
 
 
-def _event_steps(kv, seqs, c: np.ndarray, k: int) -> list[tuple[int, int]]:
+def _event_steps(kv, seqs, c: list[int], k: int) -> list[tuple[int, int]]:
     """(step, running-order index) of every allocator call a step-by-step
     run would make that is not a plain in-place token write: crossing into a
     new block, and (for sequences whose upcoming content is known, so that
     its cache key could collide with another block's) filling a block, which
     is when it gets hashed. Sorted as the step-by-step engine meets them."""
     bs = kv.block_size
-    n = len(c)
-    starts = [(-c) % bs]
-    if kv.enable_prefix_caching:
-        known = np.fromiter((s.keys.known_blocks if s.keys is not None else 0 for s in seqs),
-                            dtype=np.int64, count=n)
-        fills = (-c - 1) % bs
-        # sequences with no known content ahead never fill in the event
-        # order that matters: park their fill steps past the stretch
-        starts.append(np.where(known > c // bs, fills, k))
-    steps, idx = [], []
-    for j0 in starts:
-        counts = np.maximum(0, -(-(k - j0) // bs))
-        rep = np.repeat(np.arange(n), counts)
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        steps.append(j0[rep] + within * bs)
-        idx.append(rep)
-    j = np.concatenate(steps)
-    i = np.concatenate(idx)
-    order = np.lexsort((i, j))
-    return list(zip(j[order].tolist(), i[order].tolist()))
+    caching = kv.enable_prefix_caching
+    events = []
+    for i, ci in enumerate(c):
+        events.extend((j, i) for j in range((-ci) % bs, k, bs))
+        if caching:
+            keys = seqs[i].keys
+            if keys is not None and keys.known_blocks > ci // bs:
+                events.extend((j, i) for j in range((-ci - 1) % bs, k, bs))
+    events.sort()
+    return events
 
 
 def run_stretch(sched, executor, clock: float, next_arrival: float | None, recorder) -> float | None:
@@ -76,25 +66,43 @@ def run_stretch(sched, executor, clock: float, next_arrival: float | None, recor
     kv = sched.kv
     seqs = [g.seqs[0] for g in sched.running]
     n = len(seqs)
-    c = np.fromiter((s.computed for s in seqs), dtype=np.int64, count=n)
-    k = int(min(s.output_len - s.generated for s in seqs))
-    paged = hasattr(kv, "pool")
-    if paged:
-        bs = kv.block_size
-        crossings = np.bincount((-c) % bs, minlength=bs)[np.arange(k) % bs]
-        k = min(k, int(np.searchsorted(np.cumsum(crossings), kv.pool.num_free, side="right")))
+    c = [s.computed for s in seqs]
+    k = min(s.output_len - s.generated for s in seqs)
+    if hasattr(kv, "pool"):
+        k = _memory_limit(c, k, kv.block_size, kv.pool.num_free)
         if k == 0:
             return None
-    sum_ctx0 = int(c.sum()) + n
+    sum_ctx0 = sum(c) + n
     times, dts, k = _price(executor, n, sum_ctx0, k, clock, next_arrival)
     _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder)
     return float(times[k])
 
 
+def _memory_limit(c: list[int], k: int, bs: int, free: int) -> int:
+    """Steps (at most ``k``) whose block-boundary crossings the free blocks
+    cover; the step-by-step engine would preempt at the next one."""
+    total = 0
+    for ci in c:
+        j0 = (-ci) % bs
+        if j0 < k:
+            total += (k - 1 - j0) // bs + 1
+    if total <= free:
+        return k
+    per_residue = [0] * bs
+    for ci in c:
+        per_residue[(-ci) % bs] += 1
+    need = 0
+    for j in range(k):
+        need += per_residue[j % bs]
+        if need > free:
+            return j
+    return k
+
+
 #: Stretches up to this long are priced step by step with the executor's
 #: scalar ``price_one`` (no numpy call overhead, and most stretches end at
 #: the next arrival long before their determined length).
-SCALAR_PRICING_MAX = 48
+SCALAR_PRICING_MAX = 64
 
 
 def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
@@ -104,24 +112,27 @@ def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
     times come from sequential float additions either way, so they equal
     the step-by-step clock exactly."""
     price_one = getattr(executor, "price_one", None)
-    if price_one is not None and k <= SCALAR_PRICING_MAX:
+    if price_one is not None:
         times, dts = [clock], []
         t = clock
-        for j in range(k):
+        for j in range(min(k, SCALAR_PRICING_MAX)):
             ctx = sum_ctx0 + j * n
             dt = price_one(n, n, ctx, float(ctx), 0, 0)
             t = t + dt
             dts.append(dt)
             times.append(t)
-            if next_arrival is not None and j + 1 < k and t >= next_arrival:
-                k = j + 1
-                break
-        return np.asarray(times), np.asarray(dts), k
-    dts = executor.price(StepShapes.decode_stretch(n, sum_ctx0, k))
-    times = np.cumsum(np.concatenate(([clock], dts)))
-    if next_arrival is not None and k > 1:
-        p = int(np.searchsorted(times[1:k], next_arrival, side="left"))
-        k = min(k, p + 1)
+            if j + 1 == k or (next_arrival is not None and t >= next_arrival):
+                return times, dts, j + 1
+        clock = t  # a long stretch: price the rest in one vectorised call
+        head_t, head_d, done = times, dts, len(dts)
+    else:
+        head_t, head_d, done = [clock], [], 0
+    rest = executor.price(StepShapes.decode_stretch(n, sum_ctx0 + done * n, k - done))
+    times = head_t + np.cumsum(np.concatenate(([clock], rest)))[1:].tolist()
+    dts = head_d + rest.tolist()
+    if next_arrival is not None:
+        p = int(np.searchsorted(np.asarray(times[done + 1:k]), next_arrival, side="left"))
+        k = min(k, done + p + 1)
     return times, dts, k
 
 
@@ -131,7 +142,7 @@ def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
     live0 = kv.live_tokens
     snap_steps, snaps = [-1], [kv.counters(pending)]
     if hasattr(kv, "pool"):
-        cur = c.tolist()
+        cur = list(c)
         last_j = None
         for j, i in _event_steps(kv, seqs, c, k):
             if j != last_j:
@@ -141,15 +152,14 @@ def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
                 if log is not None:
                     log.step = step0 + j
                 last_j = j
-            target = int(c[i]) + j + 1
+            target = c[i] + j + 1
             if target > cur[i]:
                 kv.append_slots(seqs[i].seq_id, target - cur[i])
                 cur[i] = target
         if last_j is not None:
             snap_steps.append(last_j)
             snaps.append(kv.counters(pending))
-        end = (c + k).tolist()
-        kv.write_in_place([s.seq_id for s in seqs], [e - x for e, x in zip(end, cur)])
+        kv.write_in_place([s.seq_id for s in seqs], [ci + k - x for ci, x in zip(c, cur)])
     else:
         for s in seqs:
             kv.append_slots(s.seq_id, k)

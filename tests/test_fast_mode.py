@@ -120,3 +120,13 @@ def test_memory_split_sums_to_one_and_baselines_follow_definitions():
     assert splits["orca-oracle"]["internal_frag"] == 0          # reserves exactly the final length
     assert splits["orca-max"]["internal_frag"] > splits["orca-pow2"]["internal_frag"] > 0
     assert splits["paged"]["token_states"] > max(splits[a]["token_states"] for a in splits if a != "paged")
+
+
+def test_fast_mode_equals_step_by_step_on_long_decode_stretches():
+    # Few arrivals and long outputs: stretches outgrow scalar pricing and are
+    # priced in one vectorised call (with and without price_one).
+    trace = synthetic("fixed:40:300", num_requests=12, rate=0.05, seed=5)
+    cfg = ReplayConfig(num_gpu_blocks=120, block_size=8, events=True)
+    same(run_replay(trace, cfg), run_replay(trace, replace(cfg, fast=False)))
+    ex = CostModelExecutor(LinearCost())
+    same(run_replay(trace, cfg, executor=ex), run_replay(trace, replace(cfg, fast=False), executor=ex))

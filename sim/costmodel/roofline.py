@@ -139,22 +139,23 @@ class RooflineCostModel:
         """Seconds to move one block over PCIe (either direction)."""
         return self._swap_block_s
 
-    def _terms(self, n_tok, n_seq, kv_read, pairs, copies, swaps, maximum, runs_or_zero) -> dict:
+    #: Names of the terms ``_terms`` returns, in the order they are summed.
+    TERMS = ("overhead", "linear", "attention", "allreduce", "copy", "swap")
+
+    def _terms(self, n_tok, n_seq, kv_read, pairs, copies, swaps, maximum) -> tuple:
         """Each term of the step time, written once for numpy arrays and for
         Python floats (``price_one``): the same IEEE operations in the same
-        order, so both give bit-identical results."""
+        order, so both give bit-identical results. Steps with no tokens run
+        no forward pass (``runs`` is 0 or 1, and every term is finite and
+        non-negative, so multiplying by it is exact)."""
+        runs = n_tok > 0
         linear = maximum(n_tok * self._lin_tok_s + n_seq * self._lin_seq_s,
                          self._weights_s + n_tok * self._act_tok_s)
         attention = maximum(pairs * self._attn_pair_s, (kv_read + n_tok) * self._kv_tok_s)
         allreduce = self._ar_fixed_s + n_tok * self._ar_tok_s
-        return {
-            "overhead": self.step_overhead_s + n_seq * self.seq_overhead_s,
-            "linear": runs_or_zero(n_tok, linear),
-            "attention": runs_or_zero(n_tok, attention),
-            "allreduce": runs_or_zero(n_tok, allreduce),
-            "copy": copies * self._copy_block_s,
-            "swap": swaps * self._swap_block_s,
-        }
+        return (self.step_overhead_s + n_seq * self.seq_overhead_s, linear * runs,
+                attention * runs, allreduce * runs, copies * self._copy_block_s,
+                swaps * self._swap_block_s)
 
     def breakdown(self, shapes: StepShapes) -> dict[str, np.ndarray]:
         """Each term of the step time (seconds, arrays of length K).
@@ -163,25 +164,26 @@ class RooflineCostModel:
         swaps are charged.
         """
         f = np.float64
-        return self._terms(
+        terms = self._terms(
             np.asarray(shapes.num_tokens, dtype=f), np.asarray(shapes.num_seqs, dtype=f),
             np.asarray(shapes.kv_tokens_read, dtype=f), np.asarray(shapes.attn_pairs, dtype=f),
             np.asarray(shapes.copy_blocks, dtype=f), np.asarray(shapes.swap_blocks, dtype=f),
-            np.maximum, lambda n, x: np.where(n > 0, x, 0.0))
+            np.maximum)
+        return dict(zip(self.TERMS, terms))
 
     def price(self, shapes: StepShapes) -> np.ndarray:
         """Seconds per step; elementwise (see the module docstring)."""
-        b = self.breakdown(shapes)
-        return b["overhead"] + b["linear"] + b["attention"] + b["allreduce"] + b["copy"] + b["swap"]
+        o, lin, att, ar, cp, sw = self.breakdown(shapes).values()
+        return o + lin + att + ar + cp + sw
 
     def price_one(self, num_seqs, num_tokens, kv_tokens_read, attn_pairs, copy_blocks=0,
                   swap_blocks=0) -> float:
         """``price`` of a single step from plain numbers, without numpy's
         per-call overhead (the engine prices most steps one at a time)."""
-        b = self._terms(float(num_tokens), float(num_seqs), float(kv_tokens_read), float(attn_pairs),
-                        float(copy_blocks), float(swap_blocks), max,
-                        lambda n, x: x if n > 0 else 0.0)
-        return b["overhead"] + b["linear"] + b["attention"] + b["allreduce"] + b["copy"] + b["swap"]
+        o, lin, att, ar, cp, sw = self._terms(
+            float(num_tokens), float(num_seqs), float(kv_tokens_read), float(attn_pairs),
+            float(copy_blocks), float(swap_blocks), max)
+        return o + lin + att + ar + cp + sw
 
     def __repr__(self) -> str:
         return (f"RooflineCostModel({self.model.name!r}, {self.gpu.name!r}, tp={self.tp}, "
