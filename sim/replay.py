@@ -86,6 +86,7 @@ def build(trace, cfg: ReplayConfig, executor=None):
     if executor is None:
         executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model, cfg.gpu, cfg.tp,
                                                      cfg.block_size))
+    sched.plan_tables = getattr(executor, "needs_plans", False)
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder)
     return engine, sched, kv, recorder

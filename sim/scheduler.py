@@ -35,6 +35,13 @@ class Scheduler:
         self.waiting: list[tuple] = []      # heap of (key, group)
         self.running: list[Group] = []      # keep order: first = kept longest
         self._running_keys: list[tuple] = []
+        self.num_running_seqs = 0           # kept in step with ``running``
+        #: True right after a commit or a decode stretch when every running
+        #: group is one sequence in plain decode (see sim/stretch.py).
+        self.all_decoding = False
+        #: Put block tables into step plans (only executors that run the
+        #: step on real tensors need them).
+        self.plan_tables = True
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
         self.step = 0
@@ -63,10 +70,6 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
-
-    @property
-    def num_running_seqs(self) -> int:
-        return sum(len(g.seqs) for g in self.running)
 
     # --------------------------------------------------------------- schedule
     def schedule(self) -> StepPlan:
@@ -102,9 +105,14 @@ class Scheduler:
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
-        while i < len(self.running):
-            g = self.running[i]
-            q = self._tokens_for(g, budget)
+        running = self.running
+        while i < len(running):
+            g = running[i]
+            seqs = g.seqs
+            if len(seqs) == 1 and seqs[0].known - seqs[0].computed == 1:
+                q = 1 if budget >= 1 else 0  # a plain decode (the common case)
+            else:
+                q = self._tokens_for(g, budget)
             if q == 0:
                 i += 1
                 continue
@@ -145,12 +153,14 @@ class Scheduler:
         i = self.running.index(g)
         del self.running[i]
         del self._running_keys[i]
+        self.num_running_seqs -= len(g.seqs)
 
     def _insert_running(self, g: Group) -> None:
         k = self.key(g)
         i = bisect.bisect(self._running_keys, k)
         self._running_keys.insert(i, k)
         self.running.insert(i, g)
+        self.num_running_seqs += len(g.seqs)
         g.status = RUNNING
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
@@ -255,8 +265,7 @@ class Scheduler:
         g.record.open_groups -= 1
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
-        kv = self.kv
-        tables = getattr(kv, "block_table", None)
+        tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
         for s in g.seqs:
             plan.seq_ids.append(s.seq_id)
             plan.query_lens.append(q)
@@ -269,23 +278,33 @@ class Scheduler:
     def commit(self, now: float) -> list[Group]:
         """Apply the step's outcome at time ``now``; return finished groups."""
         finished = []
+        decoding = len(self._scheduled) == len(self.running)
         for g, q in self._scheduled:
             if g.status != RUNNING:
                 continue
             sampled = False
             for s in g.seqs:
                 s.computed += q
-                if s.computed == s.known:
+                if s.computed == s.prompt_len + s.generated:
                     s.generated += 1
                     sampled = True
             if sampled and g.record.first_token_s is None:
                 g.record.first_token_s = now
-            if sampled and (g.fanout > 1 or g.beam_width > 1):
-                self._branch(g)
-            if all(s.done for s in g.seqs):
+            if g.fanout > 1 or g.beam_width > 1:
+                decoding = False
+                if sampled:
+                    self._branch(g)
+            if len(g.seqs) == 1:
+                s = g.seqs[0]
+                if s.generated >= s.output_len:
+                    finished.append(g)
+                elif decoding and (s.generated == 0 or s.prompt_len + s.generated - s.computed != 1):
+                    decoding = False
+            elif all(s.done for s in g.seqs):
                 finished.append(g)
         for g in finished:
             self._finish(g, now)
+        self.all_decoding = decoding and not self.swapped
         self._scheduled = []
         self.step += 1
         return finished
@@ -310,6 +329,7 @@ class Scheduler:
         self.kv.fork(parent.seq_id, child.seq_id)
         self._pending_forks.append((parent.seq_id, child.seq_id))
         g.seqs.append(child)
+        self.num_running_seqs += 1  # forks happen in commit, to running groups
 
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork the samples/beams after the prefill; beams are
@@ -337,6 +357,7 @@ class Scheduler:
             else:
                 survivors.append((s, c))
         g.seqs = [s for s, _ in survivors]
+        self.num_running_seqs -= w - len(g.seqs)
         for s, c in survivors:
             for _ in range(c - 1):
                 self._fork(g, s)

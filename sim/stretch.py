@@ -20,20 +20,12 @@ from sim.plan import StepShapes
 
 def stable_decode(sched) -> bool:
     """True when the next step is pure decode and admits, swaps and
-    preempts nothing."""
-    if sched.swapped or not sched.running:
+    preempts nothing. ``sched.all_decoding`` (kept by ``commit``) says that
+    every running group is one sequence in plain decode: a chunked
+    prefill's last token is not a decode, its step sets the first token."""
+    if not sched.all_decoding or sched.swapped or not sched.running:
         return False
-    n = 0
-    for g in sched.running:
-        if len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
-            return False
-        s = g.seqs[0]
-        # generated == 0 here would be the last prompt token of a chunked
-        # prefill: its step produces the first token (TTFT), not a decode.
-        if s.known - s.computed != 1 or s.generated == 0:
-            return False
-        n += 1
-    budget = sched.cfg.token_budget - n
+    budget = sched.cfg.token_budget - sched.num_running_seqs
     if budget < 0:
         return False
     return not sched.waiting or sched.admissible(sched.waiting[0][1], budget) is None
