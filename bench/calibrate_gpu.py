@@ -168,6 +168,8 @@ def report(out: dict) -> str:
             continue
         s, r = out[part]["steps"], out[part]["replay"]
         head = f"{part:10} {s['steps']:6d} {s['median_abs_rel_err']:8.1%} {s['p90_abs_rel_err']:8.1%} |"
+        lines.append(f"{part}: {s['compile_steps']} steps compiled kernels "
+                     f"({s['compile_steps_measured_s']:.2f} s measured), left out of the step errors")
         for i, key in enumerate(("total_s", "ttft_mean_s", "tpot_mean_s")):
             m, p = r[key]["measured"], r[key]["simulated"]
             lines.append(f"{head if i == 0 else ' ' * len(head)} {key:11} {m:9.4f} {p:9.4f} "

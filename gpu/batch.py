@@ -10,7 +10,7 @@ contiguous slice of the packed rows, with no gather or scatter::
            | paged_decode | paged_prefill (cu_seqlens over these rows) |
 
 All integer metadata is packed into one int32 host buffer and copied to the
-device in one transfer, then viewed in pieces.
+device in one transfer, then viewed in 16-byte-aligned pieces.
 """
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ import torch
 
 from gpu.tokens import TokenBook, slots_of
 from sim.plan import StepPlan
+
+#: int32 elements per 16 bytes. Every piece of the packed metadata starts on a
+#: 16-byte boundary: Triton specialises a kernel on its pointers' alignment, so
+#: pieces at offsets that vary with the step's size would each compile new
+#: kernel variants in the middle of a timed replay.
+ALIGN = 4
 
 
 @dataclass
@@ -56,17 +62,18 @@ class StepBatch:
             "pre_cu": np.concatenate(([0], np.cumsum(pre_q))), "pre_ctx": ctx[nd:],
             "pre_tables": _pad(self.tables[nd:]), "last_rows": self.row0 + q - 1,
         }
-        flat = np.concatenate([np.asarray(a, dtype=np.int32).reshape(-1) for a in parts.values()])
+        arrays = [np.asarray(a, dtype=np.int32) for a in parts.values()]
+        sizes = [-(-a.size // ALIGN) * ALIGN for a in arrays]
+        flat = np.zeros(sum(sizes), dtype=np.int32)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        for a, off in zip(arrays, offsets.tolist()):
+            flat[off:off + a.size] = a.reshape(-1)
         host = torch.from_numpy(flat)
         if device.type == "cuda":
             host = host.pin_memory()
         buf = host.to(device, non_blocking=True)
-        off = 0
-        for name, a in parts.items():
-            a = np.asarray(a)
-            n = a.size
-            self.dev[name] = buf[off:off + n].view(a.shape)
-            off += n
+        for name, a, off in zip(parts, arrays, offsets.tolist()):
+            self.dev[name] = buf[off:off + a.size].view(a.shape)
         self.dec_max_ctx = int(ctx[:nd].max()) if nd else 0
         self.pre_max_q = int(pre_q.max()) if len(pre_q) else 0
 

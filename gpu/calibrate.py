@@ -2,7 +2,7 @@
 
 ``calibrate`` replays a trace through the GPU executor (measured step
 times, no checks) and fits ``sim.costmodel.fit_table`` to the executor's
-per-step records. Two checks of the fitted model follow the same path a
+per-step records, leaving out the steps that compiled a Triton kernel. Two checks of the fitted model follow the same path a
 user would take:
 
 * ``step_errors``: price every measured step's shape with the table and
@@ -86,10 +86,19 @@ def calibrate(trace, cfg, executor, *, meta: dict | None = None, features: dict 
 
 def fit(rows: pd.DataFrame, executor, cfg, trace=None, *, meta: dict | None = None,
         features: dict | None = None) -> TableCostModel:
-    """``fit_table`` on measured rows, with the run's provenance as meta."""
-    full = {**calibration_meta(executor, cfg), "steps": int(len(rows)),
+    """``fit_table`` on the measured rows that compiled nothing (see
+    ``gpu_rows``), with the run's provenance as meta."""
+    used = gpu_rows(rows)
+    full = {**calibration_meta(executor, cfg), "steps": int(len(used)),
+            "compile_steps_left_out": int(len(rows) - len(used)),
             "trace": getattr(trace, "source", ""), **(meta or {})}
-    return fit_table(rows, full, features)
+    return fit_table(used, full, features)
+
+
+def gpu_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Steps that measured the GPU: a step during which Triton compiled a
+    kernel variant measures the compiler (hundreds of ms), once per process."""
+    return rows[rows["compiles"] == 0] if "compiles" in rows.columns else rows
 
 
 def shapes_of(rows: pd.DataFrame) -> StepShapes:
@@ -97,15 +106,19 @@ def shapes_of(rows: pd.DataFrame) -> StepShapes:
 
 
 def step_errors(table: TableCostModel, rows: pd.DataFrame) -> dict:
-    """Relative error of the table's price for each measured step."""
-    pred = table.price(shapes_of(rows))
-    meas = rows["measured_s"].to_numpy(np.float64)
+    """Relative error of the table's price for each measured step that
+    compiled nothing; the compiling steps are counted apart."""
+    used = gpu_rows(rows)
+    pred = table.price(shapes_of(used))
+    meas = used["measured_s"].to_numpy(np.float64)
     rel = (pred - meas) / meas
-    out = {"steps": int(len(rows)), "median_abs_rel_err": float(np.median(np.abs(rel))),
+    out = {"steps": int(len(used)), "median_abs_rel_err": float(np.median(np.abs(rel))),
            "p90_abs_rel_err": float(np.quantile(np.abs(rel), 0.9)),
            "max_abs_rel_err": float(np.abs(rel).max()), "mean_signed_rel_err": float(rel.mean()),
-           "sum_pred_over_sum_measured": float(pred.sum() / meas.sum())}
-    for regime, sel in (("decode", rows["num_prefill_seqs"] == 0), ("mixed", rows["num_prefill_seqs"] > 0)):
+           "sum_pred_over_sum_measured": float(pred.sum() / meas.sum()),
+           "compile_steps": int(len(rows) - len(used)),
+           "compile_steps_measured_s": float(rows["measured_s"].sum() - meas.sum())}
+    for regime, sel in (("decode", used["num_prefill_seqs"] == 0), ("mixed", used["num_prefill_seqs"] > 0)):
         if sel.any():
             out[f"{regime}_median_abs_rel_err"] = float(np.median(np.abs(rel[sel.to_numpy()])))
     return out

@@ -17,10 +17,13 @@ model the step still runs, but the cost model's price is returned, so the
 schedule is exactly a simulated replay's (tests compare them).
 
 Steps with checks (``check_every``) time the checks too; their records say
-``checked``. Calibrate with ``check_every=0``.
+``checked``. Calibrate with ``check_every=0``. Records also count the Triton
+compilations a step triggered (``compiles``): such a step measures the
+compiler. The garbage collector is held off during the timed region.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 
@@ -37,7 +40,26 @@ from sim.costmodel import get_model
 from sim.plan import StepPlan, StepShapes
 
 RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
-                  "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "wall_s")
+                  "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s")
+_compiles = [0]  # Triton compilations in this process so far (see _watch_compiles)
+
+
+def _watch_compiles() -> None:
+    """Count Triton compilations (chaining any hook already set). A step
+    that compiles a kernel variant spends its time in the compiler, not on
+    the GPU; its record says so, and calibration leaves it out."""
+    from triton import knobs
+
+    hook = knobs.runtime.jit_post_compile_hook
+    if getattr(hook, "pagesim_counter", False):
+        return
+
+    def counting(*args, **kwargs):
+        _compiles[0] += 1
+        return hook(*args, **kwargs) if hook is not None else None
+
+    counting.pagesim_counter = True
+    knobs.runtime.jit_post_compile_hook = counting
 
 
 class GPUExecutor:
@@ -74,6 +96,7 @@ class GPUExecutor:
                                 device=self.device, dtype=self.dtype)
         self.seed = seed
         self.records: list[tuple] = []
+        _watch_compiles()
         self.reset()
 
     def reset(self) -> None:
@@ -88,21 +111,27 @@ class GPUExecutor:
 
     # --------------------------------------------------------------- step
     def execute(self, plan: StepPlan) -> float:
-        t0 = time.perf_counter()
+        t0, compiles = time.perf_counter(), _compiles[0]
         self._bookkeeping(plan)
         batch = build_batch(plan, self.book, self.block_size)
         shadow = self.shadow
         if shadow is not None:
             shadow.begin(batch)
-        timer = _Timer(self.device)
-        self._move_blocks(plan)
-        batch.to_device(self.device)
-        self.model.forward(self.cache, batch, shadow.layer_hook if shadow is not None else None)
-        measured = timer.stop()
+        gc_on = gc.isenabled()
+        gc.disable()  # a collection inside the timed region would be billed to the step
+        try:
+            timer = _Timer(self.device)
+            self._move_blocks(plan)
+            batch.to_device(self.device)
+            self.model.forward(self.cache, batch, shadow.layer_hook if shadow is not None else None)
+            measured = timer.stop()
+        finally:
+            if gc_on:
+                gc.enable()
         err = shadow.end() if shadow is not None else math.nan
         self.cache.finish_swaps()
         checked = shadow is not None and (shadow.checking or bool(plan.cow or plan.swap_in or plan.swap_out))
-        self._record(plan, measured, err, checked, time.perf_counter() - t0)
+        self._record(plan, measured, err, checked, _compiles[0] - compiles, time.perf_counter() - t0)
         if self.time_from == "measured":
             return measured
         return float(self.time_from.price(plan.shapes())[0])
@@ -134,12 +163,13 @@ class GPUExecutor:
         if shadow is not None:
             shadow.after_cow(plan.step, plan.cow)
 
-    def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, wall: float) -> None:
+    def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, compiles: int,
+                wall: float) -> None:
         s = plan.shapes()
         self.records.append((plan.step, int(s.num_seqs[0]), int(s.num_tokens[0]),
                              int(s.kv_tokens_read[0]), float(s.attn_pairs[0]),
                              int(s.num_prefill_seqs[0]), int(s.copy_blocks[0]),
-                             int(s.swap_blocks[0]), measured, err, checked, wall))
+                             int(s.swap_blocks[0]), measured, err, checked, compiles, wall))
 
     def records_frame(self) -> pd.DataFrame:
         """One row per executed step, in the columns ``fit_table`` reads."""
