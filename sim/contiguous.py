@@ -123,6 +123,21 @@ class ContiguousKVCacheManager:
         self.live_tokens += n
         return []
 
+    def write_in_place(self, seq_ids, counts, *, count_live: bool = True) -> None:
+        """Bulk ``append_slots`` for tokens known to fit (the fast engine)."""
+        for sid, n in zip(seq_ids, counts):
+            if not n:
+                continue
+            r = self.seqs[sid]
+            assert r.num_tokens + n <= r.reserved, f"sequence {sid} outgrows its reservation"
+            if r.num_tokens + n > r.final:
+                self._account(r, -1)
+                r.final = r.num_tokens + n
+                self._account(r, +1)
+            r.num_tokens += n
+            if count_live:
+                self.live_tokens += n
+
     def free(self, seq_id: int) -> None:
         r = self.seqs.pop(seq_id, None)
         if r is None:

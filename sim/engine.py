@@ -20,7 +20,7 @@ import time
 
 import simpy
 
-from sim.stretch import run_stretch
+from sim.stretch import fast_step
 
 
 class Engine:
@@ -73,10 +73,13 @@ class Engine:
             done_before = sched.step
             new_clock = None
             if self.fast:
-                new_clock = run_stretch(sched, self.executor, self.clock, self._next_arrival(),
-                                        self.recorder)
+                new_clock = fast_step(sched, self.executor, self.clock, self._next_arrival(),
+                                      self.recorder)
             if new_clock is None:
+                sched.lazy.materialize_all()
                 new_clock = self._one_step()
+                if self.fast:
+                    sched.adopt_decoders(sched.running)
             self.clock = new_clock
             if new_clock > env.now:
                 yield env.timeout(new_clock - env.now)

@@ -258,7 +258,7 @@ class PagedKVCacheManager(SwapMixin):
             self._hash_full_blocks(s)
         return pairs
 
-    def write_in_place(self, seq_ids, counts) -> None:
+    def write_in_place(self, seq_ids, counts, *, count_live: bool = True) -> None:
         """Append ``counts[i]`` tokens to each sequence when the caller
         knows they fit in its unshared last block (the fast engine's bulk
         decode): ``append_slots`` without its per-call checks and branches."""
@@ -278,7 +278,34 @@ class PagedKVCacheManager(SwapMixin):
             total += n
             if caching and fill == bs:
                 self._hash_full_blocks(s)
-        self.live_tokens += total
+        if count_live:  # the fast engine adds a whole batch's tokens at once
+            self.live_tokens += total
+
+    def cross_blocks(self, seq_ids, lags) -> None:
+        """For each sequence in order: write ``lags[i]`` tokens in place,
+        which fills its unshared last block exactly, then take one new block
+        for one more token. The fast engine's block-boundary crossings, in
+        one call; ``live_tokens`` is left to the caller, who counts the
+        whole batch at once. Only for content without known identities
+        (see ``sim/lazy_decode.py``): their cache keys cannot collide."""
+        bs, blocks, seqs, log = self.block_size, self.pool.blocks, self.seqs, self.log
+        caching = self.enable_prefix_caching
+        if log is None:
+            new = self.pool.get_new_blocks(len(seq_ids), fill=1)
+        else:  # pop one by one so each eviction is logged before its alloc
+            new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
+        for sid, lag, b in zip(seq_ids, lags, new):
+            s = seqs[sid]
+            last = blocks[s.table[-1]]
+            last.fill += lag
+            assert last.fill == bs and last.ref_cnt == 1, (
+                f"cross_blocks: sequence {sid} is not at a block boundary of an unshared block")
+            s.table.append(b.id)
+            s.num_tokens += lag + 1
+            if log is not None:
+                log.add(sid, ALLOC, b.id)
+            if caching:
+                self._hash_full_blocks(s)
 
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:

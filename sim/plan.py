@@ -41,30 +41,36 @@ class StepPlan:
     forks: list[tuple[int, int]] = field(default_factory=list)     # (parent seq, child seq)
     freed: list[int] = field(default_factory=list)  # seqs whose KV was released after the last step
     finished: list[int] = field(default_factory=list)  # of those, seqs that are done for good
+    #: Fast mode only: decoding sequences advanced in bulk and not listed
+    #: above (one query token each, ``bulk_decode_ctx`` context tokens in
+    #: all). Executors that need plans (GPU) never see them.
+    bulk_decode_seqs: int = 0
+    bulk_decode_ctx: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return sum(self.query_lens)
+        return sum(self.query_lens) + self.bulk_decode_seqs
 
     def shape_numbers(self) -> tuple:
         """(num_seqs, num_tokens, kv_tokens_read, attn_pairs,
         num_prefill_seqs, copy_blocks, swap_blocks) as plain numbers."""
         q, c = self.query_lens, self.context_lens
-        return (len(q), sum(q), sum(c), _attn_pairs(q, c), sum(1 for x in q if x > 1),
-                len(self.cow), len(self.swap_out) + len(self.swap_in))
+        bn, bc = self.bulk_decode_seqs, self.bulk_decode_ctx
+        # a decode's query-key pairs equal its context length
+        return (len(q) + bn, sum(q) + bn, sum(c) + bc, _attn_pairs(q, c) + bc,
+                sum(1 for x in q if x > 1), len(self.cow), len(self.swap_out) + len(self.swap_in))
 
     def shapes(self) -> "StepShapes":
         """Price view of this single step (arrays of length 1)."""
-        q = self.query_lens
-        c = self.context_lens
+        n_seq, n_tok, kv, pairs, n_pre, copies, swaps = self.shape_numbers()
         return StepShapes(
-            num_seqs=np.array([len(q)], dtype=np.int64),
-            num_tokens=np.array([sum(q)], dtype=np.int64),
-            kv_tokens_read=np.array([sum(c)], dtype=np.int64),
-            attn_pairs=np.array([_attn_pairs(q, c)], dtype=np.float64),
-            num_prefill_seqs=np.array([sum(1 for x in q if x > 1)], dtype=np.int64),
-            copy_blocks=np.array([len(self.cow)], dtype=np.int64),
-            swap_blocks=np.array([len(self.swap_out) + len(self.swap_in)], dtype=np.int64),
+            num_seqs=np.array([n_seq], dtype=np.int64),
+            num_tokens=np.array([n_tok], dtype=np.int64),
+            kv_tokens_read=np.array([kv], dtype=np.int64),
+            attn_pairs=np.array([pairs], dtype=np.float64),
+            num_prefill_seqs=np.array([n_pre], dtype=np.int64),
+            copy_blocks=np.array([copies], dtype=np.int64),
+            swap_blocks=np.array([swaps], dtype=np.int64),
         )
 
 

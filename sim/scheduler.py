@@ -21,6 +21,7 @@ import heapq
 
 from sim.config import SchedulerConfig
 from sim.errors import OutOfBlocks
+from sim.lazy_decode import LazyDecodeSet
 from sim.plan import StepPlan
 from sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from sim.workload import admit_request
@@ -36,9 +37,8 @@ class Scheduler:
         self.running: list[Group] = []      # keep order: first = kept longest
         self._running_keys: list[tuple] = []
         self.num_running_seqs = 0           # kept in step with ``running``
-        #: True right after a commit or a decode stretch when every running
-        #: group is one sequence in plain decode (see sim/stretch.py).
-        self.all_decoding = False
+        #: Plainly decoding sequences the fast engine advances in bulk.
+        self.lazy = LazyDecodeSet(kv)
         #: Put block tables into step plans (only executors that run the
         #: step on real tensors need them).
         self.plan_tables = True
@@ -184,7 +184,8 @@ class Scheduler:
         if len(g.seqs) > 1:
             # Forked samples/beams cannot be recomputed from the prompt alone
             # (vLLM V0 requires swap for them): the group restarts, losing its
-            # generated tokens.
+            # generated tokens; the dropped children never come back.
+            plan.finished.extend(s.seq_id for s in g.seqs[1:])
             g.seqs = [g.seqs[0]]
             g.seqs[0].generated = 0
             g.forked = False
@@ -275,10 +276,14 @@ class Scheduler:
         self._scheduled.append((g, q))
 
     # ----------------------------------------------------------------- commit
-    def commit(self, now: float) -> list[Group]:
-        """Apply the step's outcome at time ``now``; return finished groups."""
+    def commit(self, now: float, before_finish=None) -> list[Group]:
+        """Apply the step's outcome at time ``now``; return finished groups.
+
+        Tokens (and V0 forks) are applied first, then finished groups are
+        freed in scheduling order; ``before_finish`` runs in between (the
+        fast engine finishes its bulk-decoded sequences there, as they come
+        first in scheduling order)."""
         finished = []
-        decoding = len(self._scheduled) == len(self.running)
         for g, q in self._scheduled:
             if g.status != RUNNING:
                 continue
@@ -290,24 +295,28 @@ class Scheduler:
                     sampled = True
             if sampled and g.record.first_token_s is None:
                 g.record.first_token_s = now
-            if g.fanout > 1 or g.beam_width > 1:
-                decoding = False
-                if sampled:
-                    self._branch(g)
-            if len(g.seqs) == 1:
-                s = g.seqs[0]
-                if s.generated >= s.output_len:
-                    finished.append(g)
-                elif decoding and (s.generated == 0 or s.prompt_len + s.generated - s.computed != 1):
-                    decoding = False
-            elif all(s.done for s in g.seqs):
+            if sampled and (g.fanout > 1 or g.beam_width > 1):
+                self._branch(g)
+            if all(s.done for s in g.seqs):
                 finished.append(g)
+        if before_finish is not None:
+            before_finish()
         for g in finished:
             self._finish(g, now)
-        self.all_decoding = decoding and not self.swapped
         self._scheduled = []
         self.step += 1
         return finished
+
+    def adopt_decoders(self, groups) -> None:
+        """Hand running groups that are one sequence in plain decode to the
+        lazy decode set (fast mode)."""
+        lazy = self.lazy
+        for g in groups:
+            if g.status != RUNNING or len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
+                continue
+            s = g.seqs[0]
+            if s.generated >= 1 and s.known - s.computed == 1 and s.seq_id not in lazy.members:
+                lazy.add(g, self.key(g))
 
     def _finish(self, g: Group, now: float) -> None:
         self._remove_running(g)

@@ -1,100 +1,154 @@
-"""Fast mode: run a stretch of pure-decode steps in one go.
+"""Fast mode: advance the decoding batch in bulk, exactly.
 
-Between arrivals and finishes, a batch in which every running request is
-decoding, nothing can be admitted and no memory runs short evolves in a
-determined way: each step appends one token to each sequence, and blocks are
-taken only at block boundaries. This module computes how many such steps
-follow (``k``), prices them in one vectorised call, makes exactly the
-allocator calls the step-by-step engine would make, in the same order
-(every block fill and every block boundary crossing, step by step,
-sequence by sequence), and records per-step rows whose memory split is
-extrapolated exactly between allocator events. Results equal step-by-step
-mode; the tests compare the two on random traces.
+When every running group is one sequence in plain decode (all members of
+the scheduler's ``LazyDecodeSet``), the steps ahead are determined until the
+next arrival, the next finish, or the step whose block-boundary crossings
+the free blocks no longer cover. The fast engine then either
+
+* runs a **stretch** of ``k`` such steps when nothing waiting could be
+  admitted: prices them in one go and makes only the allocator calls the
+  step-by-step engine would make (crossings, hashing fills of known content),
+  in the same order; or
+* runs a **mixed step** when the head of the queue can be admitted: the
+  decodes in bulk, then the admissions through the scheduler's own code.
+
+Per-step rows are recorded from counter snapshots with the manager's own
+accounting formula. The result equals step-by-step mode bit for bit (the
+tests compare both on random traces); work is proportional to events, not
+to running sequences times steps.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from sim.plan import StepShapes
-
-
-def stable_decode(sched) -> bool:
-    """True when the next step is pure decode and admits, swaps and
-    preempts nothing. ``sched.all_decoding`` (kept by ``commit``) says that
-    every running group is one sequence in plain decode: a chunked
-    prefill's last token is not a decode, its step sets the first token."""
-    if not sched.all_decoding or sched.swapped or not sched.running:
-        return False
-    budget = sched.cfg.token_budget - sched.num_running_seqs
-    if budget < 0:
-        return False
-    return not sched.waiting or sched.admissible(sched.waiting[0][1], budget) is None
-
-
-def _event_steps(kv, seqs, c: list[int], k: int) -> list[tuple[int, int]]:
-    """(step, running-order index) of every allocator call a step-by-step
-    run would make that is not a plain in-place token write: crossing into a
-    new block, and (for sequences whose upcoming content is known, so that
-    its cache key could collide with another block's) filling a block, which
-    is when it gets hashed. Sorted as the step-by-step engine meets them."""
-    bs = kv.block_size
-    caching = kv.enable_prefix_caching
-    events = []
-    for i, ci in enumerate(c):
-        events.extend((j, i) for j in range((-ci) % bs, k, bs))
-        if caching:
-            keys = seqs[i].keys
-            if keys is not None and keys.known_blocks > ci // bs:
-                events.extend((j, i) for j in range((-ci - 1) % bs, k, bs))
-    events.sort()
-    return events
-
-
-def run_stretch(sched, executor, clock: float, next_arrival: float | None, recorder) -> float | None:
-    """Run ``k >= 1`` decode steps if the state is stable; return the new
-    clock, or None when the next step needs the full scheduler."""
-    if not stable_decode(sched):
-        return None
-    kv = sched.kv
-    seqs = [g.seqs[0] for g in sched.running]
-    n = len(seqs)
-    c = [s.computed for s in seqs]
-    k = min(s.output_len - s.generated for s in seqs)
-    if hasattr(kv, "pool"):
-        k = _memory_limit(c, k, kv.block_size, kv.pool.num_free)
-        if k == 0:
-            return None
-    sum_ctx0 = sum(c) + n
-    times, dts, k = _price(executor, n, sum_ctx0, k, clock, next_arrival)
-    _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder)
-    return float(times[k])
-
-
-def _memory_limit(c: list[int], k: int, bs: int, free: int) -> int:
-    """Steps (at most ``k``) whose block-boundary crossings the free blocks
-    cover; the step-by-step engine would preempt at the next one."""
-    total = 0
-    for ci in c:
-        j0 = (-ci) % bs
-        if j0 < k:
-            total += (k - 1 - j0) // bs + 1
-    if total <= free:
-        return k
-    per_residue = [0] * bs
-    for ci in c:
-        per_residue[(-ci) % bs] += 1
-    need = 0
-    for j in range(k):
-        need += per_residue[j % bs]
-        if need > free:
-            return j
-    return k
-
+from sim.plan import StepPlan, StepShapes
 
 #: Stretches up to this long are priced step by step with the executor's
 #: scalar ``price_one`` (no numpy call overhead, and most stretches end at
 #: the next arrival long before their determined length).
 SCALAR_PRICING_MAX = 64
+
+
+def ready(sched) -> bool:
+    """Every running group is a lazy decode member, and nothing is swapped."""
+    return bool(sched.running) and len(sched.lazy) == len(sched.running) and not sched.swapped
+
+
+def fast_step(sched, executor, clock: float, next_arrival, recorder) -> float | None:
+    """A stretch or a mixed step; None when the full scheduler is needed."""
+    if not ready(sched):
+        return None
+    lazy = sched.lazy
+    n = len(lazy)
+    budget = sched.cfg.token_budget - n
+    if budget < 0:
+        return None
+    k = lazy.steps_to_first_finish()
+    if lazy.paged:
+        k = lazy.memory_limit(k, sched.kv.pool.num_free)
+    if k == 0:
+        return None
+    if sched.waiting and sched.admissible(sched.waiting[0][1], budget) is not None:
+        return _mixed_step(sched, executor, clock, recorder, budget)
+    return _stretch(sched, executor, clock, next_arrival, recorder, k)
+
+
+def _decode_events(sched, j: int) -> int:
+    """The allocator calls of the lazy members at step ``j``; returns the
+    tokens they wrote through ``append_slots`` (already in live_tokens)."""
+    lazy, kv = sched.lazy, sched.kv
+    events = lazy.events_at(j)
+    at = lazy.D + j
+    if all(m.fill is None for m in events):
+        # Only crossings of content nobody can share: one bulk call.
+        ids, lags = [], []
+        for m in events:
+            s = m.seq
+            lag = at - m.d0
+            ids.append(s.seq_id)
+            lags.append(lag)
+            s.computed += lag + 1
+            s.generated += lag + 1
+            m.d0 = at + 1
+        kv.cross_blocks(ids, lags)
+        return 0
+    written = 0
+    r = at % lazy.bs
+    for m in events:
+        lazy.materialize(m, at)
+        s = m.seq
+        if m.cross == r:
+            kv.append_slots(s.seq_id, 1)
+            written += 1
+        else:  # a fill of known content: hashed at this step
+            kv.write_in_place((s.seq_id,), (1,), count_live=False)
+        s.computed += 1
+        s.generated += 1
+        m.d0 = at + 1
+    return written
+
+
+def _stretch(sched, executor, clock, next_arrival, recorder, k) -> float:
+    lazy, kv, log, step0 = sched.lazy, sched.kv, sched.log, sched.step
+    n = len(lazy)
+    sum_ctx0 = lazy.sum_computed + n
+    times, dts, k = _price(executor, n, sum_ctx0, k, clock, next_arrival)
+    pending = sched.pending_tokens()
+    live0 = kv.live_tokens
+    snap_steps, snaps = [-1], [kv.counters(pending)]
+    written = 0
+    for j in range(k):
+        if lazy.paged and lazy.buckets[(lazy.D + j) % lazy.bs]:
+            if log is not None:
+                log.step = step0 + j
+            written += _decode_events(sched, j)
+            snap_steps.append(j)
+            snaps.append(kv.counters(pending))
+    kv.live_tokens += n * k - written
+    if recorder is not None:
+        recorder.add_stretch(step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snaps)
+    lazy.D += k
+    if log is not None:
+        log.step = step0 + k - 1
+    _finish_members(sched, float(times[k]))
+    sched.step = step0 + k
+    sched._pending_forks.clear()
+    sched._pending_freed.clear()
+    sched._pending_finished.clear()
+    return float(times[k])
+
+
+def _finish_members(sched, now: float) -> None:
+    lazy = sched.lazy
+    for m in lazy.finished_by(lazy.D):
+        lazy.remove(m.seq.seq_id)
+        sched._finish(m.group, now)
+
+
+def _mixed_step(sched, executor, clock, recorder, budget) -> float:
+    """One step: the lazy members decode in bulk (they come first in the
+    step-by-step order: running groups before admissions), then the
+    scheduler admits from the queue."""
+    lazy, kv = sched.lazy, sched.kv
+    n = len(lazy)
+    plan = StepPlan(step=sched.step, bulk_decode_seqs=n, bulk_decode_ctx=lazy.sum_computed + n)
+    if sched.log is not None:
+        sched.log.step = sched.step
+    sched._scheduled = []
+    written = _decode_events(sched, 0) if lazy.paged else 0
+    kv.live_tokens += n - written
+    sched._schedule_waiting(plan, budget)
+    counters = kv.counters(sched.pending_tokens())
+    dt = executor.execute(plan)
+    end = clock + dt
+    if recorder is not None:
+        n_seq, n_tok, kv_read, _, n_pre, _, _ = plan.shape_numbers()
+        recorder.add(plan.step, clock, dt, (n_seq, n_tok, n_pre, kv_read), 0, kv.live_tokens, counters)
+    lazy.D += 1
+    admitted = [g for g, _ in sched._scheduled]
+    sched.commit(end, before_finish=lambda: _finish_members(sched, end))
+    sched.adopt_decoders(admitted)
+    return end
 
 
 def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
@@ -126,46 +180,3 @@ def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
         p = int(np.searchsorted(np.asarray(times[done + 1:k]), next_arrival, side="left"))
         k = min(k, done + p + 1)
     return times, dts, k
-
-
-def _apply(sched, seqs, c, k, times, dts, n, sum_ctx0, recorder) -> None:
-    kv, log, step0 = sched.kv, sched.log, sched.step
-    pending = sched.pending_tokens()
-    live0 = kv.live_tokens
-    snap_steps, snaps = [-1], [kv.counters(pending)]
-    if hasattr(kv, "pool"):
-        cur = list(c)
-        last_j = None
-        for j, i in _event_steps(kv, seqs, c, k):
-            if j != last_j:
-                if last_j is not None:
-                    snap_steps.append(last_j)
-                    snaps.append(kv.counters(pending))
-                if log is not None:
-                    log.step = step0 + j
-                last_j = j
-            target = c[i] + j + 1
-            if target > cur[i]:
-                kv.append_slots(seqs[i].seq_id, target - cur[i])
-                cur[i] = target
-        if last_j is not None:
-            snap_steps.append(last_j)
-            snaps.append(kv.counters(pending))
-        kv.write_in_place([s.seq_id for s in seqs], [ci + k - x for ci, x in zip(c, cur)])
-    else:
-        for s in seqs:
-            kv.append_slots(s.seq_id, k)
-    if recorder is not None:
-        recorder.add_stretch(step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snaps)
-    for s in seqs:
-        s.computed += k
-        s.generated += k
-    if log is not None:
-        log.step = step0 + k - 1
-    now = float(times[k])
-    for g in [g for g in sched.running if g.seqs[0].done]:
-        sched._finish(g, now)
-    sched.step = step0 + k
-    sched._pending_forks.clear()
-    sched._pending_freed.clear()
-    sched._pending_finished.clear()
