@@ -298,8 +298,10 @@ class PagedKVCacheManager(SwapMixin):
             s = seqs[sid]
             last = blocks[s.table[-1]]
             last.fill += lag
-            assert last.fill == bs and last.ref_cnt == 1, (
-                f"cross_blocks: sequence {sid} is not at a block boundary of an unshared block")
+            # a full last block may be shared (a prefix-cache hit); one that
+            # is written into may not
+            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
+                f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
             s.table.append(b.id)
             s.num_tokens += lag + 1
             if log is not None:

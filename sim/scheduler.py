@@ -143,9 +143,13 @@ class Scheduler:
 
     def _pick_victim(self, index: int) -> Group:
         """Among the running groups not yet scheduled this step (``index``
-        onwards, the one asking included), the one the policy gives up."""
+        onwards, the one asking included), the one the policy gives up.
+
+        The head of the running list (kept longest) is never a victim while
+        another group runs: it always progresses, so every run ends even
+        when preemption loses work (restarted V0 sample groups)."""
         if self.cfg.victim == "most-blocks":
-            rest = self.running[index:]
+            rest = self.running[max(index, 1):] or self.running[index:]
             return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
         return self.running[-1]
 

@@ -130,3 +130,31 @@ def test_fast_mode_equals_step_by_step_on_long_decode_stretches():
     same(run_replay(trace, cfg), run_replay(trace, replace(cfg, fast=False)))
     ex = CostModelExecutor(LinearCost())
     same(run_replay(trace, cfg, executor=ex), run_replay(trace, replace(cfg, fast=False), executor=ex))
+
+
+def test_most_blocks_victim_never_livelocks_restarting_sample_groups():
+    # Two V0 sample groups that fit alone but not together: preempting one
+    # restarts it, so a policy that could preempt the head forever would loop.
+    trace = Trace([Request(id=i, arrival_s=0.0, prompt_tokens=p, output_tokens=o, n=n)
+                   for i, (p, o, n) in enumerate([(1, 1, 1), (14, 16, 2), (1, 1, 1), (5, 17, 2)])],
+                  source="livelock")
+    cfg = replace(config(num_blocks=28, block_size=2, generation="v0", victim="most-blocks",
+                         chunked_prefill=False, max_num_batched_tokens=16, max_num_seqs=8,
+                         max_model_len=128), num_cpu_blocks=0)
+    ex = CostModelExecutor(LinearCost())
+    fast = run_replay(trace, cfg, executor=ex)
+    assert fast.summary["requests"]["finished"] == 4
+    same(fast, run_replay(trace, replace(cfg, fast=False), executor=ex))
+
+
+def test_fast_mode_crosses_from_a_shared_full_block():
+    # block size 1: a sequence's last block is a full prefix-cache hit shared
+    # with another sequence when it crosses into its next block.
+    rows = [(0.0, 1, 1, None), (0.0, 1, 1, None), (0.0, 1, 2, (7,)), (0.0, 2, 2, (7,)), (0.0, 1, 1, None)]
+    trace = Trace([Request(id=i, arrival_s=a, prompt_tokens=p, output_tokens=o, block_hashes=h,
+                           hash_block_size=8 if h else None) for i, (a, p, o, h) in enumerate(rows)],
+                  source="shared-cross")
+    cfg = config(num_blocks=12, block_size=1, caching=True, chunked_prefill=False,
+                 max_num_batched_tokens=16, max_num_seqs=2, max_model_len=128)
+    ex = CostModelExecutor(LinearCost())
+    same(run_replay(trace, cfg, executor=ex), run_replay(trace, replace(cfg, fast=False), executor=ex))
