@@ -142,7 +142,7 @@ class BlockPool:
         b = head.next
         for _ in range(n):
             h = b.hash
-            if h is not None:  # inlined _evict
+            if h is not None:  # evict: the block loses its cached content
                 if h < UNIQUE_KEY_BASE:
                     del self.cached[h]
                 b.hash = None
@@ -191,14 +191,6 @@ class BlockPool:
         q._len += nq
         self.num_cached_free += ncf
         return freed_fill
-
-    def _evict(self, b: Block) -> None:
-        if b.hash < UNIQUE_KEY_BASE:
-            del self.cached[b.hash]
-        b.hash = None
-        self.num_cached_free -= 1
-        if self.on_evict is not None:
-            self.on_evict(b.id)
 
     def touch(self, b: Block) -> None:
         """Take one more reference; revive ``b`` from the free queue if idle."""

@@ -7,7 +7,7 @@ retries a request that can never run (the livelock guard): longer than
 from __future__ import annotations
 
 from sim.block_keys import BlockKeys
-from sim.sequence import REJECTED, Group, RequestRecord, Sequence
+from sim.sequence import Group, RequestRecord, Sequence
 
 
 def request_keys(req, block_size: int, *, shared_prompt: bool) -> BlockKeys | None:
