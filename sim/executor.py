@@ -58,3 +58,9 @@ class CostModelExecutor:
     def price_one(self):
         """The model's scalar pricing (bit-identical to ``price``), if any."""
         return getattr(self.model, "price_one", None)
+
+    @property
+    def decode_run(self):
+        """The model's pricing of a run of plain decode steps, if any (see
+        ``RooflineCostModel.decode_run``)."""
+        return getattr(self.model, "decode_run", None)

@@ -157,26 +157,37 @@ def _price(executor, n: int, sum_ctx0: int, k: int, clock: float, next_arrival):
     step-by-step engine admits it there). ``times[j]`` is step j's start;
     times come from sequential float additions either way, so they equal
     the step-by-step clock exactly."""
+    decode_run = getattr(executor, "decode_run", None)
     price_one = getattr(executor, "price_one", None)
-    if price_one is not None:
-        times, dts = [clock], []
-        t = clock
-        for j in range(min(k, SCALAR_PRICING_MAX)):
-            ctx = sum_ctx0 + j * n
-            dt = price_one(n, n, ctx, float(ctx), 0, 0)
-            t = t + dt
-            dts.append(dt)
-            times.append(t)
-            if j + 1 == k or (next_arrival is not None and t >= next_arrival):
-                return times, dts, j + 1
-        clock = t  # a long stretch: price the rest in one vectorised call
-        head_t, head_d, done = times, dts, len(dts)
+    head = min(k, SCALAR_PRICING_MAX)
+    if decode_run is not None:
+        times, dts, done = decode_run(n, sum_ctx0, head, clock, next_arrival)
+    elif price_one is not None:
+        times, dts, done = _price_scalar(price_one, n, sum_ctx0, head, clock, next_arrival)
     else:
-        head_t, head_d, done = [clock], [], 0
+        times, dts, done = [clock], [], 0
+    if done == k or (done and next_arrival is not None and times[-1] >= next_arrival):
+        return times, dts, done  # ended at the stretch's end or at the next arrival
+    head_t, head_d, clock = times, dts, times[-1]
     rest = executor.price(StepShapes.decode_stretch(n, sum_ctx0 + done * n, k - done))
     times = head_t + np.cumsum(np.concatenate(([clock], rest)))[1:].tolist()
     dts = head_d + rest.tolist()
     if next_arrival is not None:
         p = int(np.searchsorted(np.asarray(times[done + 1:k]), next_arrival, side="left"))
         k = min(k, done + p + 1)
+    return times, dts, k
+
+
+def _price_scalar(price_one, n, sum_ctx0, k, clock, next_arrival):
+    """``decode_run`` through a model's generic ``price_one``."""
+    times, dts = [clock], []
+    t = clock
+    for j in range(k):
+        ctx = sum_ctx0 + j * n
+        dt = price_one(n, n, ctx, float(ctx), 0, 0)
+        t = t + dt
+        dts.append(dt)
+        times.append(t)
+        if next_arrival is not None and t >= next_arrival:
+            return times, dts, j + 1
     return times, dts, k

@@ -53,7 +53,7 @@ def small_runs(draw):
                watermark=draw(st.sampled_from([0.0, 0.1]))),
         allocator=allocator, num_cpu_blocks=draw(st.sampled_from([0, 16])),
         seed=draw(st.integers(0, 3)))
-    return Trace(rows, source="hypothesis"), cfg, draw(st.sampled_from([LinearCost, ScalarLinearCost]))
+    return Trace(rows, source="hypothesis"), cfg, draw(st.sampled_from([LinearCost, ScalarLinearCost, None]))
 
 
 @settings(max_examples=int(os.environ.get("PAGESIM_FAST_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -62,7 +62,7 @@ def test_fast_mode_equals_step_by_step(run):
     trace, cfg, cost = run
     note(repr([(r.arrival_s, r.prompt_tokens, r.output_tokens, r.n, r.block_hashes) for r in trace]))
     note(repr(cfg))
-    ex = CostModelExecutor(cost())
+    ex = CostModelExecutor(cost()) if cost else None  # None: the preset's roofline model
     fast = run_replay(trace, replace(cfg, fast=True), executor=ex)
     slow = run_replay(trace, replace(cfg, fast=False), executor=ex)
     same(fast, slow)

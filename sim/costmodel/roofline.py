@@ -185,6 +185,40 @@ class RooflineCostModel:
             float(copy_blocks), float(swap_blocks), max)
         return o + lin + att + ar + cp + sw
 
+    def decode_run(self, n: int, ctx0: int, k: int, clock: float, stop_at) -> tuple:
+        """Start times and durations of up to ``k`` plain decode steps of
+        ``n`` sequences, contexts ``ctx0, ctx0 + n, ...``, stopping after the
+        first step that ends at or after ``stop_at``: ``(times, dts, k)``.
+
+        The fast engine prices every decode step this way. Only the
+        attention term changes from step to step, so the others are computed
+        once; the float operations are those of ``price_one`` in the same
+        order (adding the zero copy and swap terms is exact), so the times
+        are bit-identical to pricing the steps one by one.
+        """
+        nf = float(n)
+        o = self.step_overhead_s + nf * self.seq_overhead_s
+        lin = max(nf * self._lin_tok_s + nf * self._lin_seq_s, self._weights_s + nf * self._act_tok_s)
+        base = o + lin
+        ar = self._ar_fixed_s + nf * self._ar_tok_s
+        a, b = self._attn_pair_s, self._kv_tok_s
+        stop = float("inf") if stop_at is None else stop_at
+        times, dts = [clock], []
+        t = clock
+        ctx = ctx0
+        for j in range(k):
+            c = float(ctx)
+            att = c * a
+            mem = (c + nf) * b
+            dt = (base + (att if att >= mem else mem)) + ar
+            t = t + dt
+            dts.append(dt)
+            times.append(t)
+            if t >= stop:
+                return times, dts, j + 1
+            ctx += n
+        return times, dts, k
+
     def __repr__(self) -> str:
         return (f"RooflineCostModel({self.model.name!r}, {self.gpu.name!r}, tp={self.tp}, "
                 f"block_size={self.block_size}, mfu={self.mfu}, mbu={self.mbu}, "
