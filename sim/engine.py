@@ -16,6 +16,8 @@ result. SimPy's own time follows that clock.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 
 import simpy
@@ -122,5 +124,27 @@ class Engine:
         t0 = time.perf_counter()
         self.env.process(self.arrivals())
         proc = self.env.process(self.engine())
-        self.env.run(until=proc)
+        with cyclic_gc_paused():
+            self.env.run(until=proc)
         self.wall_s = time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Pause CPython's cyclic garbage collector for the duration.
+
+    A replay keeps millions of long-lived containers (requests, sequences,
+    step rows), so every full collection rescans the whole heap: on the
+    Azure conversation trace that was 0.9 s of a 6 s run, for nothing. The
+    engine creates no reference cycles per step (a collection after a run
+    finds only the block pool's linked free queue), so memory stays bounded
+    by reference counting alone. The collector's previous state is restored
+    on the way out, errors included.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

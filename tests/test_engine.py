@@ -107,3 +107,26 @@ def test_without_chunked_prefill_the_prompt_runs_whole():
     log, _, _ = run_logged(trace, cfg)
     assert log[0][2] == {0: 10}           # B (3 tokens) would overflow the budget
     assert log[1][2] == {0: 1, 1: 3}
+
+
+def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
+    import gc
+
+    from sim.engine import cyclic_gc_paused
+    seen = []
+    engine, *_ = build(trace_of((0, 5, 3)), config(), CostModelExecutor(LinearCost()))
+    engine.on_step = lambda plan, start, dt: seen.append(gc.isenabled())
+    engine.run()
+    assert seen and not any(seen), "the collector ran during the replay"
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled(), "a collector the caller had disabled was turned on"
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        with cyclic_gc_paused():
+            raise RuntimeError("boom")
+    assert gc.isenabled(), "an error inside left the collector off"
