@@ -187,7 +187,7 @@ def bench_decode(sweep: bool, log) -> list[dict]:
         graph_time(case.sdpa_fns())        # 18 % slow at 64x4096 in runs 1-3, so one discarded timing
         row["sdpa_us"] = graph_time(case.sdpa_fns()) * 1e6
         cfg = decode_config(torch.device(DEVICE), batch * KV_HEADS, ctx, 16, HEAD_DIM)
-        row["config"] = {k: cfg[k] for k in ("tile_n", "num_warps", "num_stages", "num_splits")}
+        row["config"] = {k: cfg[k] for k in ("tile_n", "num_warps", "num_stages", "num_splits", "bt_ahead")}
         row["sweep"] = {}
         for name, kw in decode_variants(case, sweep):
             try:

@@ -128,14 +128,19 @@ def test_decode_block_sizes_and_short_sequences(device, block_size):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_decode_split_k_merges(device):
+@pytest.mark.parametrize("bt_ahead", [False, True])
+def test_decode_split_k_merges(device, bt_ahead):
     lens = [70, 3, 0, 33] if device == "cpu" else [32768, 100, 0, 4097]  # 0: empty context -> zeros
     dtype = dtypes(device)[0]
     for splits in (1, 3, 7):
         if device == "cpu":
-            check_decode(device, dtype, lens, 8, 2, 16, 16, seed=splits, tile_n=16, num_splits=splits)
+            check_decode(device, dtype, lens, 8, 2, 16, 16, seed=splits, tile_n=16, num_splits=splits,
+                         bt_ahead=bt_ahead)
         else:
-            check_decode(device, dtype, lens, 32, 8, 128, 16, seed=splits, num_splits=8 * splits)
+            check_decode(device, dtype, lens, 32, 8, 128, 16, seed=splits, num_splits=8 * splits, bt_ahead=bt_ahead)
+            for tile_n, stages in ((32, 3), (64, 3), (64, 5)):  # K/V buffer counts 2 to 4 with bt_ahead
+                check_decode(device, dtype, lens, 32, 8, 128, 16, seed=splits, num_splits=8 * splits,
+                             tile_n=tile_n, num_stages=stages, bt_ahead=bt_ahead)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -157,7 +162,8 @@ def test_decode_random_shapes_interpreter(data):
     lens = data.draw(st.lists(st.integers(0, 80), min_size=1, max_size=3))
     check_decode("cpu", data.draw(st.sampled_from([torch.float32, torch.float16])), lens, group * 2, 2,
                  data.draw(st.sampled_from([16, 32])), block_size, seed=data.draw(st.integers(0, 99)),
-                 tile_n=data.draw(st.sampled_from([16, 32])), num_splits=data.draw(st.integers(1, 4)))
+                 tile_n=data.draw(st.sampled_from([16, 32])), num_splits=data.draw(st.integers(1, 4)),
+                 bt_ahead=data.draw(st.booleans()))
 
 
 # ---------------------------------------------------------------- paged_prefill

@@ -18,6 +18,24 @@ With one split the program writes the output. With several (flash-decoding)
 it writes a normalised partial output and its log2-sum-exp; a second small
 kernel, one program per (seq, head), loads all splits of its head as one
 tile and merges them.
+
+Block ids a tile ahead (``BT_AHEAD``), the dependent DRAM round trips before
+a program's first K/V bytes arrive::
+
+    plain      context_lens[b] ──► block ids of tile 0 ──► K/V of tile 0    3
+    BT_AHEAD   context_lens[b] ─┐
+               block ids ───────┴──────────────────────► K/V of tile 0     2 (dense SDPA: 1)
+
+The plain loop masks the block-id load with the context length, and the
+software pipeliner predicates its prologue on the ctx-derived trip count, so
+the first block ids wait for ``context_lens``. With BT_AHEAD the first tile's
+ids are loaded before the loop (masked by the table width only) and each
+iteration loads the next tile's; K/V addresses come from the loop-carried
+ids. The ids then no longer take a pipeline stage of their own, so K/V get
+num_stages - 1 shared buffers (plain: 1 up to num_stages 4, 2 at 5).
+Measured on an H100 (bench/KERNEL_NOTES.md, run 6): 1.2-1.6 us less per call
+on split shapes, ~0.6 us at 32 x 2048; not used at large batch, where the
+plain loop's smaller footprint keeps 4 programs per SM.
 """
 from __future__ import annotations
 
@@ -55,10 +73,11 @@ def _merge_head(opart_ptr, lse_ptr, out_ptr, b, head, num_heads, num_splits, str
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, opart_ptr, lse_ptr,
-    qk_scale, num_kv_heads, tiles_per_split, num_splits,
+    qk_scale, num_kv_heads, tiles_per_split, num_splits, table_tokens,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr,
+    BT_AHEAD: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
@@ -80,10 +99,18 @@ def _paged_decode_kernel(
     head_off = kvh.to(tl.int64) * stride_kh
     tile_lo = s * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(ctx, TILE_N))
+    if BT_AHEAD:  # ids of the first tile, independent of ctx (past it they only feed masked loads)
+        tok0 = tile_lo * TILE_N + n
+        blk_next = tl.load(bt_row + tok0 // BLOCK_SIZE, mask=tok0 < table_tokens, other=0)
     for t in range(tile_lo, tile_hi):
         tok = t * TILE_N + n
         tmask = tok < ctx
-        blk = tl.load(bt_row + tok // BLOCK_SIZE, mask=tmask, other=0).to(tl.int64)
+        if BT_AHEAD:
+            blk = blk_next.to(tl.int64)
+            nxt = tok + TILE_N
+            blk_next = tl.load(bt_row + nxt // BLOCK_SIZE, mask=nxt < table_tokens, other=0)
+        else:
+            blk = tl.load(bt_row + tok // BLOCK_SIZE, mask=tmask, other=0).to(tl.int64)
         row = blk * stride_kb + (tok % BLOCK_SIZE) * stride_ks + head_off
         kv_mask = tmask[:, None] & dmask[None, :]
         k = tl.load(k_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
@@ -117,37 +144,48 @@ def _merge_kernel(opart_ptr, lse_ptr, out_ptr, num_heads, num_splits, stride_ob,
 
 def num_splits_for(n_groups: int, max_context_len: int, tile_n: int, sms: int, waves: float,
                    min_tiles: int) -> int:
-    """Splits giving ``waves`` programs per SM over all (seq, kv head) groups,
-    but never fewer than ``min_tiles`` tiles of ``tile_n`` tokens per split."""
+    """Splits giving at most ``waves`` programs per SM over all (seq, kv head)
+    groups, rounded down (8 groups -> 16 splits, 64 -> 2 on 132 SMs: every
+    program has an SM of its own), but never fewer than ``min_tiles`` tiles of
+    ``tile_n`` tokens per split."""
     tiles = max(1, triton.cdiv(max_context_len, tile_n))
-    want = math.ceil(waves * sms / n_groups)
+    want = math.floor(waves * sms / n_groups)
     return max(1, min(want, tiles // min_tiles))
 
 
-# Launch parameters as data, from the H100 sweeps (bench/KERNEL_NOTES.md): the
-# first row whose bound covers n_groups = batch * kv_heads (in SMs) applies.
-#  <= SMs/4   (1 long sequence): split to ~2 programs per SM; num_stages 5 is
-#             the first depth at which the pipeliner double-buffers K/V behind
-#             the block-id indirection, worth it with so few programs
-#  <= SMs     split to ~2 programs per SM
-#  <= 2 SMs   no split, 128-token tiles
-#  more       no split, 64-token tiles: several programs per SM hide latency
+# Launch parameters as data, from the H100 sweeps (bench/KERNEL_NOTES.md, run
+# 6): the first row whose bound covers n_groups = batch * kv_heads (in SMs)
+# applies. Every row: 64-token tiles, 4 warps, 3 stages.
+#  <= 3 SMs   BT_AHEAD (2 K/V buffers, 70 KB: 3 programs/SM, so all of them
+#             resident in one wave); up to SMs groups split down to one program
+#             per SM (waves=1) - better than 2 per SM by 0.4-0.7 %
+#  more       plain loop (1 K/V buffer, 38 KB: 4 programs/SM). BT_AHEAD's 3/SM
+#             would need 1.3 waves at 512 groups (+10 % at 64 x 4096)
 DECODE_TABLE = (
-    (0.25, dict(tile_n=64, num_warps=4, num_stages=5, waves=2)),
-    (1.0, dict(tile_n=64, num_warps=4, num_stages=3, waves=2)),
-    (2.0, dict(tile_n=128, num_warps=4, num_stages=4, waves=1)),
-    (math.inf, dict(tile_n=64, num_warps=4, num_stages=3, waves=1)),
+    (3.0, dict(tile_n=64, num_warps=4, num_stages=3, waves=1, bt_ahead=True)),
+    (math.inf, dict(tile_n=64, num_warps=4, num_stages=3, waves=1, bt_ahead=False)),
+)
+# Blocks under 16 tokens: a 64-token tile spans 8+ blocks (pages), its loads
+# take longer, and one program per SM with 2 buffers no longer hides that
+# (block 8: +1.3 % at 1 x 32768, +1.2 % at 32 x 2048 against the rows below).
+#  <= SMs     split to two programs per SM
+#  <= 3 SMs   plain loop, 128-token tiles, 4 stages (run 3's choice)
+SMALL_BLOCK_TABLE = (
+    (1.0, dict(tile_n=64, num_warps=4, num_stages=3, waves=2, bt_ahead=True)),
+    (3.0, dict(tile_n=128, num_warps=4, num_stages=4, waves=1, bt_ahead=False)),
+    (math.inf, dict(tile_n=64, num_warps=4, num_stages=3, waves=1, bt_ahead=False)),
 )
 
 
 def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
                   head_dim: int) -> dict:
-    """Launch parameters for one call: a DECODE_TABLE row plus its split count."""
+    """Launch parameters for one call: a DECODE_TABLE (or SMALL_BLOCK_TABLE) row plus its split count."""
     sms = num_sms(device)
     if device.type != "cuda":
-        cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1)
+        cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1, bt_ahead=True)
     else:
-        cfg = dict(next(c for bound, c in DECODE_TABLE if n_groups <= bound * sms))
+        table = SMALL_BLOCK_TABLE if block_size < 16 else DECODE_TABLE
+        cfg = dict(next(c for bound, c in table if n_groups <= bound * sms))
         if head_dim > 128:
             cfg.update(tile_n=min(cfg["tile_n"], 64), num_stages=min(cfg["num_stages"], 3))
     cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], sms, cfg["waves"],
@@ -158,12 +196,13 @@ def decode_config(device: torch.device, n_groups: int, max_context_len: int, blo
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, *, max_context_len: int | None = None,
                  num_splits: int | None = None, tile_n: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None) -> torch.Tensor:
+                 num_stages: int | None = None, bt_ahead: bool | None = None) -> torch.Tensor:
     """Attention of q [batch, num_heads, head_dim] over each sequence's paged KV.
 
     ``max_context_len`` (default: block_tables.shape[1] * block_size, so no
     device sync and graph-capturable) only sizes the split-K grid.
-    Other keywords override the heuristic (``decode_config``).
+    Other keywords override the heuristic (``decode_config``); ``bt_ahead``
+    picks the loop form (module docstring).
     """
     device = check_device(q, k_cache, v_cache, block_tables, context_lens)
     check_cache(k_cache, v_cache)
@@ -203,10 +242,11 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     meta = dict(GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim))
     _paged_decode_kernel[(num_kv_heads, batch, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, opart, lse,
-        scale * LOG2E, num_kv_heads, tiles_per_split, splits,
+        scale * LOG2E, num_kv_heads, tiles_per_split, splits, block_tables.shape[1] * block_size,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, DOT_PREC=dot_precision(q.dtype),
+        BT_AHEAD=cfg["bt_ahead"] if bt_ahead is None else bt_ahead,
         num_warps=num_warps or cfg["num_warps"],
         num_stages=num_stages or cfg["num_stages"], **meta,
     )
