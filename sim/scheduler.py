@@ -200,22 +200,27 @@ class Scheduler:
 
     def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
         kv = self.kv
+        bs = getattr(kv, "block_size", 1)
         while self.swapped:
             g = self.swapped[0][1]
             ids = [s.seq_id for s in g.seqs]
-            if (self.num_running_seqs + len(ids) > self.cfg.max_num_seqs
-                    or not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + len(ids))):
-                break
             q = self._tokens_for(g, budget)
-            if q == 0:
+            if q == 0 or self.num_running_seqs + len(ids) > self.cfg.max_num_seqs:
+                break
+            # Room for the blocks themselves and for this step's q tokens of
+            # every sequence (a group swapped mid-prefill continues with a
+            # chunk): otherwise it would preempt itself right back out.
+            grow = len(ids) * -(-q // bs)
+            if not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + grow):
                 break
             heapq.heappop(self.swapped)
             plan.swap_in.extend(kv.swap_in(ids))
             self._insert_running(g)
             index = self.running.index(g)
-            if self._reserve(g, q, index, plan):
-                self._add_to_plan(plan, g, q)
-                budget -= q * len(ids)
+            if not self._reserve(g, q, index, plan):
+                break  # it was preempted after all: no retry within this step
+            self._add_to_plan(plan, g, q)
+            budget -= q * len(ids)
         return budget
 
     def admissible(self, g: Group, budget: int) -> tuple[int, int] | None:

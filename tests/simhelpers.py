@@ -38,3 +38,26 @@ def config(num_blocks=16, block_size=4, *, caching=False, **sched):
     return ReplayConfig(num_gpu_blocks=num_blocks, block_size=block_size, prefix_caching=caching,
                         scheduler=SchedulerConfig(**sched), events=True,
                         num_cpu_blocks=None)
+
+
+class TimeLimit:
+    """Fail (instead of hanging the suite) when a block runs longer than
+    ``seconds``: for regression tests of livelocks. Unix only (SIGALRM)."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def _expire(self, *_):
+        raise TimeoutError(f"still running after {self.seconds} s: livelock?")
+
+    def __enter__(self):
+        import signal
+        self._old = signal.signal(signal.SIGALRM, self._expire)
+        signal.alarm(self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self._old)
+        return False

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sim.executor import CostModelExecutor
 from sim.replay import ReplayConfig, replace, run_replay
-from tests.simhelpers import LinearCost, ScalarLinearCost, config
+from tests.simhelpers import LinearCost, ScalarLinearCost, TimeLimit, config, trace_of
 from traces import Request, Trace, synthetic
 
 
@@ -158,3 +158,19 @@ def test_fast_mode_crosses_from_a_shared_full_block():
                  max_num_batched_tokens=16, max_num_seqs=2, max_model_len=128)
     ex = CostModelExecutor(LinearCost())
     same(run_replay(trace, cfg, executor=ex), run_replay(trace, replace(cfg, fast=False), executor=ex))
+
+
+def test_group_swapped_mid_prefill_does_not_swap_itself_in_and_out_forever():
+    # Found by hypothesis: a group swapped out in the middle of a chunked
+    # prefill came back, could not get slots for its next chunk, preempted
+    # itself (swap out) and came back again, within one step, forever.
+    rows = [(0.0, 1, 6), (0.0, 31, 1)] + [(0.0, 1, 1)] * 8
+    cfg = config(num_blocks=33, block_size=1, generation="v0", preemption="swap",
+                 chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=2,
+                 max_model_len=128)
+    cfg = replace(cfg, num_cpu_blocks=16)
+    ex = CostModelExecutor(LinearCost())
+    with TimeLimit(30):
+        fast = run_replay(trace_of(*rows), cfg, executor=ex)
+    assert fast.summary["requests"]["finished"] == 10
+    same(fast, run_replay(trace_of(*rows), replace(cfg, fast=False), executor=ex))
