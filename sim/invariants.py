@@ -12,30 +12,37 @@ from sim.accounting import CATEGORIES
 from sim.block_keys import UNIQUE_KEY_BASE
 
 
-def check_pool_links(pool) -> None:
+def check_pool_links(pool) -> set[int]:
+    """The free queue holds each free block exactly once, live, and nothing
+    else; its stale entries (lazy removals) are accounted for."""
     q = pool.free_queue
-    seen = 0
-    prev = q._head
-    b = q._head.next
-    while b is not q._tail:
-        assert b.prev is prev, f"free-queue links broken at block {b.id}: prev mismatch"
+    entries = q._q[q._h:]
+    stale_total = sum(b.stale for b in pool.blocks)
+    assert stale_total == q._stale, (
+        f"free queue counts {q._stale} stale entries but the blocks carry {stale_total}")
+    per_block = Counter(b.id for b in entries)
+    for b in pool.blocks:
+        assert per_block.get(b.id, 0) >= b.stale, (
+            f"block {b.id} has {b.stale} stale free-queue entries but only "
+            f"{per_block.get(b.id, 0)} entries are queued")
+    live = list(q)
+    assert len({b.id for b in live}) == len(live), "a block is live twice in the free queue"
+    for b in live:
         assert b.ref_cnt == 0, f"block {b.id} is in the free queue with ref_cnt {b.ref_cnt}"
-        seen += 1
-        assert seen <= pool.num_blocks, "free queue has a cycle"
-        prev, b = b, b.next
-    assert q._tail.prev is prev, "free-queue tail sentinel is not linked to the last block"
-    assert seen == len(q), f"free-queue length {len(q)} != {seen} linked blocks"
+    assert len(live) == len(q), f"free-queue length {len(q)} != {len(live)} live entries"
+    assert len(entries) == len(live) + q._stale, "free queue holds entries that are neither live nor stale"
+    return {b.id for b in live}
 
 
 def check_pool(pool, holders: Counter) -> None:
     """``holders``: block id -> number of block tables holding it."""
-    check_pool_links(pool)
+    queued_ids = check_pool_links(pool)
     null = pool.null_block
     for b in pool.blocks:
         expected = holders.get(b.id, 0) + (1 if b is null else 0)
         assert b.ref_cnt == expected, (
             f"ref count of block {b.id} is {b.ref_cnt} but {expected} tables hold it")
-        queued = b.prev is not None
+        queued = b.id in queued_ids
         assert queued == (b.ref_cnt == 0), (
             f"block {b.id}: in free queue={queued} but ref_cnt={b.ref_cnt}")
     used = sum(1 for b in pool.blocks if b.ref_cnt > 0)

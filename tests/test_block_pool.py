@@ -1,4 +1,4 @@
-"""Block pool and free queue: O(1) list operations and eviction order."""
+"""Block pool and free queue: O(1) queue operations and eviction order."""
 import pytest
 
 from sim.block_pool import Block, BlockPool, FreeBlockQueue
@@ -16,7 +16,43 @@ def test_free_queue_pop_append_remove_keep_order():
     q.append(blocks[2])
     assert q.ids() == [1, 3, 4, 2]
     assert len(q) == 4
-    assert blocks[0].prev is None and blocks[0].next is None
+    # the removed entry of block 2 was left behind and is skipped, not popped
+    assert [b.id for b in q.pop_front(4)] == [1, 3, 4, 2]
+    assert len(q) == 0 and q._stale == 0 and blocks[2].stale == 0
+
+
+def test_free_queue_removed_twice_and_requeued_pops_in_order():
+    blocks = [Block(i) for i in range(4)]
+    q = FreeBlockQueue(blocks)
+    for _ in range(2):  # revived, freed again, revived again: two stale entries
+        q.remove(blocks[1])
+        q.append(blocks[1])
+    q.remove(blocks[0])
+    assert q.ids() == [2, 3, 1] and len(q) == 3 and q._stale == 3
+    assert q.popleft().id == 2
+    q.append(blocks[0])
+    assert q.ids() == [3, 1, 0]
+    assert [b.id for b in q.pop_front(3)] == [3, 1, 0]
+    assert q._stale == 0 and all(b.stale == 0 for b in blocks)
+
+
+def test_free_queue_compacts_and_keeps_order():
+    n = 3 * FreeBlockQueue._COMPACT_MIN
+    blocks = [Block(i) for i in range(n)]
+    q = FreeBlockQueue(blocks)
+    for _ in range(3):  # pop everything and free it again, in a rotated order
+        got = q.pop_front(n)
+        got = got[7:] + got[:7]
+        q.extend(got)
+        assert len(q._q) <= 2 * n, "the popped prefix of the queue is never reclaimed"
+    assert q.ids()[:3] == [21, 22, 23]
+
+
+def test_free_queue_refuses_a_block_in_use():
+    b = Block(0, ref_cnt=1)
+    q = FreeBlockQueue([])
+    with pytest.raises(AssertionError):
+        q.append(b)
 
 
 def test_free_queue_empty_pop_raises():
