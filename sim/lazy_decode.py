@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from operator import attrgetter
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +39,9 @@ class Member:
     fill: int | None   # residue of block fills that must be hashed then (known content)
 
 
+_running_order = attrgetter("key")
+
+
 class LazyDecodeSet:
     def __init__(self, kv) -> None:
         self.kv = kv
@@ -48,6 +52,7 @@ class LazyDecodeSet:
         self.buckets: list[dict[int, Member]] = [dict() for _ in range(self.bs)]
         self.finish_heap: list[tuple[int, tuple, int]] = []
         self.cross_count = [0] * self.bs   # members crossing at each residue
+        self.num_fill = 0                  # members with known content to hash
         self._sum_c_minus_d0 = 0   # sum over members of (c0 - d0)
 
     def __len__(self) -> int:
@@ -71,8 +76,10 @@ class LazyDecodeSet:
         self.members[s.seq_id] = m
         self.buckets[m.cross][s.seq_id] = m
         self.cross_count[m.cross] += 1
-        if fill is not None and fill != m.cross:
-            self.buckets[fill][s.seq_id] = m
+        if fill is not None:
+            self.num_fill += 1
+            if fill != m.cross:
+                self.buckets[fill][s.seq_id] = m
         heapq.heappush(self.finish_heap, (self.D + s.output_len - s.generated, key, s.seq_id))
         self._sum_c_minus_d0 += s.computed - self.D
 
@@ -94,6 +101,7 @@ class LazyDecodeSet:
         self.buckets[m.cross].pop(seq_id, None)
         self.cross_count[m.cross] -= 1
         if m.fill is not None:
+            self.num_fill -= 1
             self.buckets[m.fill].pop(seq_id, None)
         self._sum_c_minus_d0 -= m.seq.computed - self.D
         return m
@@ -114,14 +122,17 @@ class LazyDecodeSet:
         blocks cover; the step-by-step engine would preempt at the next."""
         if not self.paged:
             return k
-        bs, cnt, D = self.bs, self.cross_count, self.D
+        bs, cnt = self.bs, self.cross_count
         full, rest = divmod(k, bs)
-        total = full * len(self.members) + sum(cnt[(D + j) % bs] for j in range(rest))
-        if total <= free:
+        r0 = self.D % bs
+        ahead = cnt[r0:r0 + rest]          # the residues of the last partial round
+        if len(ahead) < rest:
+            ahead += cnt[:rest - len(ahead)]
+        if full * len(self.members) + sum(ahead) <= free:
             return k
         need = 0
         for j in range(k):
-            need += cnt[(D + j) % bs]
+            need += cnt[(r0 + j) % bs]
             if need > free:
                 return j
         return k
@@ -131,9 +142,9 @@ class LazyDecodeSet:
         if not self.paged:
             return []
         bucket = self.buckets[(self.D + j) % self.bs]
-        if not bucket:
-            return []
-        return sorted(bucket.values(), key=lambda m: m.key)
+        if len(bucket) < 2:
+            return list(bucket.values())
+        return sorted(bucket.values(), key=_running_order)
 
     def finished_by(self, d: int) -> list[Member]:
         """Members whose last token is produced by step count ``d``."""

@@ -59,7 +59,7 @@ def _decode_events(sched, j: int) -> int:
     lazy, kv = sched.lazy, sched.kv
     events = lazy.events_at(j)
     at = lazy.D + j
-    if all(m.fill is None for m in events):
+    if not lazy.num_fill or all(m.fill is None for m in events):
         # Only crossings of content nobody can share: one bulk call.
         ids, lags = [], []
         for m in events:
