@@ -50,6 +50,11 @@ class LazyDecodeSet:
         self.D = 0
         self.members: dict[int, Member] = {}
         self.buckets: list[dict[int, Member]] = [dict() for _ in range(self.bs)]
+        # A bucket lists its members in running order unless a member with
+        # an earlier key joined after a later one (a resumed group); then it
+        # is re-sorted once, when next read.
+        self._unsorted: set[int] = set()
+        self._last_key: list[tuple | None] = [None] * self.bs
         self.finish_heap: list[tuple[int, tuple, int]] = []
         self.cross_count = [0] * self.bs   # members crossing at each residue
         self.num_fill = 0                  # members with known content to hash
@@ -74,14 +79,22 @@ class LazyDecodeSet:
                 fill = (self.D - s.computed - 1) % bs
         m = Member(s, group, key, self.D, (self.D - s.computed) % bs, fill)
         self.members[s.seq_id] = m
-        self.buckets[m.cross][s.seq_id] = m
+        self._put(m.cross, m)
         self.cross_count[m.cross] += 1
         if fill is not None:
             self.num_fill += 1
             if fill != m.cross:
-                self.buckets[fill][s.seq_id] = m
+                self._put(fill, m)
         heapq.heappush(self.finish_heap, (self.D + s.output_len - s.generated, key, s.seq_id))
         self._sum_c_minus_d0 += s.computed - self.D
+
+    def _put(self, r: int, m: Member) -> None:
+        last = self._last_key[r]
+        if last is not None and m.key < last:
+            self._unsorted.add(r)
+        else:
+            self._last_key[r] = m.key
+        self.buckets[r][m.seq.seq_id] = m
 
     def materialize(self, m: Member, to_d: int | None = None) -> None:
         """Bring member ``m`` up to step count ``to_d`` (default ``D``)."""
@@ -110,6 +123,8 @@ class LazyDecodeSet:
         for sid in list(self.members):
             self.remove(sid)
         self.finish_heap.clear()
+        self._unsorted.clear()
+        self._last_key = [None] * self.bs
 
     def steps_to_first_finish(self) -> int:
         heap = self.finish_heap
@@ -141,10 +156,16 @@ class LazyDecodeSet:
         """Members needing the allocator at step ``j``, in running order."""
         if not self.paged:
             return []
-        bucket = self.buckets[(self.D + j) % self.bs]
-        if len(bucket) < 2:
-            return list(bucket.values())
-        return sorted(bucket.values(), key=_running_order)
+        r = (self.D + j) % self.bs
+        bucket = self.buckets[r]
+        if r in self._unsorted:
+            self._unsorted.discard(r)
+            ordered = sorted(bucket.values(), key=_running_order)
+            bucket.clear()
+            bucket.update((m.seq.seq_id, m) for m in ordered)
+            self._last_key[r] = ordered[-1].key if ordered else None
+            return ordered
+        return list(bucket.values())
 
     def finished_by(self, d: int) -> list[Member]:
         """Members whose last token is produced by step count ``d``."""

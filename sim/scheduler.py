@@ -154,7 +154,9 @@ class Scheduler:
         return self.running[-1]
 
     def _remove_running(self, g: Group) -> None:
-        i = self.running.index(g)
+        # keys are unique (they end with the group id) and stable while running
+        i = bisect.bisect_left(self._running_keys, self.key(g))
+        assert self.running[i] is g, f"group {g.gid} is not where its key sorts in the running list"
         del self.running[i]
         del self._running_keys[i]
         self.num_running_seqs -= len(g.seqs)
