@@ -7,10 +7,12 @@ steps in O(1), touching a member only when something happens to it: it
 crosses a block boundary, fills a block whose content is known (prefix
 caching must hash it at that step), or finishes.
 
-A member's ``Sequence.computed`` / ``generated`` and its KV-cache manager
-state (token count, last block's fill) lag by ``D - d0`` tokens, where ``D``
-counts the decode steps the set has taken and ``d0`` is ``D`` when the member
-was last brought up to date (``materialize``). The manager's ``live_tokens``
+A member's ``Sequence.computed`` / ``generated`` lag by ``D - d0`` tokens,
+where ``D`` counts the decode steps the set has taken and ``d0`` is ``D`` when
+the member was last brought up to date (``materialize``); its KV-cache
+manager state (token count, last block's fill) lags by ``D - kd0``, which a
+block-boundary crossing resets without touching the sequence (one object
+less per crossing). The manager's ``live_tokens``
 is kept exact in bulk, so memory accounting never lags. Anything that reads
 or changes a member individually must materialize it first; the scheduler's
 full step materializes everyone.
@@ -34,9 +36,11 @@ class Member:
     seq: object        # sim.sequence.Sequence
     group: object      # sim.sequence.Group
     key: tuple         # the scheduler's keep-order key
-    d0: int            # D at the last materialization
+    d0: int            # D when the sequence's counters were last brought up to date
     cross: int         # residue of the steps at which it crosses a block boundary
     fill: int | None   # residue of block fills that must be hashed then (known content)
+    sid: int = -1      # the sequence id
+    kd0: int = 0       # D when its KV-cache state was last brought up to date
 
 
 _running_order = attrgetter("key")
@@ -77,7 +81,7 @@ class LazyDecodeSet:
             keys = s.keys
             if keys is not None and keys.known_blocks > s.computed // bs:
                 fill = (self.D - s.computed - 1) % bs
-        m = Member(s, group, key, self.D, (self.D - s.computed) % bs, fill)
+        m = Member(s, group, key, self.D, (self.D - s.computed) % bs, fill, s.seq_id, self.D)
         self.members[s.seq_id] = m
         self._put(m.cross, m)
         self.cross_count[m.cross] += 1
@@ -94,7 +98,7 @@ class LazyDecodeSet:
             self._unsorted.add(r)
         else:
             self._last_key[r] = m.key
-        self.buckets[r][m.seq.seq_id] = m
+        self.buckets[r][m.sid] = m
 
     def materialize(self, m: Member, to_d: int | None = None) -> None:
         """Bring member ``m`` up to step count ``to_d`` (default ``D``)."""
@@ -104,8 +108,11 @@ class LazyDecodeSet:
             s = m.seq
             s.computed += lag
             s.generated += lag
-            self.kv.write_in_place((s.seq_id,), (lag,), count_live=False)
             m.d0 = to_d
+        lag = to_d - m.kd0
+        if lag:
+            self.kv.write_in_place((m.sid,), (lag,), count_live=False)
+            m.kd0 = to_d
 
     def remove(self, seq_id: int) -> Member:
         """Materialize a member and hand it back to explicit scheduling."""
@@ -162,7 +169,7 @@ class LazyDecodeSet:
             self._unsorted.discard(r)
             ordered = sorted(bucket.values(), key=_running_order)
             bucket.clear()
-            bucket.update((m.seq.seq_id, m) for m in ordered)
+            bucket.update((m.sid, m) for m in ordered)
             self._last_key[r] = ordered[-1].key if ordered else None
             return ordered
         return list(bucket.values())

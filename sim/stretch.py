@@ -63,13 +63,9 @@ def _decode_events(sched, j: int) -> int:
         # Only crossings of content nobody can share: one bulk call.
         ids, lags = [], []
         for m in events:
-            s = m.seq
-            lag = at - m.d0
-            ids.append(s.seq_id)
-            lags.append(lag)
-            s.computed += lag + 1
-            s.generated += lag + 1
-            m.d0 = at + 1
+            ids.append(m.sid)
+            lags.append(at - m.kd0)
+            m.kd0 = at + 1
         kv.cross_blocks(ids, lags)
         return 0
     written = 0
@@ -84,7 +80,7 @@ def _decode_events(sched, j: int) -> int:
             kv.write_in_place((s.seq_id,), (1,), count_live=False)
         s.computed += 1
         s.generated += 1
-        m.d0 = at + 1
+        m.d0 = m.kd0 = at + 1
     return written
 
 
@@ -121,7 +117,7 @@ def _stretch(sched, executor, clock, next_arrival, recorder, k) -> float:
 def _finish_members(sched, now: float) -> None:
     lazy = sched.lazy
     for m in lazy.finished_by(lazy.D):
-        lazy.remove(m.seq.seq_id)
+        lazy.remove(m.sid)
         sched._finish(m.group, now)
 
 
