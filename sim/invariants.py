@@ -64,6 +64,9 @@ def check_manager(m) -> None:
         (cpu if s.on_cpu else gpu).update(s.table)
         assert len(s.table) == -(-s.num_tokens // m.block_size), (
             f"block table of {len(s.table)} blocks for {s.num_tokens} tokens")
+        pool = m.cpu_pool if s.on_cpu else m.pool
+        assert s.last is pool.blocks[s.table[-1]], (
+            f"the cached last block {s.last and s.last.id} is not the table's last {s.table[-1]}")
     check_pool(m.pool, gpu)
     if m.cpu_pool is not None:
         check_pool(m.cpu_pool, cpu)

@@ -77,6 +77,7 @@ class SwapMixin:
                 if log is not None:
                     log.add(sid, kind, mapping[bid], bid)
             s.table = [mapping[b] for b in s.table]
+            s.last = dst_pool.blocks[s.table[-1]]
             s.on_cpu = to_cpu
             if not to_cpu:
                 s.num_hashed = 0
