@@ -93,13 +93,15 @@ def _stretch(sched, executor, clock, next_arrival, recorder, k) -> float:
     live0 = kv.live_tokens
     snap_steps, snaps = [-1], [kv.counters(pending)]
     written = 0
-    for j in range(k):
-        if lazy.paged and lazy.buckets[(lazy.D + j) % lazy.bs]:
-            if log is not None:
-                log.step = step0 + j
-            written += _decode_events(sched, j)
-            snap_steps.append(j)
-            snaps.append(kv.counters(pending))
+    if lazy.paged:
+        buckets, bs, r0 = lazy.buckets, lazy.bs, lazy.D % lazy.bs
+        for j in range(k):
+            if buckets[(r0 + j) % bs]:
+                if log is not None:
+                    log.step = step0 + j
+                written += _decode_events(sched, j)
+                snap_steps.append(j)
+                snaps.append(kv.counters(pending))
     kv.live_tokens += n * k - written
     if recorder is not None:
         recorder.add_stretch(step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snaps)
