@@ -185,16 +185,14 @@ class BlockPool:
                 b.fill = fill
         return out
 
-    def release_all(self, block_ids) -> int:
-        """Drop one reference from each block (given by id), in order; blocks
+    def release_all(self, blocks) -> int:
+        """Drop one reference from each of ``blocks``, in order; blocks
         reaching 0 join the queue's tail in that order. Returns the filled
         slots of the blocks that became free (for the live-token count)."""
-        blocks = self.blocks
         freed = []
         freed_fill = 0
         ncf = 0
-        for bid in block_ids:
-            b = blocks[bid]
+        for b in blocks:
             rc = b.ref_cnt - 1
             if rc > 0:
                 b.ref_cnt = rc

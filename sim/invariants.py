@@ -61,12 +61,14 @@ def check_manager(m) -> None:
     """All invariants of a ``PagedKVCacheManager``."""
     gpu, cpu = Counter(), Counter()
     for s in m.seqs.values():
-        (cpu if s.on_cpu else gpu).update(s.table)
+        (cpu if s.on_cpu else gpu).update(b.id for b in s.table)
         assert len(s.table) == -(-s.num_tokens // m.block_size), (
             f"block table of {len(s.table)} blocks for {s.num_tokens} tokens")
         pool = m.cpu_pool if s.on_cpu else m.pool
-        assert s.last is pool.blocks[s.table[-1]], (
-            f"the cached last block {s.last and s.last.id} is not the table's last {s.table[-1]}")
+        for b in s.table:
+            assert pool.blocks[b.id] is b, f"block {b.id} of a table is not the pool's block {b.id}"
+        assert s.last is s.table[-1], (
+            f"the cached last block {s.last and s.last.id} is not the table's last {s.table[-1].id}")
     check_pool(m.pool, gpu)
     if m.cpu_pool is not None:
         check_pool(m.cpu_pool, cpu)

@@ -29,11 +29,11 @@ from sim.swap import SwapMixin
 
 @dataclass(slots=True)
 class SeqState:
-    table: list[int]          # physical block ids, logical order
+    table: list[Block]        # physical blocks, logical order (ids: ``block_table``)
     num_tokens: int           # token slots in use
     keys: BlockKeys | None    # content identities for prefix caching
     num_hashed: int = 0       # leading full blocks already given a key
-    on_cpu: bool = False      # swapped out: table holds CPU block ids
+    on_cpu: bool = False      # swapped out: table holds CPU pool blocks
     #: The Block of ``table[-1]``: decode touches only the last block, and
     #: holding it saves two dependent lookups (list item, pool slot) per
     #: token-path call. Kept in step with the table by every writer.
@@ -92,7 +92,12 @@ class PagedKVCacheManager(SwapMixin):
         return s
 
     def block_table(self, seq_id: int) -> list[int]:
-        return self._seq(seq_id).table
+        """Physical block ids of the sequence, in logical order (a copy).
+
+        Internally a table holds the ``Block`` objects themselves: freeing
+        and decoding then never look a block up by id, which on large pools
+        is a cache miss per block."""
+        return [b.id for b in self._seq(seq_id).table]
 
     def num_tokens(self, seq_id: int) -> int:
         return self._seq(seq_id).num_tokens
@@ -159,8 +164,7 @@ class PagedKVCacheManager(SwapMixin):
         new = self.pool.get_new_blocks(cdiv(num_tokens, bs) - len(hits), fill=bs)
         if new:
             new[-1].fill = num_tokens - (len(hits) + len(new) - 1) * bs
-        table = [b.id for b in hits]
-        table.extend([b.id for b in new])
+        table = hits + new
         if log is not None:
             for b in new:
                 log.add(seq_id, ALLOC, b.id)
@@ -183,7 +187,7 @@ class PagedKVCacheManager(SwapMixin):
         keys, blocks, cached = s.keys, self.pool.blocks, self.pool.cached
         known = keys.known_blocks if keys is not None else 0
         for i in range(s.num_hashed, full):
-            b = blocks[s.table[i]]
+            b = s.table[i]
             if b.hash is not None:  # shared with a fork sibling that hashed it
                 continue
             if i < known:
@@ -254,7 +258,7 @@ class PagedKVCacheManager(SwapMixin):
         for b in self.pool.get_new_blocks(new_blocks):
             b.fill = bs if left >= bs else left
             left -= b.fill
-            table.append(b.id)
+            table.append(b)
             s.last = b
             if log is not None:
                 log.add(seq_id, ALLOC, b.id)
@@ -308,7 +312,7 @@ class PagedKVCacheManager(SwapMixin):
             # is written into may not
             assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
-            s.table.append(b.id)
+            s.table.append(b)
             s.last = b
             s.num_tokens += lag + 1
             if log is not None:
@@ -330,7 +334,7 @@ class PagedKVCacheManager(SwapMixin):
         self.live_tokens += src.fill
         released = self.pool.release(src)
         assert not released, f"copy-on-write source block {src.id} had no other holder"
-        s.table[-1] = dst.id
+        s.table[-1] = dst
         s.last = dst
         if self.log is not None:
             self.log.add(seq_id, COW, dst.id, src.id)
@@ -345,11 +349,11 @@ class PagedKVCacheManager(SwapMixin):
             raise InvalidArgument(f"sequence {child_id} already has a block table")
         if p.on_cpu:
             raise InvalidArgument(f"sequence {parent_id} is swapped out; cannot fork it")
-        blocks, log = self.pool.blocks, self.log
-        for bid in p.table:
-            blocks[bid].ref_cnt += 1
+        log = self.log
+        for b in p.table:
+            b.ref_cnt += 1
             if log is not None:
-                log.add(child_id, FORK, bid)
+                log.add(child_id, FORK, b.id)
         keys = p.keys.truncated(p.num_tokens // self.block_size) if p.keys is not None else None
         self.seqs[child_id] = SeqState(list(p.table), p.num_tokens, keys, p.num_hashed, last=p.last)
 
@@ -364,15 +368,15 @@ class PagedKVCacheManager(SwapMixin):
         del self.seqs[seq_id]
         self.live_tokens -= self.pool.release_all(reversed(s.table))
         if self.log is not None:
-            for bid in reversed(s.table):
-                self.log.add(seq_id, FREE, bid)
+            for b in reversed(s.table):
+                self.log.add(seq_id, FREE, b.id)
 
     def _free_on_cpu(self, seq_id: int, s: SeqState) -> None:
         del self.seqs[seq_id]
-        for bid in reversed(s.table):
-            self.cpu_pool.release(self.cpu_pool.blocks[bid])
+        for b in reversed(s.table):
+            self.cpu_pool.release(b)
             if self.log is not None:
-                self.log.add(seq_id, FREE, bid)
+                self.log.add(seq_id, FREE, b.id)
 
     # ------------------------------------------------------------- accounting
     def counters(self, pending_tokens: int | None = None) -> tuple:

@@ -29,11 +29,11 @@ class SwapMixin:
         return states
 
     @staticmethod
-    def _unique_blocks(states) -> list[int]:
-        seen: dict[int, None] = {}
+    def _unique_blocks(states) -> list:
+        seen: dict = {}  # Block -> None, in first-seen order (blocks hash by identity)
         for _, s in states:
-            for bid in s.table:
-                seen[bid] = None
+            for b in s.table:
+                seen[b] = None
         return list(seen)
 
     def can_swap_out(self, seq_ids) -> bool:
@@ -60,29 +60,27 @@ class SwapMixin:
             raise OutOfBlocks(f"swap needs {len(unique)} blocks, {dst_pool.num_free} free")
         dst_blocks = dst_pool.get_new_blocks(len(unique))
         mapping = {}
-        for sid_block, dst in zip(unique, dst_blocks):
-            src = src_pool.blocks[sid_block]
+        for src, dst in zip(unique, dst_blocks):
             dst.fill = src.fill
             dst.ref_cnt = 0  # re-counted below, one per holder in the group
-            mapping[sid_block] = dst.id
+            mapping[src] = dst
         log = self.log
         for sid, s in states:
-            for bid in s.table:
-                dst = dst_pool.blocks[mapping[bid]]
+            for src in s.table:
+                dst = mapping[src]
                 dst.ref_cnt += 1
-                src = src_pool.blocks[bid]
                 fill = src.fill
                 if src_pool.release(src) and to_cpu:
                     self.live_tokens -= fill
                 if log is not None:
-                    log.add(sid, kind, mapping[bid], bid)
+                    log.add(sid, kind, dst.id, src.id)
             s.table = [mapping[b] for b in s.table]
-            s.last = dst_pool.blocks[s.table[-1]]
+            s.last = s.table[-1]
             s.on_cpu = to_cpu
             if not to_cpu:
                 s.num_hashed = 0
         if not to_cpu:
-            self.live_tokens += sum(dst_pool.blocks[d].fill for d in mapping.values())
+            self.live_tokens += sum(d.fill for d in mapping.values())
             for _, s in states:
                 self._hash_full_blocks(s)
-        return list(mapping.items())
+        return [(src.id, dst.id) for src, dst in mapping.items()]

@@ -23,7 +23,7 @@ def snapshot(m):
     return (
         [(b.ref_cnt, b.hash, b.fill) for b in m.pool.blocks],
         m.pool.free_queue.ids(),
-        {k: (list(s.table), s.num_tokens, s.on_cpu) for k, s in m.seqs.items()},
+        {k: ([b.id for b in s.table], s.num_tokens, s.on_cpu) for k, s in m.seqs.items()},
         m.live_tokens,
     )
 
