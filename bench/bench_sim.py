@@ -11,7 +11,7 @@
 Prints a table; record the results in BENCHMARKS.md.
 
     python bench/bench_sim.py [--requests 1000000] [--rate 100] [--max-num-seqs 2048]
-                              [--skip-large] [--step-by-step]
+                              [--skip-large] [--skip-azure] [--step-by-step]
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0, help="synthetic arrival rate (req/s)")
     ap.add_argument("--max-num-seqs", type=int, default=2048,
                     help="running-sequence limit of the synthetic run (high, so that memory, not it, saturates)")
-    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-large", action="store_true", help="skip the synthetic run")
+    ap.add_argument("--skip-azure", action="store_true", help="skip the Azure trace runs")
     ap.add_argument("--step-by-step", action="store_true", help="also time step-by-step mode")
     a = ap.parse_args()
     import traces
@@ -47,7 +48,9 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'run':<46}{'requests':>10}{'steps':>11}{'sim s':>10}{'wall s':>9}{'speed':>11}{'load s':>8}")
     cfg = ReplayConfig(model="llama-3-8b", gpu="h100-80gb", block_size=16)
-    if AZURE.exists():
+    if a.skip_azure:
+        pass
+    elif AZURE.exists():
         t = time.perf_counter()
         trace = traces.load_trace(AZURE)
         load = time.perf_counter() - t

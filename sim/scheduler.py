@@ -24,6 +24,7 @@ from sim.errors import OutOfBlocks
 from sim.lazy_decode import LazyDecodeSet
 from sim.plan import StepPlan
 from sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from sim.waiting_queue import WaitingQueue
 from sim.workload import admit_request
 
 
@@ -33,7 +34,7 @@ class Scheduler:
         self.kv = kv
         self.rng = rng
         self.log = event_log
-        self.waiting: list[tuple] = []      # heap of (key, group)
+        self.waiting = WaitingQueue()       # groups by key, smallest first
         self.running: list[Group] = []      # keep order: first = kept longest
         self._running_keys: list[tuple] = []
         self.num_running_seqs = 0           # kept in step with ``running``
@@ -66,7 +67,7 @@ class Scheduler:
         record, groups = admit_request(self, req)
         self.records.append(record)
         for g in groups:
-            heapq.heappush(self.waiting, (self.key(g), g))
+            self.waiting.push(self.key(g), g)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -198,7 +199,7 @@ class Scheduler:
         for s in g.seqs:
             s.computed = 0
         g.status = WAITING
-        heapq.heappush(self.waiting, (self.key(g), g))
+        self.waiting.push(self.key(g), g)
 
     def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
         kv = self.kv
@@ -245,7 +246,7 @@ class Scheduler:
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
         kv = self.kv
         while self.waiting and budget > 0:
-            g = self.waiting[0][1]
+            g = self.waiting.head()
             got = self.admissible(g, budget)
             if got is None:
                 if not self.running and not self.swapped and not plan.seq_ids:
@@ -253,7 +254,7 @@ class Scheduler:
                     continue
                 break
             cached, q = got
-            heapq.heappop(self.waiting)
+            self.waiting.pop()
             s = g.seqs[0]
             hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len)
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
@@ -267,11 +268,11 @@ class Scheduler:
         """Final length of the group waiting at the head (for accounting)."""
         if not self.waiting:
             return None
-        s = self.waiting[0][1].seqs[0]
+        s = self.waiting.head().seqs[0]
         return s.prompt_len + s.output_len
 
     def _reject_stuck(self, g: Group) -> None:
-        heapq.heappop(self.waiting)
+        self.waiting.pop()
         g.status = REJECTED
         g.record.rejected = "does not fit in an empty KV cache"
         g.record.open_groups -= 1

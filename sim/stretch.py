@@ -48,7 +48,7 @@ def fast_step(sched, executor, clock: float, next_arrival, recorder) -> float | 
         k = lazy.memory_limit(k, sched.kv.pool.num_free)
     if k == 0:
         return None
-    if sched.waiting and sched.admissible(sched.waiting[0][1], budget) is not None:
+    if sched.waiting and sched.admissible(sched.waiting.head(), budget) is not None:
         return _mixed_step(sched, executor, clock, recorder, budget)
     return _stretch(sched, executor, clock, next_arrival, recorder, k)
 
