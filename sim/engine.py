@@ -140,11 +140,19 @@ def cyclic_gc_paused():
     finds only the block pool's linked free queue), so memory stays bounded
     by reference counting alone. The collector's previous state is restored
     on the way out, errors included.
+
+    On the way out the run's objects go straight to the oldest generation
+    (``freeze`` then ``unfreeze``): they are the replay's long-lived state
+    and results, and scanning them all as young objects at the next
+    allocation cost another 0.15 s of the Azure run. They are still scanned
+    by the next full collection, so nothing escapes the collector.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()

@@ -130,3 +130,15 @@ def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
         with cyclic_gc_paused():
             raise RuntimeError("boom")
     assert gc.isenabled(), "an error inside left the collector off"
+    # a reference cycle made during a run is still collected afterwards
+    import weakref
+
+    class Node:
+        pass
+    with cyclic_gc_paused():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        probe = weakref.ref(a)
+        del a, b
+    gc.collect()
+    assert probe() is None, "garbage made while the collector was paused was never collected"
