@@ -34,10 +34,6 @@ class SeqState:
     keys: BlockKeys | None    # content identities for prefix caching
     num_hashed: int = 0       # leading full blocks already given a key
     on_cpu: bool = False      # swapped out: table holds CPU pool blocks
-    #: The Block of ``table[-1]``: decode touches only the last block, and
-    #: holding it saves two dependent lookups (list item, pool slot) per
-    #: token-path call. Kept in step with the table by every writer.
-    last: Block | None = None
 
 
 def cdiv(a: int, b: int) -> int:
@@ -169,8 +165,7 @@ class PagedKVCacheManager(SwapMixin):
             for b in new:
                 log.add(seq_id, ALLOC, b.id)
         self.live_tokens += num_tokens - len(hits) * bs
-        s = SeqState(table, num_tokens, keys, num_hashed=len(hits),
-                     last=new[-1] if new else hits[-1])
+        s = SeqState(table, num_tokens, keys, num_hashed=len(hits))
         self.seqs[seq_id] = s
         self._hash_full_blocks(s)
         cached = len(hits) * bs
@@ -209,7 +204,7 @@ class PagedKVCacheManager(SwapMixin):
         """(new blocks, whether the shared partial last block must be copied)."""
         bs = self.block_size
         new_blocks = -(-(s.num_tokens + n) // bs) - len(s.table)
-        last = s.last
+        last = s.table[-1]
         return new_blocks, (n > 0 and last.ref_cnt > 1 and last.fill < bs)
 
     def can_append(self, seq_id: int, n: int = 1) -> bool:
@@ -229,7 +224,7 @@ class PagedKVCacheManager(SwapMixin):
             self._reject_append(seq_id, s, n)
         bs = self.block_size
         table = s.table
-        last = s.last
+        last = table[-1]
         room = bs - last.fill
         if last.ref_cnt == 1 and n <= room:
             # Fast path: an unshared last block with room left.
@@ -247,7 +242,7 @@ class PagedKVCacheManager(SwapMixin):
         pairs = []
         if cow:
             pairs.append(self._copy_on_write(seq_id, s))
-            last = s.last
+            last = s.table[-1]
         left = n
         take = bs - last.fill
         if take > left:
@@ -259,7 +254,6 @@ class PagedKVCacheManager(SwapMixin):
             b.fill = bs if left >= bs else left
             left -= b.fill
             table.append(b)
-            s.last = b
             if log is not None:
                 log.add(seq_id, ALLOC, b.id)
         s.num_tokens += n
@@ -279,7 +273,7 @@ class PagedKVCacheManager(SwapMixin):
             if not n:
                 continue
             s = seqs[sid]
-            b = s.last
+            b = s.table[-1]
             fill = b.fill + n
             assert fill <= bs and b.ref_cnt == 1, (
                 f"write_in_place: sequence {sid} would overflow or write a shared block")
@@ -306,14 +300,13 @@ class PagedKVCacheManager(SwapMixin):
             new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
         for sid, lag, b in zip(seq_ids, lags, new):
             s = seqs[sid]
-            last = s.last
+            last = s.table[-1]
             last.fill += lag
             # a full last block may be shared (a prefix-cache hit); one that
             # is written into may not
             assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
             s.table.append(b)
-            s.last = b
             s.num_tokens += lag + 1
             if log is not None:
                 log.add(sid, ALLOC, b.id)
@@ -328,14 +321,13 @@ class PagedKVCacheManager(SwapMixin):
         raise InvalidArgument(f"n must be an int >= 0, got {n!r}")
 
     def _copy_on_write(self, seq_id: int, s: SeqState) -> tuple[int, int]:
-        src = s.last
+        src = s.table[-1]
         dst = self.pool.get_new_blocks(1)[0]
         dst.fill = src.fill
         self.live_tokens += src.fill
         released = self.pool.release(src)
         assert not released, f"copy-on-write source block {src.id} had no other holder"
         s.table[-1] = dst
-        s.last = dst
         if self.log is not None:
             self.log.add(seq_id, COW, dst.id, src.id)
         return (src.id, dst.id)
@@ -355,7 +347,7 @@ class PagedKVCacheManager(SwapMixin):
             if log is not None:
                 log.add(child_id, FORK, b.id)
         keys = p.keys.truncated(p.num_tokens // self.block_size) if p.keys is not None else None
-        self.seqs[child_id] = SeqState(list(p.table), p.num_tokens, keys, p.num_hashed, last=p.last)
+        self.seqs[child_id] = SeqState(list(p.table), p.num_tokens, keys, p.num_hashed)
 
     def free(self, seq_id: int) -> None:
         """Release a sequence's blocks, tail first (see ``BlockPool``)."""

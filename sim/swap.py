@@ -75,7 +75,6 @@ class SwapMixin:
                 if log is not None:
                     log.add(sid, kind, dst.id, src.id)
             s.table = [mapping[b] for b in s.table]
-            s.last = s.table[-1]
             s.on_cpu = to_cpu
             if not to_cpu:
                 s.num_hashed = 0
