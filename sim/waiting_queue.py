@@ -36,17 +36,14 @@ class WaitingQueue:
 
     def head(self):
         """The item with the smallest key (the queue must not be empty)."""
-        return self._head_entry()[1]
+        return (self._heap[0] if self._heap_first() else self._fifo[0])[1]
 
     def pop(self):
         """Remove and return the item with the smallest key."""
-        fifo, heap = self._fifo, self._heap
-        if heap and (not fifo or heap[0][0] < fifo[0][0]):
-            return heapq.heappop(heap)[1]
-        return fifo.popleft()[1]
+        if self._heap_first():
+            return heapq.heappop(self._heap)[1]
+        return self._fifo.popleft()[1]
 
-    def _head_entry(self) -> tuple:
+    def _heap_first(self) -> bool:
         fifo, heap = self._fifo, self._heap
-        if heap and (not fifo or heap[0][0] < fifo[0][0]):
-            return heap[0]
-        return fifo[0]
+        return bool(heap) and (not fifo or heap[0][0] < fifo[0][0])
