@@ -136,9 +136,8 @@ def cyclic_gc_paused():
     A replay keeps millions of long-lived containers (requests, sequences,
     step rows), so every full collection rescans the whole heap: on the
     Azure conversation trace that was 0.9 s of a 6 s run, for nothing. The
-    engine creates no reference cycles per step (a collection after a run
-    finds only the block pool's linked free queue), so memory stays bounded
-    by reference counting alone. The collector's previous state is restored
+    engine creates no reference cycles per step, so memory stays bounded by
+    reference counting alone. The collector's previous state is restored
     on the way out, errors included.
 
     On the way out the run's objects go straight to the oldest generation

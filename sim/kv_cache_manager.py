@@ -179,7 +179,7 @@ class PagedKVCacheManager(SwapMixin):
         if not self.enable_prefix_caching:
             return
         full = s.num_tokens // self.block_size
-        keys, blocks, cached = s.keys, self.pool.blocks, self.pool.cached
+        keys, cached = s.keys, self.pool.cached
         known = keys.known_blocks if keys is not None else 0
         for i in range(s.num_hashed, full):
             b = s.table[i]
@@ -266,7 +266,7 @@ class PagedKVCacheManager(SwapMixin):
         """Append ``counts[i]`` tokens to each sequence when the caller
         knows they fit in its unshared last block (the fast engine's bulk
         decode): ``append_slots`` without its per-call checks and branches."""
-        bs, blocks, seqs = self.block_size, self.pool.blocks, self.seqs
+        bs, seqs = self.block_size, self.seqs
         caching = self.enable_prefix_caching
         total = 0
         for sid, n in zip(seq_ids, counts):
@@ -292,7 +292,7 @@ class PagedKVCacheManager(SwapMixin):
         one call; ``live_tokens`` is left to the caller, who counts the
         whole batch at once. Only for content without known identities
         (see ``sim/lazy_decode.py``): their cache keys cannot collide."""
-        bs, blocks, seqs, log = self.block_size, self.pool.blocks, self.seqs, self.log
+        bs, seqs, log = self.block_size, self.seqs, self.log
         caching = self.enable_prefix_caching
         if log is None:
             new = self.pool.get_new_blocks(len(seq_ids), fill=1)

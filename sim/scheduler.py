@@ -162,13 +162,15 @@ class Scheduler:
         del self._running_keys[i]
         self.num_running_seqs -= len(g.seqs)
 
-    def _insert_running(self, g: Group) -> None:
+    def _insert_running(self, g: Group) -> int:
+        """Insert ``g`` in keep order; returns its index."""
         k = self.key(g)
         i = bisect.bisect(self._running_keys, k)
         self._running_keys.insert(i, k)
         self.running.insert(i, g)
         self.num_running_seqs += len(g.seqs)
         g.status = RUNNING
+        return i
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         self._remove_running(g)
@@ -218,8 +220,7 @@ class Scheduler:
                 break
             heapq.heappop(self.swapped)
             plan.swap_in.extend(kv.swap_in(ids))
-            self._insert_running(g)
-            index = self.running.index(g)
+            index = self._insert_running(g)
             if not self._reserve(g, q, index, plan):
                 break  # it was preempted after all: no retry within this step
             self._add_to_plan(plan, g, q)

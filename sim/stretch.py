@@ -24,8 +24,8 @@ import numpy as np
 from sim.plan import StepPlan, StepShapes
 
 #: Stretches up to this long are priced step by step with the executor's
-#: scalar ``price_one`` (no numpy call overhead, and most stretches end at
-#: the next arrival long before their determined length).
+#: ``decode_run`` or scalar ``price_one`` (no numpy call overhead, and most
+#: stretches end at the next arrival long before their determined length).
 SCALAR_PRICING_MAX = 64
 
 
