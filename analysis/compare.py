@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sim.accounting import CATEGORIES
+from pagesim.sim.accounting import CATEGORIES
 
 ROWS = [
     ("token states %", lambda s: 100 * s["memory_split"]["token_states"]),
@@ -28,7 +28,7 @@ ROWS = [
 
 def compare(trace, configs, labels=None, *, progress: bool = False) -> pd.DataFrame:
     """Replay ``trace`` once per config; one column per config."""
-    from sim.replay import run_replay
+    from pagesim.replay import run_replay
     labels = labels or [c.allocator for c in configs]
     cols = {}
     for label, cfg in zip(labels, configs):

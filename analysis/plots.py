@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.accounting import CATEGORIES
+from pagesim.sim.accounting import CATEGORIES
 
 COLORS = {
     "token_states": "#2a9d8f", "reserved": "#e9c46a", "internal_frag": "#f4a261",

@@ -18,8 +18,8 @@ from collections import deque
 
 import numpy as np
 
-from sim.block_keys import BlockKeys
-from sim.kv_cache_manager import PagedKVCacheManager
+from pagesim.sim.block_keys import BlockKeys
+from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 
 
 def lengths(rng, n):

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from gpu.calibrate import measure
-from gpu.executor import GPUExecutor
-from gpu.model import SyntheticDecoder
-from sim.config import SchedulerConfig
-from sim.costmodel import get_model, kv_bytes_per_token
-from sim.replay import ReplayConfig
-from traces import Request, Trace
+from pagesim.gpu.calibrate import measure
+from pagesim.gpu.executor import GPUExecutor
+from pagesim.gpu.model import SyntheticDecoder
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.costmodel import get_model, kv_bytes_per_token
+from pagesim.replay import ReplayConfig
+from pagesim.traces import Request, Trace
 
 
 def parse_args(argv=None):

@@ -31,9 +31,9 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-import gpu.kernels as K  # noqa: E402
-from gpu.kernels._common import num_sms  # noqa: E402
-from gpu.kernels.paged_decode import decode_config, num_splits_for  # noqa: E402
+import pagesim.gpu.kernels as K  # noqa: E402
+from pagesim.gpu.kernels._common import num_sms  # noqa: E402
+from pagesim.gpu.kernels.paged_decode import decode_config, num_splits_for  # noqa: E402
 
 SHAPES = [(1, 4096), (1, 32768), (8, 4096), (32, 2048), (64, 4096), (128, 1024), (256, 512)]
 HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
@@ -315,8 +315,8 @@ def bench_ops(log) -> dict:
 
 def kernel_report(log) -> list[dict]:
     """Registers, spills, shared memory and wide-load counts of every compiled variant."""
-    from gpu.kernels.paged_decode import _paged_decode_kernel
-    from gpu.kernels.paged_prefill import _paged_prefill_kernel
+    from pagesim.gpu.kernels.paged_decode import _paged_decode_kernel
+    from pagesim.gpu.kernels.paged_prefill import _paged_prefill_kernel
 
     rows = []
     for fn in (_paged_decode_kernel, _paged_prefill_kernel):

@@ -21,7 +21,7 @@ import resource
 import time
 from pathlib import Path
 
-from sim.replay import ReplayConfig, replace, run_replay
+from pagesim.replay import ReplayConfig, replace, run_replay
 
 AZURE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "raw" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--skip-azure", action="store_true", help="skip the Azure trace runs")
     ap.add_argument("--step-by-step", action="store_true", help="also time step-by-step mode")
     a = ap.parse_args()
-    import traces
+    from pagesim import traces
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'run':<46}{'requests':>10}{'steps':>11}{'sim s':>10}{'wall s':>9}{'speed':>11}{'load s':>8}")

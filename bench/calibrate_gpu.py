@@ -25,13 +25,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gpu.calibrate import compare_with_simulation, fit, gpu_preset_name, measure, step_errors
-from gpu.executor import GPUExecutor
-from gpu.kernels import swap_blocks
-from gpu.model import SyntheticDecoder
-from sim.config import SchedulerConfig
-from sim.costmodel import get_model, kv_bytes_per_token
-from sim.replay import ReplayConfig
+from pagesim.gpu.calibrate import compare_with_simulation, fit, gpu_preset_name, measure, step_errors
+from pagesim.gpu.executor import GPUExecutor
+from pagesim.gpu.kernels import swap_blocks
+from pagesim.gpu.model import SyntheticDecoder
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.costmodel import get_model, kv_bytes_per_token
+from pagesim.replay import ReplayConfig
 
 
 def parse_args(argv=None):
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def workloads(args):
-    import traces
+    from pagesim import traces
     def synth(n, seed):
         return traces.synthetic(args.workload, num_requests=n, rate=args.rate, seed=seed)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-import traces
-from analysis.compare import compare, format_table
-from sim.config import SchedulerConfig
-from sim.replay import ReplayConfig, build, replace
+from pagesim import traces
+from pagesim.analysis.compare import compare, format_table
+from pagesim.sim.config import SchedulerConfig
+from pagesim.replay import ReplayConfig, build, replace
 
 PAPER_FIG2 = {  # token states, reserved, internal, external (%)
     "orca-max": (20.4, 13.3, 57.3, 8.9), "orca-pow2": (26.8, 17.9, 13.6, 41.6),

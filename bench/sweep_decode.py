@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import bench_kernels as B  # noqa: E402
-from gpu.kernels.paged_decode import MAX_SPLITS, decode_config  # noqa: E402
+from pagesim.gpu.kernels.paged_decode import MAX_SPLITS, decode_config  # noqa: E402
 
 
 def cfg(tile, warps, stages, splits, ahead):
@@ -91,7 +91,7 @@ def effective(c: dict, ctx: int) -> dict:
 def ragged_check(configs: list[dict], log) -> None:
     """Each config on a ragged batch (lengths 0..8k, shared and padded tables, pad block = NaN poison)
     against the float32 reference: reading past a context or mis-merging a split shows up here."""
-    import gpu.kernels as K
+    import pagesim.gpu.kernels as K
 
     gen = torch.Generator().manual_seed(6)
     lens, bs = [8192, 100, 0, 4097, 1, 2048, 777, 16], 16

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gpu.tokens import TokenBook, slots_of
-from sim.plan import StepPlan
+from pagesim.gpu.tokens import TokenBook, slots_of
+from pagesim.sim.plan import StepPlan
 
 #: int32 elements per 16 bytes. Every piece of the packed metadata starts on a
 #: 16-byte boundary: Triton specialises a kernel on its pointers' alignment, so

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from gpu.kernels import copy_blocks, swap_blocks
-from sim.costmodel import ModelSpec
+from pagesim.gpu.kernels import copy_blocks, swap_blocks
+from pagesim.sim.costmodel import ModelSpec
 
 
 class PagedCache:

@@ -20,10 +20,10 @@ import re
 import numpy as np
 import pandas as pd
 
-from sim.costmodel import TableCostModel, fit_table
-from sim.executor import CostModelExecutor
-from sim.plan import StepShapes
-from sim.replay import run_replay
+from pagesim.sim.costmodel import TableCostModel, fit_table
+from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.plan import StepShapes
+from pagesim.replay import run_replay
 
 SHAPE_FIELDS = ("num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
                 "copy_blocks", "swap_blocks")

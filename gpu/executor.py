@@ -31,13 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gpu.batch import build_batch
-from gpu.cache import PagedCache
-from gpu.model import MODES, SyntheticDecoder
-from gpu.shadow import Shadow
-from gpu.tokens import TokenBook
-from sim.costmodel import get_model
-from sim.plan import StepPlan, StepShapes
+from pagesim.gpu.batch import build_batch
+from pagesim.gpu.cache import PagedCache
+from pagesim.gpu.model import MODES, SyntheticDecoder
+from pagesim.gpu.shadow import Shadow
+from pagesim.gpu.tokens import TokenBook
+from pagesim.sim.costmodel import get_model
+from pagesim.sim.plan import StepPlan, StepShapes
 
 RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
                   "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s")

@@ -27,10 +27,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gpu.batch import StepBatch
-from gpu.cache import PagedCache
-from gpu.kernels import paged_decode, paged_prefill, store_kv
-from sim.costmodel import ModelSpec
+from pagesim.gpu.batch import StepBatch
+from pagesim.gpu.cache import PagedCache
+from pagesim.gpu.kernels import paged_decode, paged_prefill, store_kv
+from pagesim.sim.costmodel import ModelSpec
 
 MODES = ("model", "attention")
 ROPE_THETA = 10000.0

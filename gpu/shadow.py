@@ -37,8 +37,8 @@ import math
 import numpy as np
 import torch
 
-from gpu.batch import StepBatch
-from gpu.cache import PagedCache
+from pagesim.gpu.batch import StepBatch
+from pagesim.gpu.cache import PagedCache
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}

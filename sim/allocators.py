@@ -4,8 +4,8 @@ Names are the ones the CLI exposes (``--allocator``).
 """
 from __future__ import annotations
 
-from sim.contiguous import ContiguousKVCacheManager
-from sim.kv_cache_manager import PagedKVCacheManager
+from pagesim.sim.contiguous import ContiguousKVCacheManager
+from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 
 ALLOCATORS = ("paged", "orca-max", "orca-pow2", "orca-oracle")
 

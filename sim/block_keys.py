@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sim.errors import InvalidArgument
+from pagesim.sim.errors import InvalidArgument
 
 #: Unique keys start above the range of ``hash()`` so they never collide.
 UNIQUE_KEY_BASE = 1 << 64

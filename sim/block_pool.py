@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.block_keys import UNIQUE_KEY_BASE
-from sim.errors import InvalidArgument, OutOfBlocks
+from pagesim.sim.block_keys import UNIQUE_KEY_BASE
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks
 
 
 @dataclass(slots=True, eq=False)

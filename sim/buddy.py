@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 
-from sim.errors import InvalidArgument, OutOfBlocks
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks
 
 
 def order_for(size: int) -> int:

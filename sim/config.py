@@ -1,6 +1,6 @@
 """Frozen, validated configuration of the scheduler and engine.
 
-Field help texts double as CLI help (``sim/cli.py``).
+Field help texts double as CLI help (``pagesim/cli.py``).
 """
 from __future__ import annotations
 

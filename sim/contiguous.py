@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.accounting import MemorySplit
-from sim.buddy import BuddyAllocator, order_for
-from sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.accounting import MemorySplit
+from pagesim.sim.buddy import BuddyAllocator, order_for
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
 
 POLICIES = ("max", "pow2", "oracle")
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from sim.plan import StepPlan, StepShapes
+from pagesim.sim.plan import StepPlan, StepShapes
 
 
 @runtime_checkable

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sim.accounting import CATEGORIES
-from sim.block_keys import UNIQUE_KEY_BASE
+from pagesim.sim.accounting import CATEGORIES
+from pagesim.sim.block_keys import UNIQUE_KEY_BASE
 
 
 def check_pool_links(pool) -> set[int]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.accounting import MemorySplit
-from sim.block_keys import UNIQUE_KEY_BASE, BlockKeys
-from sim.block_pool import Block, BlockPool
-from sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
-from sim.event_log import ALLOC, CACHE_HIT, COW, EVICT, FORK, FREE, EventLog
-from sim.swap import SwapMixin
+from pagesim.sim.accounting import MemorySplit
+from pagesim.sim.block_keys import UNIQUE_KEY_BASE, BlockKeys
+from pagesim.sim.block_pool import Block, BlockPool
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.event_log import ALLOC, CACHE_HIT, COW, EVICT, FORK, FREE, EventLog
+from pagesim.sim.swap import SwapMixin
 
 
 @dataclass(slots=True)

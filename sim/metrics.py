@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sim.accounting import CATEGORIES
+from pagesim.sim.accounting import CATEGORIES
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_seqs", "num_tokens", "num_prefill_seqs",
                 "kv_tokens_read", "preemptions") + CATEGORIES

@@ -19,13 +19,13 @@ from __future__ import annotations
 import bisect
 import heapq
 
-from sim.config import SchedulerConfig
-from sim.errors import OutOfBlocks
-from sim.lazy_decode import LazyDecodeSet
-from sim.plan import StepPlan
-from sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
-from sim.waiting_queue import WaitingQueue
-from sim.workload import admit_request
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.lazy_decode import LazyDecodeSet
+from pagesim.sim.plan import StepPlan
+from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from pagesim.sim.waiting_queue import WaitingQueue
+from pagesim.sim.workload import admit_request
 
 
 class Scheduler:
@@ -344,7 +344,7 @@ class Scheduler:
             r.finish_s = now
 
     def _fork(self, g: Group, parent) -> None:
-        from sim.sequence import Sequence
+        from pagesim.sim.sequence import Sequence
         child = Sequence(self.next_seq_id, parent.prompt_len, parent.output_len, None,
                          parent.generated, parent.computed)
         self.next_seq_id += 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.plan import StepPlan, StepShapes
+from pagesim.sim.plan import StepPlan, StepShapes
 
 #: Stretches up to this long are priced step by step with the executor's
 #: ``decode_run`` or scalar ``price_one`` (no numpy call overhead, and most

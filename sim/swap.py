@@ -11,8 +11,8 @@ that touches the CPU pool.
 """
 from __future__ import annotations
 
-from sim.errors import InvalidArgument, OutOfBlocks
-from sim.event_log import SWAP_IN, SWAP_OUT
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks
+from pagesim.sim.event_log import SWAP_IN, SWAP_OUT
 
 
 class SwapMixin:

@@ -6,8 +6,8 @@ retries a request that can never run (the livelock guard): longer than
 """
 from __future__ import annotations
 
-from sim.block_keys import BlockKeys
-from sim.sequence import Group, RequestRecord, Sequence
+from pagesim.sim.block_keys import BlockKeys
+from pagesim.sim.sequence import Group, RequestRecord, Sequence
 
 
 def request_keys(req, block_size: int, *, shared_prompt: bool) -> BlockKeys | None:

@@ -1,9 +1,9 @@
 """Small helpers shared by the simulator tests."""
 import numpy as np
 
-from sim.config import SchedulerConfig
-from sim.replay import ReplayConfig
-from traces import Request, Trace
+from pagesim.sim.config import SchedulerConfig
+from pagesim.replay import ReplayConfig
+from pagesim.traces import Request, Trace
 
 
 class LinearCost:

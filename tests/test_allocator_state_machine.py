@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sim.block_keys import BlockKeys
-from sim.errors import OutOfBlocks
-from sim.event_log import EventLog
-from sim.invariants import check_manager
-from sim.kv_cache_manager import PagedKVCacheManager
+from pagesim.sim.block_keys import BlockKeys
+from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.event_log import EventLog
+from pagesim.sim.invariants import check_manager
+from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 
 PREFIXES = [tuple(range(0, 40)), tuple(range(0, 20)) + tuple(range(100, 120)), tuple(range(200, 240))]
 EXAMPLES = int(os.environ.get("PAGESIM_STATEFUL_EXAMPLES", "300"))

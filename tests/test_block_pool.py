@@ -1,9 +1,9 @@
 """Block pool and free queue: O(1) queue operations and eviction order."""
 import pytest
 
-from sim.block_pool import Block, BlockPool, FreeBlockQueue
-from sim.errors import InvalidArgument, OutOfBlocks
-from sim.invariants import check_pool_links
+from pagesim.sim.block_pool import Block, BlockPool, FreeBlockQueue
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks
+from pagesim.sim.invariants import check_pool_links
 
 
 def test_free_queue_pop_append_remove_keep_order():

@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from sim.buddy import BuddyAllocator, order_for
-from sim.contiguous import ContiguousKVCacheManager
-from sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
-from sim.invariants import check_split
+from pagesim.sim.buddy import BuddyAllocator, order_for
+from pagesim.sim.contiguous import ContiguousKVCacheManager
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.invariants import check_split
 
 
 def test_order_for():

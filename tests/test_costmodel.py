@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sim.costmodel.capacity import (
+from pagesim.sim.costmodel.capacity import (
     default_activation_reserve, kv_cache_blocks, kv_cache_bytes, kv_cache_tokens,
 )
-from sim.costmodel.presets import (
+from pagesim.sim.costmodel.presets import (
     GPUS, MODELS, get_gpu, get_model, kv_bytes_per_token, kv_heads_per_gpu, layer_matmul_params,
     streamed_params, weight_bytes,
 )
-from sim.costmodel.roofline import RooflineCostModel
-from sim.plan import StepPlan, StepShapes
+from pagesim.sim.costmodel.roofline import RooflineCostModel
+from pagesim.sim.plan import StepPlan, StepShapes
 
 
 def shapes(**fields) -> StepShapes:

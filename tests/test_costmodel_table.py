@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.costmodel import (
+from pagesim.sim.costmodel import (
     CalibrationError, RooflineCostModel, TableCostModel, fit_table, make_cost_model,
 )
-from sim.plan import StepShapes
+from pagesim.sim.plan import StepShapes
 
 META = {"model": "llama-3-8b", "gpu": "h100-80gb", "tp": 1, "block_size": 16, "source": "synthetic"}
 DECODE = {"const": 4e-3, "num_tokens": 2e-5, "kv_tokens_read": 5e-8}

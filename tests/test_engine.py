@@ -1,8 +1,8 @@
 """The engine and scheduler: exact small scenarios, SimPy-style logs."""
 import pytest
 
-from sim.executor import CostModelExecutor
-from sim.replay import build, replace, run_replay
+from pagesim.sim.executor import CostModelExecutor
+from pagesim.replay import build, replace, run_replay
 from tests.simhelpers import LinearCost, config, trace_of
 
 
@@ -112,7 +112,7 @@ def test_without_chunked_prefill_the_prompt_runs_whole():
 def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
     import gc
 
-    from sim.engine import cyclic_gc_paused
+    from pagesim.sim.engine import cyclic_gc_paused
     seen = []
     engine, *_ = build(trace_of((0, 5, 3)), config(), CostModelExecutor(LinearCost()))
     engine.on_step = lambda plan, start, dt: seen.append(gc.isenabled())

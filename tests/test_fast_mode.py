@@ -6,10 +6,10 @@ import pandas as pd
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from sim.executor import CostModelExecutor
-from sim.replay import ReplayConfig, replace, run_replay
+from pagesim.sim.executor import CostModelExecutor
+from pagesim.replay import ReplayConfig, replace, run_replay
 from tests.simhelpers import LinearCost, ScalarLinearCost, TimeLimit, config, trace_of
-from traces import Request, Trace, synthetic
+from pagesim.traces import Request, Trace, synthetic
 
 
 def same(a, b):

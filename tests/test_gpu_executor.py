@@ -14,16 +14,16 @@ import copy
 import pytest
 
 torch = pytest.importorskip("torch")
-from gpu.kernels import _env  # noqa: E402,F401  sets TRITON_INTERPRET before triton loads
+from pagesim.gpu.kernels import _env  # noqa: E402,F401  sets TRITON_INTERPRET before triton loads
 
 pytest.importorskip("triton")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gpu.executor import GPUExecutor, executor_for_replay  # noqa: E402
-from gpu.tokens import TokenBook, synth_tokens  # noqa: E402
-from sim.executor import CostModelExecutor  # noqa: E402
-from sim.replay import replace, run_replay  # noqa: E402
+from pagesim.gpu.executor import GPUExecutor, executor_for_replay  # noqa: E402
+from pagesim.gpu.tokens import TokenBook, synth_tokens  # noqa: E402
+from pagesim.sim.executor import CostModelExecutor  # noqa: E402
+from pagesim.replay import replace, run_replay  # noqa: E402
 from tests.simhelpers import LinearCost, config, trace_of  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -269,7 +269,7 @@ def test_price_refuses_and_config_checks():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["v1-prefix", "v0-fork-swap"])
 def test_real_sizes_bf16_on_gpu(kind):
-    from traces import synthetic
+    from pagesim.traces import synthetic
     if kind == "v1-prefix":
         trace = synthetic("fixed:400:48", num_requests=24, rate=50.0, system_prompt_tokens=256, seed=3)
         cfg = replace(config(num_blocks=2048, block_size=16, caching=True, max_num_seqs=64),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from gpu.kernels import _env  # noqa: E402,F401  sets TRITON_INTERPRET before triton loads
+from pagesim.gpu.kernels import _env  # noqa: E402,F401  sets TRITON_INTERPRET before triton loads
 
 pytest.importorskip("triton")
 
-from gpu.calibrate import calibrate, compare_with_simulation, gpu_preset_name, measure, step_errors  # noqa: E402
-from gpu.executor import executor_for_replay  # noqa: E402
-from sim.costmodel import make_cost_model  # noqa: E402
-from sim.replay import replace  # noqa: E402
+from pagesim.gpu.calibrate import calibrate, compare_with_simulation, gpu_preset_name, measure, step_errors  # noqa: E402
+from pagesim.gpu.executor import executor_for_replay  # noqa: E402
+from pagesim.sim.costmodel import make_cost_model  # noqa: E402
+from pagesim.replay import replace  # noqa: E402
 from tests.simhelpers import LinearCost, config, trace_of  # noqa: E402
 
 FEATURES = {"decode": ("const", "num_tokens"), "mixed": ("const", "num_tokens")}

@@ -13,12 +13,12 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-from gpu.kernels import _env  # noqa: E402  sets TRITON_INTERPRET before triton loads
+from pagesim.gpu.kernels import _env  # noqa: E402  sets TRITON_INTERPRET before triton loads
 
 pytest.importorskip("triton")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from gpu import kernels as K  # noqa: E402
+from pagesim.gpu import kernels as K  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 HERE = "cuda" if HAS_CUDA else "cpu"  # where launchers accept tensors in this process

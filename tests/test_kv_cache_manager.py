@@ -1,11 +1,11 @@
 """PagedKVCacheManager: vLLM's block-manager scenarios, one operation each."""
 import pytest
 
-from sim.block_keys import BlockKeys
-from sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
-from sim.event_log import EventLog
-from sim.invariants import check_manager
-from sim.kv_cache_manager import PagedKVCacheManager
+from pagesim.sim.block_keys import BlockKeys
+from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.event_log import EventLog
+from pagesim.sim.invariants import check_manager
+from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 
 
 def mgr(num_blocks=16, block_size=4, **kw):

@@ -5,8 +5,8 @@ import argparse
 import json
 import re
 
-import traces
-from traces.cli import add_subcommands, main
+from pagesim import traces
+from pagesim.trace_cli import add_subcommands, main
 
 AZURE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
          "2023-11-16 18:15:00.0000000,100,10\n"

@@ -9,8 +9,8 @@ import warnings
 import pandas as pd
 import pytest
 
-import traces
-from traces import Request, Trace, TraceError, TraceWarning, load_trace
+from pagesim import traces
+from pagesim.traces import Request, Trace, TraceError, TraceWarning, load_trace
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 

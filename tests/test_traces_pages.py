@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from traces import Request, page_keys
-from traces.pages import MASK63, _POLY, combine, token_block_hashes
+from pagesim.traces import Request, page_keys
+from pagesim.traces.pages import MASK63, _POLY, combine, token_block_hashes
 
 
 def naive_block_hashes(seq, size):

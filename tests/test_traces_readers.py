@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import traces
-from traces import Request, Trace, load_trace
+from pagesim import traces
+from pagesim.traces import Request, Trace, load_trace
 
 
 def write(path, text):

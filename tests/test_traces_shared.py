@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import traces
-from traces import load_trace
+from pagesim import traces
+from pagesim.traces import load_trace
 
 RAW = Path(__file__).resolve().parents[2] / "shared" / "traces" / "raw"
 
@@ -86,7 +86,7 @@ def test_empirical_lengths_and_replayed_arrivals():
 
 
 def test_cli_stats_on_mooncake(capsys):
-    from traces.cli import main
+    from pagesim.trace_cli import main
     assert main(["trace", "stats", str(raw("conversation_trace.jsonl"))]) == 0
     out = capsys.readouterr().out
     assert "12,031" in out and "36.6% of 288,500 block references" in out

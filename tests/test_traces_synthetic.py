@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-import traces
-from traces import Gamma, Poisson, Replay, synthetic
-from traces.lengths import WORKLOADS, clipped_mean, solve_mu
+from pagesim import traces
+from pagesim.traces import Gamma, Poisson, Replay, synthetic
+from pagesim.traces.lengths import WORKLOADS, clipped_mean, solve_mu
 
 TARGETS = {"sharegpt": (161.31, 337.99), "alpaca": (19.31, 58.45)}
 

@@ -4,7 +4,7 @@ import heapq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.waiting_queue import WaitingQueue
+from pagesim.sim.waiting_queue import WaitingQueue
 
 
 @given(st.lists(st.one_of(st.tuples(st.just("push"), st.integers(0, 50)), st.just(("pop", 0))),

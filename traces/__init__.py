@@ -6,16 +6,16 @@ seeded synthetic workloads with ``synthetic`` / ``default_workload``; map a
 request's hash blocks to the simulator's pages with ``page_keys``. Bad input
 raises ``TraceError`` naming the file, line and problem.
 """
-from traces.arrivals import Gamma, Poisson, Replay, parse_arrival, rescale
-from traces.errors import TraceError, TraceWarning
-from traces.lengths import EmpiricalLengths, FixedLengths, LognormalLengths, length_sampler
-from traces.load import FORMATS, apply_max_model_len, load_trace, read_table
-from traces.pages import page_keys
-from traces.readers import detect_format
-from traces.request import Request
-from traces.stats import format_stats, prefix_reuse, trace_stats
-from traces.synthetic import DEFAULT_RATE, default_workload, synthetic
-from traces.trace import Trace
+from pagesim.traces.arrivals import Gamma, Poisson, Replay, parse_arrival, rescale
+from pagesim.traces.errors import TraceError, TraceWarning
+from pagesim.traces.lengths import EmpiricalLengths, FixedLengths, LognormalLengths, length_sampler
+from pagesim.traces.load import FORMATS, apply_max_model_len, load_trace, read_table
+from pagesim.traces.pages import page_keys
+from pagesim.traces.readers import detect_format
+from pagesim.traces.request import Request
+from pagesim.traces.stats import format_stats, prefix_reuse, trace_stats
+from pagesim.traces.synthetic import DEFAULT_RATE, default_workload, synthetic
+from pagesim.traces.trace import Trace
 
 __all__ = [
     "Request", "Trace", "TraceError", "TraceWarning",

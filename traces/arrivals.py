@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from traces.trace import Trace
+from pagesim.traces.trace import Trace
 
 
 class ArrivalProcess(Protocol):
@@ -93,7 +93,7 @@ class Replay:
 
     @classmethod
     def from_file(cls, path: str | Path, fmt: str | None = None) -> Replay:
-        from traces.load import load_trace   # load imports this module
+        from pagesim.traces.load import load_trace   # load imports this module
         return cls.from_trace(load_trace(path, fmt))
 
     def __call__(self, n: int, rng: np.random.Generator) -> np.ndarray:

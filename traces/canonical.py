@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces import validate as v
+from pagesim.traces import validate as v
 
 COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens",
            "prompt_token_ids", "output_token_ids", "block_hashes",

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces import canonical
-from traces import validate as v
-from traces.canonical import Table
-from traces.errors import TraceError
-from traces.pages import token_block_hashes
+from pagesim.traces import canonical
+from pagesim.traces import validate as v
+from pagesim.traces.canonical import Table
+from pagesim.traces.errors import TraceError
+from pagesim.traces.pages import token_block_hashes
 
 MOONCAKE_BLOCK = 512     # tokens per Mooncake hash id
 TOKEN_HASH_BLOCK = 16    # block size for hashing real token ids (vLLM's default)

@@ -111,7 +111,7 @@ class EmpiricalLengths:
     @classmethod
     def from_file(cls, path: str | Path, fmt: str | None = None) -> EmpiricalLengths:
         """Any readable trace file (length-only CSVs need no arrival here)."""
-        from traces.load import read_table   # load imports this module
+        from pagesim.traces.load import read_table   # load imports this module
         frame = read_table(path, fmt).frame
         return cls(tuple(frame["prompt_tokens"].tolist()),
                    tuple(np.maximum(frame["output_tokens"], 1).tolist()),

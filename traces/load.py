@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces import validate as v
-from traces.arrivals import draw, parse_arrival
-from traces.canonical import Table
-from traces.errors import TraceError, TraceWarning
-from traces.jsonl import read_mooncake, read_tokens
-from traces.pages import combine
-from traces.readers import detect_format, read_azure, read_canonical, read_lengths, read_vidur
-from traces.trace import Trace
+from pagesim.traces import validate as v
+from pagesim.traces.arrivals import draw, parse_arrival
+from pagesim.traces.canonical import Table
+from pagesim.traces.errors import TraceError, TraceWarning
+from pagesim.traces.jsonl import read_mooncake, read_tokens
+from pagesim.traces.pages import combine
+from pagesim.traces.readers import detect_format, read_azure, read_canonical, read_lengths, read_vidur
+from pagesim.traces.trace import Trace
 
 READERS = {
     "azure": read_azure,

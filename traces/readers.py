@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces import canonical
-from traces import validate as v
-from traces.canonical import Table
-from traces.errors import TraceError
+from pagesim.traces import canonical
+from pagesim.traces import validate as v
+from pagesim.traces.canonical import Table
+from pagesim.traces.errors import TraceError
 
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"   # pandas' %f takes 7 digits too
 # Canonical CSVs must round-trip floats exactly. pandas 3 parses them exactly

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from traces.pages import page_keys
+from pagesim.traces.pages import page_keys
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from traces.pages import combine, split
+from pagesim.traces.pages import combine, split
 
 FEW_SHOT_TOKENS = {"one-shot": 80, "five-shot": 341}   # vLLM paper, section 6.4
 _SYSTEM_TAG, _FEW_SHOT_TAG = 0x5157, 0xF5E7

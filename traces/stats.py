@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from traces.jsonl import TOKEN_HASH_BLOCK
-from traces.pages import token_block_hashes
-from traces.trace import Trace
+from pagesim.traces.jsonl import TOKEN_HASH_BLOCK
+from pagesim.traces.pages import token_block_hashes
+from pagesim.traces.trace import Trace
 
 
 def trace_stats(trace: Trace, timed: bool = True) -> dict:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from traces import canonical
-from traces.arrivals import Gamma, Poisson, draw, parse_arrival
-from traces.lengths import length_sampler
-from traces.sharing import FEW_SHOT_TOKENS, session_block_hashes, shared_segments
-from traces.trace import Trace
+from pagesim.traces import canonical
+from pagesim.traces.arrivals import Gamma, Poisson, draw, parse_arrival
+from pagesim.traces.lengths import length_sampler
+from pagesim.traces.sharing import FEW_SHOT_TOKENS, session_block_hashes, shared_segments
+from pagesim.traces.trace import Trace
 
 #: Requests/s of the default workload. A Llama-3-8B-class model on one H100
 #: (bf16, ~60 GB left for KV at 128 KiB/token, ~470k tokens) decodes a batch

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces import canonical
-from traces.errors import TraceError
-from traces.request import Request
+from pagesim.traces import canonical
+from pagesim.traces.errors import TraceError
+from pagesim.traces.request import Request
 
 
 class Trace:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
 
-from traces.errors import TraceError
+from pagesim.traces.errors import TraceError
 
 Issue = tuple[int, str]   # (0-based data row, problem)
 

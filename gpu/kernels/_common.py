@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from gpu.kernels._env import interpreting
+from pagesim.gpu.kernels._env import interpreting
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 ATTN_TYPES = (torch.float16, torch.bfloat16, torch.float32)

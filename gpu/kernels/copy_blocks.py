@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu.kernels._common import check_device, next_pow2
+from pagesim.gpu.kernels._common import check_device, next_pow2
 
 
 @triton.jit

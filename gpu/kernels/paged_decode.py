@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
+from pagesim.gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64  # the merge holds [splits, head_dim] fp32 per head in registers

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2
+from pagesim.gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2
 
 LOG2E = 1.4426950408889634
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.costmodel.capacity import (
+from pagesim.sim.costmodel.capacity import (
     default_activation_reserve, kv_cache_blocks, kv_cache_bytes, kv_cache_tokens,
 )
-from sim.costmodel.presets import (
+from pagesim.sim.costmodel.presets import (
     GPUS, MODELS, GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, kv_heads_per_gpu,
     weight_bytes,
 )
-from sim.costmodel.roofline import RooflineCostModel
-from sim.costmodel.table import CalibrationError, TableCostModel, fit_table
+from pagesim.sim.costmodel.roofline import RooflineCostModel
+from pagesim.sim.costmodel.table import CalibrationError, TableCostModel, fit_table
 
 __all__ = [
     "ModelSpec", "GPUSpec", "MODELS", "GPUS", "get_model", "get_gpu", "kv_bytes_per_token",

@@ -18,7 +18,7 @@ figure instead.
 """
 from __future__ import annotations
 
-from sim.costmodel.presets import (
+from pagesim.sim.costmodel.presets import (
     MiB, GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, weight_bytes,
 )
 

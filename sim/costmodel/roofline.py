@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.costmodel.presets import (
+from pagesim.sim.costmodel.presets import (
     GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, layer_matmul_params,
     streamed_params,
 )
-from sim.plan import StepShapes
+from pagesim.sim.plan import StepShapes
 
 
 def activation_bytes_per_token(model: ModelSpec, tp: int = 1) -> int:

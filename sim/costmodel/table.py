@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.plan import StepShapes
+from pagesim.sim.plan import StepShapes
 
 FORMAT = "pagesim.table_cost_model"
 VERSION = 1
@@ -187,7 +187,7 @@ def _per_block_costs(meta: dict) -> tuple[float, float]:
     roofline model of the meta's model, GPU, tp and block size."""
     if "copy_block_s" in meta and "swap_block_s" in meta:
         return float(meta["copy_block_s"]), float(meta["swap_block_s"])
-    from sim.costmodel.roofline import RooflineCostModel
+    from pagesim.sim.costmodel.roofline import RooflineCostModel
 
     try:
         rl = RooflineCostModel(meta["model"], meta["gpu"], meta.get("tp", 1),

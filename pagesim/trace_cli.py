@@ -1,4 +1,4 @@
-"""``pagesim trace ...`` subcommands; ``sim/cli.py`` mounts them with
+"""``pagesim trace ...`` subcommands; ``pagesim/cli.py`` mounts them with
 ``add_subcommands(subparsers)``. Also runs alone: ``python -m traces.cli``.
 """
 from __future__ import annotations
@@ -7,10 +7,10 @@ import argparse
 import json
 import sys
 
-from traces.errors import TraceError
-from traces.load import FORMATS, ON_TOO_LONG, load_trace, read_table
-from traces.stats import format_stats, trace_stats
-from traces.trace import Trace
+from pagesim.traces.errors import TraceError
+from pagesim.traces.load import FORMATS, ON_TOO_LONG, load_trace, read_table
+from pagesim.traces.stats import format_stats, trace_stats
+from pagesim.traces.trace import Trace
 
 
 def add_subcommands(subparsers) -> None:

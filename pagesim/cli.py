@@ -10,8 +10,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from sim.allocators import ALLOCATORS
-from sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
+from pagesim.sim.allocators import ALLOCATORS
+from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -71,9 +71,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_workload(args):
-    import traces
-    from sim.costmodel import get_model
-    from traces.synthetic import DEFAULT_REQUESTS
+    from pagesim import traces
+    from pagesim.sim.costmodel import get_model
+    from pagesim.traces.synthetic import DEFAULT_REQUESTS
     max_len = args.max_model_len or get_model(args.model).max_model_len
     if args.trace:
         arrival = args.rate if args.rate is not None else None
@@ -95,7 +95,7 @@ def load_workload(args):
 
 
 def replay_config(args, max_len: int):
-    from sim.replay import ReplayConfig
+    from pagesim.replay import ReplayConfig
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         chunked_prefill=args.chunked_prefill, watermark=args.watermark, generation=args.scheduler,
@@ -111,7 +111,7 @@ def replay_config(args, max_len: int):
 def make_executor(args, cfg):
     if args.executor == "sim":
         return None
-    from gpu.executor import executor_for_replay  # needs the [gpu] extra
+    from pagesim.gpu.executor import executor_for_replay  # needs the [gpu] extra
     return executor_for_replay(cfg)
 
 
@@ -141,7 +141,7 @@ def print_summary(s: dict, out=sys.stdout) -> None:
 
 
 def cmd_replay(args) -> int:
-    from sim.replay import run_replay, write_outputs
+    from pagesim.replay import run_replay, write_outputs
     trace, max_len = load_workload(args)
     cfg = replay_config(args, max_len)
     print(f"replaying {len(trace)} requests from {trace.source or 'synthetic'} "
@@ -155,7 +155,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from analysis.compare import compare, format_table
+    from pagesim.analysis.compare import compare, format_table
     trace, max_len = load_workload(args)
     base = replay_config(args, max_len)
     names = [a.strip() for a in args.allocators.split(",") if a.strip()]
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for compare.csv")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_compare)
-    from traces.cli import add_subcommands
+    from pagesim.trace_cli import add_subcommands
     add_subcommands(sub)
     return p
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.allocators import make_kv_cache_manager
-from sim.config import SchedulerConfig
-from sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
-from sim.engine import Engine
-from sim.event_log import EventLog
-from sim.executor import CostModelExecutor
-from sim.metrics import StepRecorder, requests_dataframe, summarize
-from sim.scheduler import Scheduler
+from pagesim.sim.allocators import make_kv_cache_manager
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
+from pagesim.sim.engine import Engine
+from pagesim.sim.event_log import EventLog
+from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
+from pagesim.sim.scheduler import Scheduler
 
 SWAP_SPACE_BYTES = 4 * 2**30  # vLLM V0's default swap_space: 4 GiB per GPU
 
@@ -154,7 +154,7 @@ def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
         path = result.events.write(out / f"events.{ext}")
         written.append(path)
     if plots:
-        from analysis.plots import latency_cdfs, memory_breakdown
+        from pagesim.analysis.plots import latency_cdfs, memory_breakdown
         atomic("memory.png", lambda p: memory_breakdown(result.steps, result.summary, p))
         atomic("latency.png", lambda p: latency_cdfs(result.requests, p))
     atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))

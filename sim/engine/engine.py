@@ -22,7 +22,7 @@ import time
 
 import simpy
 
-from sim.stretch import fast_step
+from pagesim.sim.stretch import fast_step
 
 
 class Engine:
