@@ -66,6 +66,10 @@ class PlanRecorder:
 
 
 def replay_checked(trace, cfg, **kw):
+    """Replay with every step checked. Step times come from ``LinearCost``
+    (the kernels still run and are timed): measured times would make which
+    arrivals join which step depend on the machine's load."""
+    kw.setdefault("time_from", LinearCost())
     ex = executor_for_replay(cfg, check_every=1, **kw)
     rec = PlanRecorder(ex)
     result = run_replay(trace, cfg, executor=rec)
@@ -241,7 +245,7 @@ def test_prefix_hits_adopt_cached_blocks_and_corruption_is_caught():
     trace, cfg = shared_prefix_requests(), tiny(config(num_blocks=16, block_size=4, caching=True))
     result, ex, _ = replay_checked(trace, cfg)
     assert result.requests["cached_tokens"].sum() >= 16
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = executor_for_replay(cfg, check_every=1, time_from=LinearCost())
     execute = ex.execute
 
     def poison_cached_free_blocks(plan):
