@@ -27,6 +27,7 @@ from pagesim.replay import replace, run_replay  # noqa: E402
 from tests.simhelpers import LinearCost, config, trace_of  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.triton
 
 
 def tiny(cfg, **kw):
@@ -266,6 +267,16 @@ def test_price_refuses_and_config_checks():
         executor_for_replay(tiny(config(), allocator="orca-max"))
     with pytest.raises(ValueError, match="time_from"):
         GPUExecutor("tiny", 4, 0, 4, time_from="roofline")
+
+
+def test_cli_replay_with_the_gpu_executor(tmp_path, capsys):
+    from pagesim.cli import main
+    out = tmp_path / "run"
+    assert main(["replay", "--executor", "gpu", "--model", "tiny", "--workload", "alpaca",
+                 "--num-requests", "3", "--rate", "100", "--num-gpu-blocks", "64", "--block-size", "4",
+                 "--quiet", "--no-plots", "--out", str(out)]) == 0
+    requests = pd.read_parquet(out / "requests.parquet")
+    assert len(requests) == 3 and requests["finish_s"].notna().all()
 
 
 # -------------------------------------------------------------- (f) on a GPU

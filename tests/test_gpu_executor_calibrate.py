@@ -19,6 +19,7 @@ from pagesim.sim.costmodel import make_cost_model  # noqa: E402
 from pagesim.replay import replace  # noqa: E402
 from tests.simhelpers import LinearCost, config, trace_of  # noqa: E402
 
+pytestmark = pytest.mark.triton
 FEATURES = {"decode": ("const", "num_tokens"), "mixed": ("const", "num_tokens")}
 #: The per-block costs given to ``calibrate`` as meta, in seconds.
 COPY_S, SWAP_S = 1e-5, 1e-4
