@@ -142,7 +142,7 @@ class TokenLedger:
         forking_alloc = cfg.allocator == "paged"
         final_work = 0
         for row in r.itertuples(index=False):
-            roots = self.roots[row.id]
+            roots = self.roots.get(row.id, [])  # none if rejected before the scheduler
             if isinstance(row.rejected, str):
                 assert not roots, f"rejected request {row.id} got sequences"
                 continue
