@@ -78,6 +78,25 @@ def check_manager(m) -> None:
     check_split(m.usage(), m.capacity_tokens)
 
 
+def check_plan(plan, kv) -> None:
+    """A step plan is executable against the allocator's state right after
+    ``schedule``: every scheduled sequence is held on the GPU with the
+    block table the plan lists (if it lists tables), and every
+    copy-on-write destination is a block of a sequence that runs in this
+    step (a copy into a block freed in the same plan is a phantom copy)."""
+    held = set()
+    for i, sid in enumerate(plan.seq_ids):
+        table = kv.block_table(sid)
+        assert not kv.seqs[sid].on_cpu, f"step {plan.step}: scheduled sequence {sid} is swapped out"
+        if plan.block_tables:
+            assert plan.block_tables[i] == table, (
+                f"step {plan.step}: plan lists a stale block table for sequence {sid}")
+        held.update(table)
+    for src, dst in plan.cow:
+        assert dst in held, (
+            f"step {plan.step}: copy-on-write ({src}, {dst}) into a block no running sequence holds")
+
+
 def check_split(split, capacity: int) -> None:
     for k in CATEGORIES:
         assert getattr(split, k) >= 0, f"accounting category {k} is negative: {split}"

@@ -125,7 +125,15 @@ class Scheduler:
         return budget
 
     def _reserve(self, g: Group, q: int, index: int, plan: StepPlan) -> bool:
+        """Slots for ``q`` more tokens of every sequence of ``g``, preempting
+        victims until they fit. False when ``g`` itself was preempted.
+
+        A group's copy-on-write pairs enter the plan only once all its
+        sequences got their slots: a group that copies for one sequence and
+        is then preempted for the next has freed the copy's destination, so
+        an executor must not copy into it."""
         append = self.kv.append_slots
+        cow = []
         for s in g.seqs:
             while True:
                 # append_slots checks before it acts: OutOfBlocks means
@@ -139,7 +147,9 @@ class Scheduler:
                     if victim is g:
                         return False
             if pairs:
-                plan.cow.extend(pairs)
+                cow.extend(pairs)
+        if cow:
+            plan.cow.extend(cow)
         return True
 
     def _pick_victim(self, index: int) -> Group:
