@@ -9,13 +9,19 @@ caching must hash it at that step), or finishes.
 
 A member's ``Sequence.computed`` / ``generated`` lag by ``D - d0`` tokens,
 where ``D`` counts the decode steps the set has taken and ``d0`` is ``D`` when
-the member was last brought up to date (``materialize``); its KV-cache
-manager state (token count, last block's fill) lags by ``D - kd0``, which a
-block-boundary crossing resets without touching the sequence (one object
-less per crossing). The manager's ``live_tokens``
-is kept exact in bulk, so memory accounting never lags. Anything that reads
-or changes a member individually must materialize it first; the scheduler's
-full step materializes everyone.
+the member was last brought up to date (``materialize``); its tokens not yet
+written to the KV-cache manager are the ``D - kd0`` of its last
+block-boundary crossing or materialization (a crossing resets ``kd0``
+without touching the sequence: one object less per crossing).
+
+Where the lag lives: on this side only. The manager's own state is exact
+and self-consistent at every moment (its ``live_tokens`` equals what its
+blocks hold, ``check_manager`` passes); the set counts the decoded tokens
+not yet written (``unwritten``) and the scheduler's accounting adds them
+(``Scheduler.live_tokens``). The unwritten tokens of a member always fit in
+its unshared last block (a crossing writes them first), and they are written
+before anything reads or changes the member individually (``materialize``;
+the scheduler's full step materializes everyone). All of it is O(events).
 
 Crossings are found by residue: a member whose up-to-date token count is
 ``c`` at ``D`` crosses a block boundary at the steps ``j`` with
@@ -63,6 +69,7 @@ class LazyDecodeSet:
         self.cross_count = [0] * self.bs   # members crossing at each residue
         self.num_fill = 0                  # members with known content to hash
         self._sum_c_minus_d0 = 0   # sum over members of (c0 - d0)
+        self._sum_kd0 = 0          # sum over members of kd0
 
     def __len__(self) -> int:
         return len(self.members)
@@ -71,6 +78,34 @@ class LazyDecodeSet:
     def sum_computed(self) -> int:
         """Sum of the members' up-to-date computed tokens."""
         return self._sum_c_minus_d0 + len(self.members) * self.D
+
+    @property
+    def unwritten(self) -> int:
+        """Tokens the members decoded that the KV-cache manager does not
+        hold yet (``D - kd0`` each): what accounting adds to its count."""
+        return len(self.members) * self.D - self._sum_kd0
+
+    def computed_of(self, seq_ids, plus: int = 0) -> list[int]:
+        """Up-to-date computed tokens (``+ plus``) of the given members."""
+        members, D = self.members, self.D
+        return [(m.seq.computed + D - m.d0 + plus) for m in map(members.__getitem__, seq_ids)]
+
+    def steps_ahead(self) -> int:
+        """Decode steps determined from now: until the first member
+        finishes, and (paged) while the free blocks cover the crossings."""
+        k = self.steps_to_first_finish()
+        if self.paged and k:
+            k = self.memory_limit(k, self.kv.pool.num_free)
+        return k
+
+    def adopt(self, group, key) -> None:
+        """Take ``group`` over if it is one sequence in plain decode (its
+        prompt done, exactly one token to compute per step, no forks)."""
+        if len(group.seqs) != 1 or group.fanout > 1 or group.beam_width > 1:
+            return
+        s = group.seqs[0]
+        if s.generated >= 1 and s.known - s.computed == 1:
+            self.add(group, key)
 
     def add(self, group, key) -> None:
         """Take over a running group of one sequence in plain decode."""
@@ -91,6 +126,7 @@ class LazyDecodeSet:
                 self._put(fill, m)
         heapq.heappush(self.finish_heap, (self.D + s.output_len - s.generated, key, s.seq_id))
         self._sum_c_minus_d0 += s.computed - self.D
+        self._sum_kd0 += self.D
 
     def _put(self, r: int, m: Member) -> None:
         last = self._last_key[r]
@@ -111,8 +147,9 @@ class LazyDecodeSet:
             m.d0 = to_d
         lag = to_d - m.kd0
         if lag:
-            self.kv.write_in_place((m.sid,), (lag,), count_live=False)
+            self.kv.write_in_place((m.sid,), (lag,))
             m.kd0 = to_d
+            self._sum_kd0 += lag
 
     def remove(self, seq_id: int) -> Member:
         """Materialize a member and hand it back to explicit scheduling."""
@@ -124,6 +161,7 @@ class LazyDecodeSet:
             self.num_fill -= 1
             self.buckets[m.fill].pop(seq_id, None)
         self._sum_c_minus_d0 -= m.seq.computed - self.D
+        self._sum_kd0 -= m.kd0
         return m
 
     def materialize_all(self) -> None:
@@ -173,6 +211,52 @@ class LazyDecodeSet:
             self._last_key[r] = ordered[-1].key if ordered else None
             return ordered
         return list(bucket.values())
+
+    def event_steps(self, k: int):
+        """The steps among the next ``k`` at which some member needs the
+        allocator (relative to ``D``), in order."""
+        if not self.paged:
+            return
+        buckets, bs, r0 = self.buckets, self.bs, self.D % self.bs
+        for j in range(k):
+            if buckets[(r0 + j) % bs]:
+                yield j
+
+    def apply_events(self, j: int) -> None:
+        """The allocator calls of the members at step ``j`` (from ``D``), in
+        running order, exactly as the step-by-step engine makes them: each
+        crossing writes the member's unwritten tokens, which fill its last
+        block, then takes a block for this step's token; a fill of known
+        content is written (and hashed) at this step."""
+        if not self.paged:
+            return  # contiguous memory: decodes never need the allocator
+        kv = self.kv
+        events = self.events_at(j)
+        at = self.D + j
+        if not self.num_fill or all(m.fill is None for m in events):
+            # Only crossings of content nobody can share: one bulk call.
+            ids, lags = [], []
+            moved = 0
+            for m in events:
+                ids.append(m.sid)
+                lags.append(at - m.kd0)
+                moved += at + 1 - m.kd0
+                m.kd0 = at + 1
+            kv.cross_blocks(ids, lags)
+            self._sum_kd0 += moved
+            return
+        r = at % self.bs
+        for m in events:
+            self.materialize(m, at)
+            s = m.seq
+            if m.cross == r:
+                kv.append_slots(s.seq_id, 1)
+            else:  # a fill of known content: hashed at this step
+                kv.write_in_place((s.seq_id,), (1,))
+            s.computed += 1
+            s.generated += 1
+            m.d0 = m.kd0 = at + 1
+            self._sum_kd0 += 1
 
     def finished_by(self, d: int) -> list[Member]:
         """Members whose last token is produced by step count ``d``."""
