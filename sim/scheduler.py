@@ -111,10 +111,10 @@ class Scheduler:
             self.lazy.materialize_all()
         elif not (self.waiting and self.admissible(self.waiting.head(), self.cfg.token_budget
                                                    - stretch.num_seqs) is not None):
+            stretch.forks, stretch.freed, stretch.finished = self._take_pending()
             return stretch  # a pure stretch: nothing can join it
-        plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed,
-                        finished=self._pending_finished)
-        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+        forks, freed, finished = self._take_pending()
+        plan = StepPlan(step=self.step, forks=forks, freed=freed, finished=finished)
         if self.log is not None:
             self.log.step = self.step
         self._scheduled = []
@@ -137,6 +137,12 @@ class Scheduler:
             stretch.num_steps, stretch.admitted = 1, plan
             return stretch
         return plan
+
+    def _take_pending(self) -> tuple[list, list, list]:
+        """Forks, frees and finishes since the last step (for its record)."""
+        out = self._pending_forks, self._pending_freed, self._pending_finished
+        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+        return out
 
     def _tokens_for(self, g: Group, budget: int) -> int:
         """Query tokens per sequence this step (0 if the budget is too small)."""
@@ -338,9 +344,7 @@ class Scheduler:
         k = lazy.steps_ahead()
         if k == 0:
             return None
-        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n, self.live_tokens(),
-                           forks=self._pending_forks, freed=self._pending_freed,
-                           finished=self._pending_finished)
+        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n, self.live_tokens())
         if self.stretch_detail:
             st.seq_ids = [g.seqs[0].seq_id for g in self.running]
             st.context_lens0 = lazy.computed_of(st.seq_ids, plus=1)
@@ -362,7 +366,6 @@ class Scheduler:
         kv, log = self.kv, self.log
         pending = self.pending_tokens()
         st.event_steps, st.event_counters = [-1], [kv.counters(pending)]
-        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
         for j in self.lazy.event_steps(st.num_steps):
             if log is not None:
                 log.step = st.step + j

@@ -94,10 +94,10 @@ class Engine:
                 self._idle = None
                 self.clock = max(self.clock, self.requests[self._next].arrival_s)
                 continue
-            done_before = sched.step
+            done_before, preempted = sched.step, sched.preemptions
             outcome = sched.schedule()
             if type(outcome) is StepPlan:
-                new_clock = self._run_plan(outcome)
+                new_clock = self._run_plan(outcome, sched.preemptions - preempted)
             else:
                 new_clock = self._run_stretch(outcome)
             self.clock = new_clock
@@ -111,9 +111,8 @@ class Engine:
         if bar is not None:
             bar.close()
 
-    def _run_plan(self, plan: StepPlan) -> float:
+    def _run_plan(self, plan: StepPlan, preemptions: int) -> float:
         sched, kv = self.sched, self.sched.kv
-        preempted = sched.preemptions
         counters = kv.counters(sched.pending_tokens())
         live = sched.live_tokens()
         dt = self.executor.execute(plan)
@@ -122,7 +121,7 @@ class Engine:
         if self.recorder is not None:
             n_seq, n_tok, kv_read, _, n_pre, _, _ = plan.shape_numbers()
             self.recorder.add(plan.step, start, dt, (n_seq, n_tok, n_pre, kv_read),
-                              sched.preemptions - preempted, live, counters)
+                              preemptions, live, counters)
         if self.on_step is not None:
             self.on_step(plan, start, dt)
         sched.commit(plan, end)
