@@ -36,6 +36,8 @@ import heapq
 from dataclasses import dataclass
 from operator import attrgetter
 
+from pagesim.sim.sequence import RUNNING
+
 
 @dataclass(slots=True, eq=False)
 class Member:
@@ -98,14 +100,17 @@ class LazyDecodeSet:
             k = self.memory_limit(k, self.kv.pool.num_free)
         return k
 
-    def adopt(self, group, key) -> None:
-        """Take ``group`` over if it is one sequence in plain decode (its
-        prompt done, exactly one token to compute per step, no forks)."""
-        if len(group.seqs) != 1 or group.fanout > 1 or group.beam_width > 1:
-            return
-        s = group.seqs[0]
-        if s.generated >= 1 and s.known - s.computed == 1:
-            self.add(group, key)
+    def adopt(self, groups, key) -> None:
+        """Take over the running groups that are one sequence in plain
+        decode (prompt done, one token to compute per step, no forks);
+        ``key``: the scheduler's keep-order key."""
+        members = self.members
+        for g in groups:
+            if g.status != RUNNING or len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
+                continue
+            s = g.seqs[0]
+            if s.generated >= 1 and s.known - s.computed == 1 and s.seq_id not in members:
+                self.add(g, key(g))
 
     def add(self, group, key) -> None:
         """Take over a running group of one sequence in plain decode."""
@@ -221,6 +226,22 @@ class LazyDecodeSet:
         for j in range(k):
             if buckets[(r0 + j) % bs]:
                 yield j
+
+    def run(self, st, counters, log=None) -> None:
+        """Take the steps of the pure stretch ``st`` (a ``DecodeStretch``):
+        each step's allocator events in order, recording ``counters()``
+        before the first step and after each step with events in ``st``;
+        then ``D`` advances. ``log``: the event log, stamped with steps."""
+        st.event_steps, st.event_counters = [-1], [counters()]
+        for j in self.event_steps(st.num_steps):
+            if log is not None:
+                log.step = st.step + j
+            self.apply_events(j)
+            st.event_steps.append(j)
+            st.event_counters.append(counters())
+        self.D += st.num_steps
+        if log is not None:
+            log.step = st.step + st.num_steps - 1
 
     def apply_events(self, j: int) -> None:
         """The allocator calls of the members at step ``j`` (from ``D``), in

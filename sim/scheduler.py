@@ -14,36 +14,27 @@ drives it (``schedule`` -> executor -> ``commit``). One step, as in vLLM:
 See ``sim/sequence.py`` for the progress rule shared by prefill, decode and
 recompute.
 
-Fast mode (``fast = True``): the scheduler owns a ``LazyDecodeSet`` of the
-running groups that are one sequence in plain decode. When every running
-group is in it and nothing is swapped, the steps ahead are determined, and
-``schedule`` offers them as a ``DecodeStretch`` instead of a ``StepPlan``:
-
-* a **pure stretch** of up to ``k`` steps when nothing waiting can be
-  admitted (``k``: until the first finish, or the first block-boundary
-  crossing the free blocks cannot cover). The engine prices it, cuts it at
-  the next arrival and commits it: ``commit`` makes only the allocator
-  calls the step-by-step scheduler would make (crossings, fills of known
-  content), in the same order, and finishes the members that end;
-* a **mixed step** when the head of the queue can be admitted: the
-  members decode in bulk (they come first in keep order), then the queue
-  is served by the same admission code as an explicit step.
-
-Anything else materializes the set and runs an explicit step. The result
-equals step-by-step mode bit for bit (tests compare both on random traces);
-work is proportional to events, not to running sequences times steps.
+Fast mode (``fast = True``): the scheduler owns a ``LazyDecodeSet``
+(``sim/lazy_decode.py``) of the running groups that are one sequence in plain
+decode. When it holds every running group and nothing is swapped, the steps
+ahead are determined and ``schedule`` returns a ``DecodeStretch``: a pure
+stretch (nothing waiting can be admitted; the engine cuts it at the next
+arrival, ``commit`` makes the allocator calls step-by-step mode would make,
+in the same order) or a mixed step (the set decodes in bulk as this step's
+running phase, then the usual swapped and waiting phases). Results equal
+step-by-step mode bit for bit; work is proportional to events.
 """
 from __future__ import annotations
 
 import heapq
 
-from pagesim.sim.branching import branch
+from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import DecodeStretch, StepPlan
 from pagesim.sim.running import RunningList
-from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group, Sequence
+from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
@@ -56,17 +47,10 @@ class Scheduler:
         self.log = event_log
         self.waiting = WaitingQueue()       # groups by key, smallest first
         self.running = RunningList()        # keep order: first = kept longest
-        #: Plainly decoding sequences advanced in bulk (fast mode only).
-        self.lazy = LazyDecodeSet(kv)
-        #: Offer decode stretches (set by the engine when its executor can
-        #: price steps it does not see one by one).
-        self.fast = False
-        #: Put block tables into step plans (only executors that run the
-        #: step on real tensors need them).
-        self.plan_tables = True
-        #: Put sequence ids and context lengths into decode stretches (for
-        #: engine hooks that expand them; O(batch) per stretch).
-        self.stretch_detail = False
+        self.lazy = LazyDecodeSet(kv)       # plain decoders advanced in bulk (fast mode)
+        self.fast = False                   # offer decode stretches (set by the engine)
+        self.plan_tables = True             # block tables in plans (executors on real tensors)
+        self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
         self.step = 0
@@ -75,10 +59,9 @@ class Scheduler:
         self.next_gid = 0
         num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
         self.watermark_blocks = int(config.watermark * num_blocks)
-        self._scheduled: list[tuple[Group, list[int]]] = []
-        self._pending_forks: list[tuple[int, int]] = []
-        self._pending_freed: list[int] = []
-        self._pending_finished: list[int] = []
+        self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
+        # forks, frees and finishes since the last step, for the next record
+        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
 
     # --------------------------------------------------------------- requests
     def key(self, g: Group) -> tuple:
@@ -363,18 +346,8 @@ class Scheduler:
         """Apply a pure stretch's allocator events step by step (recording
         the counters after each in ``st``), advance the members, and finish
         those whose last token came in its last step."""
-        kv, log = self.kv, self.log
         pending = self.pending_tokens()
-        st.event_steps, st.event_counters = [-1], [kv.counters(pending)]
-        for j in self.lazy.event_steps(st.num_steps):
-            if log is not None:
-                log.step = st.step + j
-            self.lazy.apply_events(j)
-            st.event_steps.append(j)
-            st.event_counters.append(kv.counters(pending))
-        self.lazy.D += st.num_steps
-        if log is not None:
-            log.step = st.step + st.num_steps - 1
+        self.lazy.run(st, lambda: self.kv.counters(pending), self.log)
         self._finish_members(now)
         self.step += st.num_steps
 
@@ -400,12 +373,7 @@ class Scheduler:
         for g, q in self._scheduled:
             if g.status != RUNNING:
                 continue
-            sampled = False
-            for s in g.seqs:
-                s.computed += q
-                if s.computed == s.prompt_len + s.generated:
-                    s.generated += 1
-                    sampled = True
+            sampled = g.advance(q)
             if sampled and g.record.first_token_s is None:
                 g.record.first_token_s = now
             if sampled and (g.fanout > 1 or g.beam_width > 1):
@@ -419,9 +387,7 @@ class Scheduler:
         scheduled, self._scheduled = self._scheduled, []
         self.step += 1
         if self.fast:
-            for g in ([g for g, _ in scheduled] if mixed else self.running):
-                if g.status == RUNNING and g.seqs[0].seq_id not in self.lazy.members:
-                    self.lazy.adopt(g, self.key(g))
+            self.lazy.adopt([g for g, _ in scheduled] if mixed else self.running, self.key)
 
     def _finish(self, g: Group, now: float) -> None:
         self.running.remove_group(g, self.key(g))
@@ -435,26 +401,10 @@ class Scheduler:
         if r.open_groups == 0:
             r.finish_s = now
 
-    def _fork(self, g: Group, parent) -> None:
-        child = Sequence(self.next_seq_id, parent.prompt_len, parent.output_len, None,
-                         parent.generated, parent.computed)
-        self.next_seq_id += 1
-        self.kv.fork(parent.seq_id, child.seq_id)
-        self._pending_forks.append((parent.seq_id, child.seq_id))
-        g.seqs.append(child)
-        self.running.num_seqs += 1  # forks happen in commit, to running groups
-
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""
-        dropped, forks = branch(g, self.rng)
-        g.forked = True
-        if dropped:
-            for s in dropped:
-                self.kv.free(s.seq_id)
-                self._pending_freed.append(s.seq_id)
-                self._pending_finished.append(s.seq_id)
-            g.seqs = [s for s in g.seqs if s not in dropped]
-            self.running.num_seqs -= len(dropped)
-        for parent, children in forks:
-            for _ in range(children):
-                self._fork(g, parent)
+        forks, dropped, self.next_seq_id = apply_branch(g, self.kv, self.rng, self.next_seq_id)
+        self._pending_forks += forks
+        self._pending_freed += dropped
+        self._pending_finished += dropped
+        self.running.num_seqs += len(forks) - len(dropped)  # branching happens to running groups
