@@ -294,13 +294,12 @@ class PagedKVCacheManager(SwapMixin):
         their cache keys cannot collide."""
         bs, seqs, log = self.block_size, self.seqs, self.log
         caching = self.enable_prefix_caching
-        if len(seq_ids) > self.pool.num_free:
-            raise OutOfBlocks(f"cross_blocks: {len(seq_ids)} crossings, {self.pool.num_free} free blocks")
-        if log is None:
+        if log is None:  # raises OutOfBlocks before any change
             new = self.pool.get_new_blocks(len(seq_ids), fill=1)
         else:  # pop one by one so each eviction is logged before its alloc
+            if len(seq_ids) > self.pool.num_free:
+                raise OutOfBlocks(f"cross_blocks: {len(seq_ids)} crossings, {self.pool.num_free} free")
             new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
-        written = 0
         for sid, lag, b in zip(seq_ids, lags, new):
             s = seqs[sid]
             last = s.table[-1]
@@ -311,12 +310,11 @@ class PagedKVCacheManager(SwapMixin):
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
             s.table.append(b)
             s.num_tokens += lag + 1
-            written += lag + 1
             if log is not None:
                 log.add(sid, ALLOC, b.id)
             if caching:
                 self._hash_full_blocks(s)
-        self.live_tokens += written
+        self.live_tokens += sum(lags) + len(seq_ids)
 
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:

@@ -217,28 +217,23 @@ class LazyDecodeSet:
             return ordered
         return list(bucket.values())
 
-    def event_steps(self, k: int):
-        """The steps among the next ``k`` at which some member needs the
-        allocator (relative to ``D``), in order."""
-        if not self.paged:
-            return
-        buckets, bs, r0 = self.buckets, self.bs, self.D % self.bs
-        for j in range(k):
-            if buckets[(r0 + j) % bs]:
-                yield j
-
-    def run(self, st, counters, log=None) -> None:
+    def run(self, st, pending_tokens, log=None) -> None:
         """Take the steps of the pure stretch ``st`` (a ``DecodeStretch``):
-        each step's allocator events in order, recording ``counters()``
-        before the first step and after each step with events in ``st``;
-        then ``D`` advances. ``log``: the event log, stamped with steps."""
-        st.event_steps, st.event_counters = [-1], [counters()]
-        for j in self.event_steps(st.num_steps):
-            if log is not None:
-                log.step = st.step + j
-            self.apply_events(j)
-            st.event_steps.append(j)
-            st.event_counters.append(counters())
+        each step's allocator events in order, recording the manager's
+        ``counters(pending_tokens)`` before the first step and after each
+        step with events in ``st``; then ``D`` advances. ``log``: the event
+        log, stamped with steps."""
+        counters = self.kv.counters
+        steps, snaps = st.event_steps, st.event_counters = [-1], [counters(pending_tokens)]
+        if self.paged:
+            buckets, bs, r0 = self.buckets, self.bs, self.D % self.bs
+            for j in range(st.num_steps):
+                if buckets[(r0 + j) % bs]:  # some member needs the allocator at step j
+                    if log is not None:
+                        log.step = st.step + j
+                    self.apply_events(j)
+                    steps.append(j)
+                    snaps.append(counters(pending_tokens))
         self.D += st.num_steps
         if log is not None:
             log.step = st.step + st.num_steps - 1
@@ -253,18 +248,18 @@ class LazyDecodeSet:
             return  # contiguous memory: decodes never need the allocator
         kv = self.kv
         events = self.events_at(j)
+        if not events:
+            return
         at = self.D + j
         if not self.num_fill or all(m.fill is None for m in events):
             # Only crossings of content nobody can share: one bulk call.
             ids, lags = [], []
-            moved = 0
             for m in events:
                 ids.append(m.sid)
                 lags.append(at - m.kd0)
-                moved += at + 1 - m.kd0
                 m.kd0 = at + 1
             kv.cross_blocks(ids, lags)
-            self._sum_kd0 += moved
+            self._sum_kd0 += sum(lags) + len(ids)  # each kd0 moved by its lag + 1
             return
         r = at % self.bs
         for m in events:

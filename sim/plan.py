@@ -19,6 +19,7 @@ and ``plans()`` expands it into the ``StepPlan``s step-by-step mode makes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,15 +161,16 @@ class DecodeStretch:
     sum_context0: int
     live_tokens0: int = 0  # live token slots before the first step (recorder)
     admitted: StepPlan | None = None
-    forks: list[tuple[int, int]] = field(default_factory=list)
-    freed: list[int] = field(default_factory=list)
-    finished: list[int] = field(default_factory=list)
+    # (sequences, not lists by default: a stretch is made per engine step)
+    forks: Sequence[tuple[int, int]] = ()
+    freed: Sequence[int] = ()
+    finished: Sequence[int] = ()
     seq_ids: list[int] | None = None
     context_lens0: list[int] | None = None
     #: Filled by ``Scheduler.commit``: relative steps of the allocator events
     #: (-1: before the first step) and the manager's ``counters()`` after each.
-    event_steps: list[int] = field(default_factory=list)
-    event_counters: list[tuple] = field(default_factory=list)
+    event_steps: Sequence[int] = ()
+    event_counters: Sequence[tuple] = ()
 
     def cut(self, k: int) -> "DecodeStretch":
         """The first ``k`` steps (a pure stretch only)."""
@@ -206,7 +208,6 @@ class DecodeStretch:
                     p.seq_ids += a.seq_ids
                     p.query_lens += a.query_lens
                     p.context_lens += a.context_lens
-                    p.block_tables += a.block_tables
                     p.cow, p.swap_out, p.swap_in = list(a.cow), list(a.swap_out), list(a.swap_in)
                     p.forks += a.forks
                     p.freed += a.freed

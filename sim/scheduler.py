@@ -95,6 +95,7 @@ class Scheduler:
         elif not (self.waiting and self.admissible(self.waiting.head(), self.cfg.token_budget
                                                    - stretch.num_seqs) is not None):
             stretch.forks, stretch.freed, stretch.finished = self._take_pending()
+            stretch.live_tokens0 = self.live_tokens()
             return stretch  # a pure stretch: nothing can join it
         forks, freed, finished = self._take_pending()
         plan = StepPlan(step=self.step, forks=forks, freed=freed, finished=finished)
@@ -327,7 +328,7 @@ class Scheduler:
         k = lazy.steps_ahead()
         if k == 0:
             return None
-        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n, self.live_tokens())
+        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
         if self.stretch_detail:
             st.seq_ids = [g.seqs[0].seq_id for g in self.running]
             st.context_lens0 = lazy.computed_of(st.seq_ids, plus=1)
@@ -346,8 +347,7 @@ class Scheduler:
         """Apply a pure stretch's allocator events step by step (recording
         the counters after each in ``st``), advance the members, and finish
         those whose last token came in its last step."""
-        pending = self.pending_tokens()
-        self.lazy.run(st, lambda: self.kv.counters(pending), self.log)
+        self.lazy.run(st, self.pending_tokens(), self.log)
         self._finish_members(now)
         self.step += st.num_steps
 
