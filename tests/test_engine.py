@@ -204,3 +204,24 @@ def test_check_invariants_runs_every_n_steps_in_both_modes(monkeypatch):
         assert seen == expected and len(seen) >= 3
         if not fast:
             assert seen == list(range(7, bounds[-1] + 1, 7))
+
+
+def test_cli_check_invariants_runs_the_checks_in_both_modes(monkeypatch, capsys):
+    import pagesim.sim.engine.engine as engine_mod
+    from pagesim.cli import main
+    from pagesim.sim.invariants import check_scheduler
+    calls = []
+
+    def spy(sched):
+        check_scheduler(sched)
+        calls.append(sched.step)
+    monkeypatch.setattr(engine_mod, "check_scheduler", spy)
+    args = ["replay", "--workload", "sharegpt", "--num-requests", "40", "--num-gpu-blocks", "80",
+            "--quiet", "--check-invariants", "25"]
+    assert main(args) == 0
+    fast = list(calls)
+    calls.clear()
+    assert main(args + ["--step-by-step"]) == 0
+    assert fast and calls and calls == list(range(25, calls[-1] + 1, 25))
+    assert main(args[:-1] + ["-1"]) == 2
+    assert "invariants" in capsys.readouterr().err  # the option is named
