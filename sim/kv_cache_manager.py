@@ -285,13 +285,13 @@ class PagedKVCacheManager(SwapMixin):
                 self._hash_full_blocks(s)
         self.live_tokens += total
 
-    def cross_blocks(self, seq_ids, lags) -> None:
+    def cross_blocks(self, seq_ids, lags) -> int:
         """For each sequence in order: write ``lags[i]`` tokens in place,
         which fills its unshared last block exactly, then take one new block
         for one more token. The fast engine's block-boundary crossings, in
         one call (the caller checked that enough blocks are free). Only for
         content without known identities (see ``sim/lazy_decode.py``):
-        their cache keys cannot collide."""
+        their cache keys cannot collide. Returns the tokens written."""
         bs, seqs, log = self.block_size, self.seqs, self.log
         caching = self.enable_prefix_caching
         if log is None:  # raises OutOfBlocks before any change
@@ -314,7 +314,9 @@ class PagedKVCacheManager(SwapMixin):
                 log.add(sid, ALLOC, b.id)
             if caching:
                 self._hash_full_blocks(s)
-        self.live_tokens += sum(lags) + len(seq_ids)
+        written = sum(lags) + len(seq_ids)
+        self.live_tokens += written
+        return written
 
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:

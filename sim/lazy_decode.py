@@ -258,8 +258,7 @@ class LazyDecodeSet:
                 ids.append(m.sid)
                 lags.append(at - m.kd0)
                 m.kd0 = at + 1
-            kv.cross_blocks(ids, lags)
-            self._sum_kd0 += sum(lags) + len(ids)  # each kd0 moved by its lag + 1
+            self._sum_kd0 += kv.cross_blocks(ids, lags)  # each kd0 moved by its lag + 1
             return
         r = at % self.bs
         for m in events:

@@ -42,6 +42,7 @@ from pagesim.sim.workload import admit_request
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
         self.cfg = config
+        self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
         self.kv = kv
         self.rng = rng
         self.log = event_log
@@ -92,8 +93,7 @@ class Scheduler:
         stretch = self._stretch_ahead() if self.fast else None
         if stretch is None:
             self.lazy.materialize_all()
-        elif not (self.waiting and self.admissible(self.waiting.head(), self.cfg.token_budget
-                                                   - stretch.num_seqs) is not None):
+        elif not self._head_admissible(self.token_budget - stretch.num_seqs):
             stretch.forks, stretch.freed, stretch.finished = self._take_pending()
             stretch.live_tokens0 = self.live_tokens()
             return stretch  # a pure stretch: nothing can join it
@@ -102,7 +102,7 @@ class Scheduler:
         if self.log is not None:
             self.log.step = self.step
         self._scheduled = []
-        budget = self.cfg.token_budget
+        budget = self.token_budget
         preempted_before = self.preemptions
         if stretch is not None:
             budget -= self._reserve_decoders()
@@ -121,6 +121,10 @@ class Scheduler:
             stretch.num_steps, stretch.admitted = 1, plan
             return stretch
         return plan
+
+    def _head_admissible(self, budget: int) -> bool:
+        """Whether the head of the queue could start within ``budget``."""
+        return bool(self.waiting) and self.admissible(self.waiting.head(), budget) is not None
 
     def _take_pending(self) -> tuple[list, list, list]:
         """Forks, frees and finishes since the last step (for its record)."""
@@ -323,7 +327,7 @@ class Scheduler:
         finish or the first crossing the free blocks cannot cover."""
         lazy = self.lazy
         n = len(lazy)
-        if not n or n != len(self.running) or self.swapped or n > self.cfg.token_budget:
+        if not n or n != len(self.running) or self.swapped or n > self.token_budget:
             return None
         k = lazy.steps_ahead()
         if k == 0:
