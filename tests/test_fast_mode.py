@@ -67,11 +67,17 @@ def test_fast_mode_equals_step_by_step(run):
     note(repr([(r.arrival_s, r.prompt_tokens, r.output_tokens, r.n, r.block_hashes) for r in trace]))
     note(repr(cfg))
     ex = CostModelExecutor(cost()) if cost else None  # None: the preset's roofline model
-    fast = run_replay(trace, replace(cfg, fast=True), executor=ex)
+    # allocator and scheduler invariants at every step boundary, both modes
+    fast = run_replay(trace, replace(cfg, fast=True, check_invariants=1), executor=ex)
     with TokenLedger(ex or preset_executor(cfg)) as ledger:  # step by step: it needs plans
-        slow = run_replay(trace, replace(cfg, fast=False), executor=ledger)
+        slow = run_replay(trace, replace(cfg, fast=False, check_invariants=1), executor=ledger)
     same(fast, slow)
     ledger.check(slow, fast)
+    # each preemption is counted in the step that made it
+    assert fast.steps["preemptions"].sum() == fast.summary["preemptions"]
+    # conservation: every request finished or was rejected with a reason
+    r = fast.requests
+    assert (r["finish_s"].notna() | r["rejected"].notna()).all()
 
 
 def test_fast_mode_equals_step_by_step_on_a_sharegpt_workload():
