@@ -40,11 +40,15 @@ class ReplayConfig:
     seed: int = 0
     events: bool = False
     fast: bool = True                      # skip over determined decode stretches
+    replicas: int = 1                      # serving replicas behind a router
+    router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ValueError(f"replicas must be an int >= 1, got {self.replicas!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
@@ -76,8 +80,9 @@ class ReplayResult:
     config: ReplayConfig
 
 
-def build(trace, cfg: ReplayConfig, executor=None):
-    """(engine, scheduler, kv manager, recorder) ready to run."""
+def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
+    """(engine, scheduler, kv manager, recorder) ready to run (one replica;
+    ``env`` and ``source`` put it in a cluster, see ``pagesim/cluster.py``)."""
     sched_cfg = cfg.scheduler
     log = EventLog() if cfg.events else None
     kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
@@ -92,12 +97,15 @@ def build(trace, cfg: ReplayConfig, executor=None):
     sched.plan_tables = getattr(executor, "needs_plans", False)
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
-                    check_invariants=cfg.check_invariants)
+                    check_invariants=cfg.check_invariants, env=env, source=source)
     return engine, sched, kv, recorder
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                progress: bool = False) -> ReplayResult:
+    if cfg.replicas > 1:
+        from pagesim.cluster import run_cluster  # the cluster path builds on this module
+        return run_cluster(trace, cfg, executor=executor, progress=progress)
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
     engine.run()
