@@ -10,6 +10,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from pagesim.calibrate_cli import add_subcommands as add_calibration_commands
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
 
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     from pagesim.trace_cli import add_subcommands
     add_subcommands(sub)
+    add_calibration_commands(sub)
     return p
 
 

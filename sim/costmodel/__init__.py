@@ -21,13 +21,14 @@ from pagesim.sim.costmodel.presets import (
     weight_bytes,
 )
 from pagesim.sim.costmodel.roofline import RooflineCostModel
-from pagesim.sim.costmodel.table import CalibrationError, TableCostModel, fit_table
+from pagesim.sim.costmodel.fit import fit_table, refit
+from pagesim.sim.costmodel.table import CalibrationError, TableCostModel
 
 __all__ = [
     "ModelSpec", "GPUSpec", "MODELS", "GPUS", "get_model", "get_gpu", "kv_bytes_per_token",
     "kv_heads_per_gpu", "weight_bytes", "kv_cache_blocks", "kv_cache_bytes", "kv_cache_tokens",
     "default_activation_reserve", "RooflineCostModel", "TableCostModel", "CalibrationError",
-    "fit_table", "make_cost_model",
+    "fit_table", "refit", "make_cost_model",
 ]
 
 
