@@ -153,3 +153,52 @@ def test_make_cost_model(tmp_path):
         make_cost_model(path, block_size=32)
     with pytest.raises(ValueError, match="model='llama-3-8b'.*model='opt-13b'"):
         make_cost_model(path, "opt-13b")
+
+
+def test_fit_keeps_summed_time_unbiased_on_noisy_rows():
+    """Relative least squares alone sits low on noisy data (it prefers
+    under-predicting slow steps); the fit's total-time constraint removes
+    that bias, which a simulator summing step times would inherit."""
+    from pagesim.sim.costmodel.fit import constrained_lstsq
+
+    df = synthetic_rows(n=400, seed=3)
+    noise = np.exp(np.random.default_rng(7).normal(0, 0.3, len(df)))
+    df["measured_s"] = df["measured_s"] * noise
+    table = fit_table(df, META)
+    s = as_shapes(df)
+    for name, sel in (("decode", df.num_prefill_seqs == 0), ("mixed", df.num_prefill_seqs > 0)):
+        pred = table.price(as_shapes(df[sel]))
+        y = df[sel]["measured_s"].to_numpy()
+        assert pred.sum() / y.sum() == pytest.approx(1.0, abs=1e-9), name
+        assert table.regimes[name].fit["sum_pred_over_sum_measured"] == pytest.approx(1.0, abs=1e-9)
+        # the unconstrained relative fit on the same rows is biased low
+        feats = table.regimes[name].features
+        x = np.column_stack([np.ones(sel.sum()) if f == "const" else df[sel][f].to_numpy(float)
+                             for f in feats])
+        plain = np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)[0]
+        assert (x @ plain).sum() / y.sum() < 0.97
+        # and the constraint costs little relative accuracy
+        coef, rank = constrained_lstsq(x, y)
+        assert rank == len(feats)
+        assert np.median(np.abs(x @ coef / y - 1)) < 1.2 * np.median(np.abs(x @ plain / y - 1))
+    assert len(table.price(s)) == len(df)
+
+
+def test_version_1_files_still_load_and_refit_needs_samples(tmp_path):
+    from pagesim.sim.costmodel import refit
+
+    data = fit_table(synthetic_rows(), META).to_dict()
+    data["version"] = 1
+    data.pop("samples")
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    old = TableCostModel.from_file(path)
+    assert old.samples is None
+    with pytest.raises(CalibrationError, match="holds no samples"):
+        refit([old])
+    new = fit_table(synthetic_rows(), META)
+    other = fit_table(synthetic_rows(seed=2), {**META, "block_size": 32})
+    with pytest.raises(CalibrationError, match="different settings"):
+        refit([new, other])
+    pooled = refit([new, fit_table(synthetic_rows(seed=5), META)])
+    assert len(pooled.samples) == 160 and pooled.meta["pooled_runs"] == 2
