@@ -45,7 +45,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of GPU memory vLLM may use (sizes the KV cache)")
     g.add_argument("--num-gpu-blocks", type=int, help="KV blocks, overriding the size derived from memory")
     g.add_argument("--num-cpu-blocks", type=int, help="CPU swap blocks (default 4 GiB with --preemption swap)")
-    g.add_argument("--cost-model", default="roofline", help="'roofline' or a calibration file")
+    g.add_argument("--cost-model", default="auto",
+                   help="'auto' (a shipped calibration matching --model/--gpu/--tp/--block-size, "
+                   "else roofline; the summary says which), 'roofline', or a calibration file")
     g.add_argument("--executor", choices=["sim", "gpu"], default="sim",
                    help="sim: cost model; gpu: run every step on the GPU (gpu extra)")
     a = p.add_argument_group("allocator and scheduler")

@@ -202,3 +202,45 @@ def test_version_1_files_still_load_and_refit_needs_samples(tmp_path):
         refit([new, other])
     pooled = refit([new, fit_table(synthetic_rows(seed=5), META)])
     assert len(pooled.samples) == 160 and pooled.meta["pooled_runs"] == 2
+
+
+def test_decode_run_is_bit_identical_to_price():
+    table = fit_table(synthetic_rows(), META)
+    n, ctx0, k = 7, 1234, 50
+    times, dts, done = table.decode_run(n, ctx0, k, 10.0, None)
+    shapes = StepShapes.decode_stretch(n, ctx0, k)
+    assert done == k and dts == table.price(shapes).tolist()
+    t = 10.0
+    for j, d in enumerate(dts):
+        t = t + d
+        assert times[j + 1] == t
+    _, cut, j = table.decode_run(n, ctx0, k, 10.0, times[5])
+    assert j == 5 and cut == dts[:5]  # stops after the step that reaches stop_at
+    table.regimes["decode"] = type(table.regimes["decode"])(("const",), (-1.0,))
+    assert table.decode_run(1, 1, 1, 0.0, None)[1] == [table.floor_s]
+
+
+def test_auto_picks_the_matching_calibration_or_roofline(tmp_path, monkeypatch):
+    from pagesim.sim.costmodel import calibrations, describe, find_calibration
+
+    old = fit_table(synthetic_rows(), {**META, "date": "2026-01-01"})
+    new = fit_table(synthetic_rows(seed=4), {**META, "date": "2026-06-01"})
+    other = fit_table(synthetic_rows(), {**META, "block_size": 32})
+    for name, t in (("a.json", old), ("b.json", new), ("c.json", other)):
+        t.save(tmp_path / name)
+    (tmp_path / "broken.json").write_text("{")
+    assert find_calibration("llama-3-8b", "h100-80gb", 1, 16, tmp_path).name == "b.json"  # newest
+    assert find_calibration("llama-3-8b", "h100-80gb", 1, 32, tmp_path).name == "c.json"
+    assert find_calibration("llama-3-8b", "h200", 1, 16, tmp_path) is None
+    monkeypatch.setattr(calibrations, "calibration_dir", lambda: tmp_path)
+    got = make_cost_model("auto", "llama-3-8b", "h100-80gb", 1, 16)
+    assert isinstance(got, TableCostModel) and got.source.endswith("b.json")
+    assert describe(got)["kind"] == "table" and describe(got)["date"] == "2026-06-01"
+    roof = make_cost_model("auto", "llama-3-8b", "h200", 1, 16)
+    assert isinstance(roof, RooflineCostModel) and describe(roof) == {"kind": "roofline"}
+
+
+def test_shipped_calibration_files_are_found():
+    from pagesim.sim.costmodel import find_calibration
+    path = find_calibration("llama-3-8b", "h100-80gb", 1, 16)
+    assert path is not None and path.name == "llama-3-8b_h100-80gb.json"

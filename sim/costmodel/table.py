@@ -90,6 +90,8 @@ class TableCostModel:
         self.regimes, self.meta = regimes, dict(meta)
         #: The measured steps the model was fitted to (None for version-1 files).
         self.samples = samples
+        #: The file it was read from, if any.
+        self.source: str | None = None
         self.copy_block_s, self.swap_block_s, self.floor_s = copy_block_s, swap_block_s, floor_s
 
     def price(self, shapes: StepShapes) -> np.ndarray:
@@ -100,6 +102,35 @@ class TableCostModel:
         t = np.maximum(t, self.floor_s)
         t = t + np.asarray(shapes.copy_blocks, dtype=np.float64) * self.copy_block_s
         return t + np.asarray(shapes.swap_blocks, dtype=np.float64) * self.swap_block_s
+
+    def decode_run(self, n: int, ctx0: int, k: int, clock: float, stop_at) -> tuple:
+        """Start times and durations of up to ``k`` plain decode steps of
+        ``n`` sequences, contexts ``ctx0, ctx0 + n, ...``, stopping after the
+        first step that ends at or after ``stop_at``: ``(times, dts, k)``.
+
+        The fast engine prices decode stretches this way. The float
+        operations are those of ``price`` on one step, in the same order
+        (adding zero copy and swap terms is exact), so the times are
+        bit-identical to pricing the steps one by one."""
+        reg = self.regimes["decode"]
+        nf = float(n)
+        fixed = {"const": 1.0, "num_seqs": nf, "num_tokens": nf, "num_prefill_seqs": 0.0}
+        terms = [(c, fixed.get(f)) for f, c in zip(reg.features, reg.coef)]
+        floor, stop = self.floor_s, (float("inf") if stop_at is None else stop_at)
+        times, dts, t, ctx = [clock], [], clock, ctx0
+        for j in range(k):
+            c_ctx = float(ctx)
+            dt = 0.0
+            for c, x in terms:
+                dt = dt + c * (c_ctx if x is None else x)
+            dt = dt if dt >= floor else floor
+            t = t + dt
+            dts.append(dt)
+            times.append(t)
+            if t >= stop:
+                return times, dts, j + 1
+            ctx += n
+        return times, dts, k
 
     def to_dict(self) -> dict:
         return {
@@ -127,7 +158,9 @@ class TableCostModel:
         except json.JSONDecodeError as e:
             raise CalibrationError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): "
                                    f"{e.msg}") from e
-        return cls.from_dict(data, source=str(path))
+        table = cls.from_dict(data, source=str(path))
+        table.source = str(path)
+        return table
 
     @classmethod
     def from_dict(cls, data, source: str = "<dict>") -> "TableCostModel":
