@@ -12,7 +12,9 @@ import numpy as np
 
 from pagesim.sim.allocators import make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
+from pagesim.sim.costmodel import (
+    describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
+)
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
@@ -35,7 +37,7 @@ class ReplayConfig:
     block_size: int = 16
     allocator: str = "paged"
     prefix_caching: bool = True
-    cost_model: str = "roofline"           # or the path of a calibration file
+    cost_model: str = "auto"               # a shipped calibration if one matches, else roofline; or "roofline" or a file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
     events: bool = False
@@ -117,6 +119,9 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
                         sim_time_s=engine.clock)
     summary["config"] = config_dict(cfg, kv)
+    model = getattr(engine.executor, "model", None)
+    summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
+                                                                       "name": type(engine.executor).__name__}
     return ReplayResult(summary, req_df, step_df, sched.log, cfg)
 
 
