@@ -349,6 +349,8 @@ class Scheduler:
                          parent.generated, parent.computed)
         self.next_seq_id += 1
         self.kv.fork(parent.seq_id, child.seq_id)
+        if self.log is not None:
+            self.log.add_sequence(child.seq_id, g.record.id, g.gid, parent.seq_id)
         self._pending_forks.append((parent.seq_id, child.seq_id))
         g.seqs.append(child)
         self.num_running_seqs += 1  # forks happen in commit, to running groups
