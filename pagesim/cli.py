@@ -131,7 +131,8 @@ def make_executor(args, cfg):
     return executor_for_replay(cfg)
 
 
-def print_summary(s: dict, out=sys.stdout) -> None:
+def print_summary(s: dict, out=None) -> None:
+    out = sys.stdout if out is None else out
     r, lat, th, mem, sim = s["requests"], s["latency"], s["throughput"], s["memory_split"], s["sim"]
     c = s.get("config", {})
 
@@ -200,7 +201,7 @@ def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pagesim", description=__doc__.splitlines()[0])
-    p.set_defaults(check=lambda args: [])
+    p.set_defaults(check=lambda args: [], parser=p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a trace (or the built-in default) and report")
     add_workload_options(r)
@@ -210,14 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(r, "summary.json, tables, plots")
     r.add_argument("--table-format", choices=["parquet", "csv"], default="parquet")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    r.set_defaults(func=cmd_replay, check=check_run)
+    r.set_defaults(func=cmd_replay, check=check_run, parser=r)
     c = sub.add_parser("compare", help="several allocators on one trace, side by side")
     add_workload_options(c)
     add_engine_options(c)
     c.add_argument("--allocators", type=opt.allocator_list, default=list(ALLOCATORS),
                    help="comma-separated allocators to compare")
     add_output_options(c, "compare.csv, provenance.json")
-    c.set_defaults(func=cmd_compare, check=check_run)
+    c.set_defaults(func=cmd_compare, check=check_run, parser=c)
     add_subcommands(sub)
     return p
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = args.check(args)
         if problems:
             option, problem = problems[0]
-            parser.error(f"argument {option}: {problem}")
+            args.parser.error(f"argument {option}: {problem}")   # the subcommand's usage
     except SystemExit as exc:   # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:

@@ -1,0 +1,352 @@
+"""``pagesim replay`` / ``compare`` in-process: honest outputs and a clear
+error (exit 2, option or file:line named, nothing written) for bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+
+import pagesim
+from pagesim import outputs
+from pagesim.cli import main
+
+FAST = ["--quiet", "--no-plots"]
+AZURE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+         "2023-11-16 18:15:00.0000000,100,10\n"
+         "2023-11-16 18:15:00.5000000,900,20\n"      # line 3: 920 tokens
+         "2023-11-16 18:15:01.0000000,300,30\n"
+         "2023-11-16 18:15:02.0000000,50,600\n"      # line 5: 650 tokens
+         "2023-11-16 18:15:03.0000000,200,0\n")      # no output tokens
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def azure(tmp_path):
+    path = tmp_path / "azure.csv"
+    path.write_text(AZURE)
+    return path
+
+
+def strict_load(path):
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON constant {token} in {path}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# ----------------------------------------------------------- too-long requests
+def test_too_long_requests_are_rejected_rows(tmp_path, azure, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "replay", azure, "--max-model-len", 500, "--out", out, *FAST)
+    assert code == 0, err
+    req = pd.read_parquet(out / "requests.parquet")
+    assert sorted(req["id"]) == [0, 1, 2, 3, 4]          # every row of the file
+    reasons = req.set_index("id")["rejected"]
+    assert reasons[[1, 3]].str.contains("longer than max_model_len").all()
+    assert reasons[[0, 2, 4]].isna().all()
+    assert not req["truncated"].any()
+    summary = strict_load(out / "summary.json")
+    assert summary["requests"]["rejected"] == 2 and summary["requests"]["total"] == 5
+    assert "2 of 5 requests are longer than max_model_len 500" in err
+
+
+def test_too_long_truncated_rows_are_marked(tmp_path, azure, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "replay", azure, "--max-model-len", 500, "--on-too-long",
+                       "truncate", "--out", out, *FAST)
+    assert code == 0, err
+    req = pd.read_parquet(out / "requests.parquet").set_index("id")
+    assert req["truncated"].tolist() == [False, True, False, True, False]
+    assert (req["prompt_tokens"] + req["output_tokens"] <= 500).all()
+    assert req["rejected"].isna().all() and req["finish_s"].notna().all()
+    summary = strict_load(out / "summary.json")
+    assert summary["requests"]["truncated"] == 2 and summary["requests"]["rejected"] == 0
+    assert summary["provenance"]["trace"]["rows_truncated_at_load"] == 2
+
+
+def test_too_long_error_names_file_and_line(tmp_path, azure, capsys):
+    out = tmp_path / "run"
+    before = listing(tmp_path)
+    code, _, err = run(capsys, "replay", azure, "--max-model-len", 500, "--on-too-long", "error",
+                       "--out", out, *FAST)
+    assert code == 2
+    assert f"{azure}, line 3: request of 920 tokens" in err
+    assert listing(tmp_path) == before
+
+
+def test_scheduler_rejections_stay(tmp_path, azure, capsys):
+    """A request that fits max_model_len but not the whole cache is still a
+    rejected row, with the scheduler's reason."""
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "replay", azure, "--num-gpu-blocks", 40, "--out", out, *FAST)
+    assert code == 0, err
+    req = pd.read_parquet(out / "requests.parquet").set_index("id")
+    # 40 blocks of 16 tokens: 920 tokens need 58 blocks, 650 need 41
+    assert req.loc[1, "rejected"] == "needs 58 KV blocks, the cache has 40 usable"
+    assert req.loc[3, "rejected"] == "needs 41 KV blocks, the cache has 40 usable"
+    assert strict_load(out / "summary.json")["requests"]["rejected"] == 2
+
+
+# ------------------------------------------------------- --n and --beam-width
+def test_n_and_beam_width_apply_to_trace_requests(tmp_path, azure, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "replay", azure, "--n", 3, "--out", out, *FAST)
+    assert code == 0, err
+    req = pd.read_parquet(out / "requests.parquet")
+    assert (req["n"] == 3).all() and (req["beam_width"] == 1).all()
+    out2 = tmp_path / "run2"
+    code, _, err = run(capsys, "replay", azure, "--beam-width", 2, "--scheduler", "v0",
+                       "--out", out2, *FAST)
+    assert code == 0, err
+    assert (pd.read_parquet(out2 / "requests.parquet")["beam_width"] == 2).all()
+
+
+@pytest.mark.parametrize("extra,option", [
+    (["--num-requests", "5"], "--num-requests"),
+    (["--workload", "alpaca"], "--workload"),
+    (["--system-prompt", "10"], "--system-prompt"),
+    (["--few-shot", "one-shot"], "--few-shot"),
+    (["--cv", "2"], "--cv"),
+])
+def test_synthetic_only_options_refused_with_a_trace(tmp_path, azure, capsys, extra, option):
+    before = listing(tmp_path)
+    code, _, err = run(capsys, "replay", azure, *extra, "--out", tmp_path / "o", *FAST)
+    assert code == 2 and f"argument {option}:" in err
+    assert listing(tmp_path) == before
+
+
+# ------------------------------------------------------------- summary.json
+def test_provenance_and_strict_json(tmp_path, azure, capsys):
+    out = tmp_path / "run"
+    argv = ["replay", str(azure), "--out", str(out), *FAST]
+    assert main(argv) == 0
+    text = (out / "summary.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    s = strict_load(out / "summary.json")
+    p = s["provenance"]
+    assert p["command"] == ["pagesim", *argv]
+    assert p["pagesim_version"] == pagesim.__version__
+    assert set(p["versions"]) >= {"python", "numpy", "pandas", "simpy"}
+    t = p["trace"]
+    assert t["sha256"] == hashlib.sha256(AZURE.encode()).hexdigest()
+    assert t["size_bytes"] == len(AZURE.encode()) and t["path"] == str(azure.absolute())
+    assert (t["rows_read"], t["rows_rejected_at_load"], t["rows_replayed"]) == (5, 0, 5)
+    # request 4 has no output tokens: latency per output token has no value
+    req = pd.read_parquet(out / "requests.parquet").set_index("id")
+    assert pd.isna(req.loc[4, "normalized_latency_s_per_token"])
+
+
+def test_strict_json_maps_non_finite_to_null():
+    text = outputs.strict_json({"a": float("inf"), "b": [float("nan"), 1.5]})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5]}
+
+
+# ------------------------------------------------------ prefix-cache hit rate
+def test_hit_rate_not_applicable_without_content_identity(tmp_path, azure, capsys):
+    code, out, _ = run(capsys, "replay", azure, "--out", tmp_path / "a", *FAST)
+    assert code == 0
+    assert strict_load(tmp_path / "a" / "summary.json")["prefix_cache"]["hit_rate_tokens"] is None
+    assert any(line.split() == ["prefix-cache", "hit", "rate", "n/a"] for line in out.splitlines())
+
+
+def test_hit_rate_with_shared_prefixes_and_caching_off(tmp_path, capsys):
+    base = ["replay", "--num-requests", 20, "--system-prompt", 64, *FAST]
+    assert run(capsys, *base, "--out", tmp_path / "on")[0] == 0
+    rate = strict_load(tmp_path / "on" / "summary.json")["prefix_cache"]["hit_rate_tokens"]
+    assert rate is not None and rate > 0
+    assert run(capsys, *base, "--no-prefix-caching", "--out", tmp_path / "off")[0] == 0
+    off = strict_load(tmp_path / "off" / "summary.json")
+    assert off["prefix_cache"]["hit_rate_tokens"] is None
+
+
+# ------------------------------------------------------------- sequence map
+def test_event_seq_ids_map_to_request_rows(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "replay", "--num-requests", 12, "--n", 2, "--beam-width", 2,
+                       "--scheduler", "v0", "--events", "--out", out, *FAST)
+    assert code == 0, err
+    events = pd.read_parquet(out / "events.parquet")
+    seqs = pd.read_parquet(out / "sequences.parquet")
+    req = pd.read_parquet(out / "requests.parquet")
+    assert seqs["seq"].is_unique
+    assert set(events["seq"].dropna()) <= set(seqs["seq"])
+    assert set(seqs["request"]) == set(req["id"][req["rejected"].isna()])
+    forked = seqs[seqs["parent"].notna()]
+    assert len(forked) > 0
+    parents = seqs.set_index("seq").loc[forked["parent"].astype(int)]
+    assert (parents["request"].to_numpy() == forked["request"].to_numpy()).all()
+    assert (events[events["kind"] == "fork"]["seq"].isin(forked["seq"])).all()
+
+
+# ------------------------------------------------------------ output folder
+def test_existing_out_refused_then_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier run")
+    args = ["replay", "--num-requests", 5, "--out", out, *FAST]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "argument --out:" in err and "--overwrite" in err
+    assert listing(tmp_path) == ["run", "run/old.txt"]
+    assert run(capsys, *args, "--overwrite")[0] == 0
+    assert listing(tmp_path) == ["run", "run/requests.parquet", "run/steps.parquet",
+                                 "run/summary.json"]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def interrupted(result, folder, **kw):
+        (folder / "requests.parquet").write_text("half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(outputs, "write_replay", interrupted)
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "run", *FAST)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "pagesim: interrupted; nothing written"
+    assert "Traceback" not in err
+    assert listing(tmp_path) == []
+
+
+def test_ctrl_c_during_simulation(tmp_path, capsys, monkeypatch):
+    from pagesim import replay
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(replay, "run_replay", interrupted)
+    code, out, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "run", *FAST)
+    assert code == 130 and "Traceback" not in err and out == ""
+    assert listing(tmp_path) == []
+
+
+def test_compare_out_written_as_a_whole(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--num-requests", 5, "--allocators", "paged,orca-max", "--quiet",
+            "--out", out]
+    assert run(capsys, *args)[0] == 0
+    assert listing(tmp_path) == ["cmp", "cmp/compare.csv", "cmp/provenance.json"]
+    assert strict_load(out / "provenance.json")["command"][1] == "compare"
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "argument --out:" in err
+
+
+# ------------------------------------------------------------------ bad input
+def _garbage(tmp_path):
+    path = tmp_path / "calib.json"
+    path.write_text("{not json")
+    return path
+
+
+BAD = [
+    (["--tp", "0"], "--tp"),
+    (["--tp", "3"], "--tp"),                       # does not divide the heads
+    (["--limit", "-1"], "--limit"),
+    (["--limit", "0"], "--limit"),
+    (["--rate", "0"], "--rate"),
+    (["--rate", "-2"], "--rate"),
+    (["--rate", "nan"], "--rate"),
+    (["--num-requests", "0"], "--num-requests"),
+    (["--max-model-len", "0"], "--max-model-len"),
+    (["--preemption", "swap", "--scheduler", "v0", "--num-cpu-blocks", "0"], "--num-cpu-blocks"),
+    (["--num-cpu-blocks", "8"], "--num-cpu-blocks"),  # recompute never uses them
+    (["--preemption", "swap"], "--preemption"),     # v1 has no swap
+    (["--seed", "-1"], "--seed"),
+    (["--block-size", "0"], "--block-size"),
+    (["--block-size", "257"], "--block-size"),
+    (["--gpu-memory-utilization", "0"], "--gpu-memory-utilization"),
+    (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
+    (["--gpu-memory-utilization", "0.05"], "--gpu-memory-utilization"),  # weights do not fit
+    (["--model", "gpt-5"], "--model"),
+    (["--gpu", "tpu-v9"], "--gpu"),
+    (["--watermark", "1"], "--watermark"),
+    (["--max-num-seqs", "0"], "--max-num-seqs"),
+    (["--max-num-batched-tokens", "-1"], "--max-num-batched-tokens"),
+    (["--num-gpu-blocks", "0"], "--num-gpu-blocks"),
+    (["--cv", "0"], "--cv"),
+    (["--n", "0"], "--n"),
+    (["--beam-width", "0"], "--beam-width"),
+    (["--system-prompt", "-1"], "--system-prompt"),
+    (["--sort"], "--sort"),                         # no trace to sort
+    (["--format", "azure"], "--format"),
+    (["--events", "--allocator", "orca-max"], "--events"),
+    (["--out", ""], "--out"),
+    (["no/such/trace.csv"], "trace"),
+]
+
+
+@pytest.mark.parametrize("extra,option", BAD, ids=[" ".join(e) for e, _ in BAD])
+def test_bad_option_exits_2_naming_it(tmp_path, capsys, monkeypatch, extra, option):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "replay", *extra, "--num-requests", 5, "--out", "o", *FAST)
+    assert code == 2, err
+    assert f"argument {option}:" in err, err
+    assert "Traceback" not in err and listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["file", "below-file"])
+def test_out_on_or_below_a_file(tmp_path, capsys, where):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = f if where == "file" else f / "sub"
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", out, *FAST)
+    assert code == 2 and "argument --out:" in err and f.read_text() == "x"
+    assert listing(tmp_path) == ["f"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_out_in_unwritable_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", locked / "run", *FAST)
+    assert code == 2 and "argument --out:" in err
+
+
+def test_garbage_cost_model_names_the_file(tmp_path, capsys):
+    path = _garbage(tmp_path)
+    code, _, err = run(capsys, "replay", "--cost-model", path, *FAST)
+    assert code == 2 and "argument --cost-model:" in err and str(path) in err
+
+
+@pytest.mark.parametrize("allocators", ["", " , ", "paged,nope", "paged,paged"])
+def test_compare_bad_allocators(tmp_path, capsys, allocators):
+    code, _, err = run(capsys, "compare", "--allocators", allocators, "--quiet",
+                       "--out", tmp_path / "o")
+    assert code == 2 and "argument --allocators:" in err
+    assert listing(tmp_path) == []
+
+
+def test_gpu_executor_without_torch_gives_install_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    code, _, err = run(capsys, "replay", "--executor", "gpu", "--out", tmp_path / "o", *FAST)
+    assert code == 2 and "argument --executor:" in err
+    assert "pip install 'pagesim[gpu]'" in err and "Traceback" not in err
+    assert listing(tmp_path) == []
+
+
+def test_trace_error_names_file_line_and_field(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text(AZURE + "2023-11-16 18:15:04.0000000,100000000000000000000000000000,1\n")
+    code, _, err = run(capsys, "replay", path, "--out", tmp_path / "o", *FAST)
+    assert code == 2
+    assert f"{path}, line 7: ContextTokens is 1e+29, too large" in err
+    assert listing(tmp_path) == ["t.csv"]
+
+
+def test_sort_option_sorts_unsorted_trace(tmp_path, capsys):
+    path = tmp_path / "v.csv"
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n2,50,5\n1,60,6\n3,70,7\n")
+    code, _, err = run(capsys, "replay", path, *FAST)
+    assert code == 2 and f"{path}, line 3: arrived_at out of order" in err and "--sort" in err
+    code, _, err = run(capsys, "replay", path, "--sort", "--out", tmp_path / "o", *FAST)
+    assert code == 0, err
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["id"].tolist() == [1, 0, 2]          # ids are file rows; stable by arrival
+    assert strict_load(tmp_path / "o" / "summary.json")["provenance"]["trace"]["rows_sorted"] == 2
