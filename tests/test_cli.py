@@ -350,3 +350,23 @@ def test_sort_option_sorts_unsorted_trace(tmp_path, capsys):
     req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
     assert req["id"].tolist() == [1, 0, 2]          # ids are file rows; stable by arrival
     assert strict_load(tmp_path / "o" / "summary.json")["provenance"]["trace"]["rows_sorted"] == 2
+
+
+def test_sigint_mid_run_exits_130_with_one_line(tmp_path):
+    """A real Ctrl-C (SIGINT) while the engine runs: exit 130, one line on
+    stderr, no traceback, no output folder. The signal is sent once the run
+    has announced itself; 50,000 requests keep it busy for many seconds."""
+    import signal
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "-m", "pagesim", "replay", "--num-requests", "50000",
+                             "--quiet", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    assert first.startswith("replaying 50000 requests"), first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert err.strip() == "pagesim: interrupted; nothing written" and out == ""
+    assert listing(tmp_path) == []
