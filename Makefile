@@ -26,7 +26,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.core $@
 
 demo: $(VENV)/.core
-	$(BIN)/pagesim replay --out runs/demo
+	$(BIN)/pagesim replay --out runs/demo --overwrite
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
