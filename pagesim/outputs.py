@@ -22,6 +22,15 @@ import numpy as np
 from pagesim.analysis.plots import latency_cdfs, memory_breakdown
 
 
+#: The files pagesim writes into an output folder. ``--overwrite`` replaces
+#: only folders holding nothing else: a mistyped ``--out .`` or ``--out ~``
+#: must not delete a working directory.
+OUTPUT_FILES = frozenset(
+    [f"{name}.{ext}" for name in ("requests", "steps", "events", "sequences")
+     for ext in ("parquet", "csv")]
+    + ["summary.json", "memory.png", "latency.png", "compare.csv", "provenance.json"])
+
+
 class OutputError(ValueError):
     """``--out`` cannot be used; the message names the option."""
 
@@ -35,9 +44,14 @@ def check_out(out: str | Path, overwrite: bool, option: str = "--out") -> Path:
     if path.exists():
         if not path.is_dir():
             raise OutputError(f"argument {option}: {str(out)!r} is an existing file, not a folder")
-        if any(path.iterdir()) and not overwrite:
+        entries = sorted(p.name for p in path.iterdir())
+        if entries and not overwrite:
             raise OutputError(f"argument {option}: {str(out)!r} exists and is not empty; pass "
                               "--overwrite to replace it, or choose another folder")
+        foreign = [e for e in entries if e not in OUTPUT_FILES]
+        if foreign:
+            raise OutputError(f"argument {option}: {str(out)!r} holds {foreign[0]!r}, which "
+                              "pagesim did not write; refusing to replace the folder")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -54,6 +68,7 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder of ``out``; on success it replaces
     ``out``, on any exception (Ctrl-C included) it is deleted."""
     out = check_out(out, overwrite)
+    made = [p for p in out.absolute().parents if not p.exists()]
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.absolute().parent))
     umask = os.umask(0)
@@ -64,6 +79,11 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in made:   # innermost first: the folders this call created
+            try:
+                parent.rmdir()
+            except OSError:
+                break
         raise
 
 
@@ -71,7 +91,12 @@ def _replace(new: Path, out: Path) -> None:
     if out.exists():   # overwrite (checked): move the old folder aside first
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=new.parent))
         os.replace(out, old / "x")
-        os.replace(new, out)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(old / "x", out)   # put the earlier run back
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, out)

@@ -193,15 +193,16 @@ def test_event_seq_ids_map_to_request_rows(tmp_path, capsys):
 # ------------------------------------------------------------ output folder
 def test_existing_out_refused_then_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("earlier run")
-    args = ["replay", "--num-requests", 5, "--out", out, *FAST]
+    assert run(capsys, "replay", "--num-requests", 5, "--out", out, *FAST)[0] == 0
+    first = listing(tmp_path)
+    assert first == ["run", "run/requests.parquet", "run/steps.parquet", "run/summary.json"]
+    args = ["replay", "--num-requests", 7, "--out", out, "--table-format", "csv", *FAST]
     code, _, err = run(capsys, *args)
     assert code == 2 and "argument --out:" in err and "--overwrite" in err
-    assert listing(tmp_path) == ["run", "run/old.txt"]
-    assert run(capsys, *args, "--overwrite")[0] == 0
-    assert listing(tmp_path) == ["run", "run/requests.parquet", "run/steps.parquet",
-                                 "run/summary.json"]
+    assert listing(tmp_path) == first
+    assert run(capsys, *args, "--overwrite")[0] == 0     # replaced, not mixed
+    assert listing(tmp_path) == ["run", "run/requests.csv", "run/steps.csv", "run/summary.json"]
+    assert strict_load(out / "summary.json")["requests"]["total"] == 7
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
@@ -369,4 +370,23 @@ def test_sigint_mid_run_exits_130_with_one_line(tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert err.strip() == "pagesim: interrupted; nothing written" and out == ""
+    assert listing(tmp_path) == []
+
+
+def test_overwrite_never_deletes_foreign_files(tmp_path, capsys, monkeypatch):
+    """``--out . --overwrite`` in a working folder must not wipe it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", ".", "--overwrite", *FAST)
+    assert code == 2 and "'notes.txt', which pagesim did not write" in err
+    assert listing(tmp_path) == ["notes.txt"]
+
+
+def test_failed_run_removes_the_folders_it_created(tmp_path, capsys, monkeypatch):
+    def failing(result, folder, **kw):
+        raise OSError("disk full")
+    monkeypatch.setattr(outputs, "write_replay", failing)
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "a" / "b" / "run",
+                       *FAST)
+    assert code == 2 and "disk full" in err
     assert listing(tmp_path) == []
