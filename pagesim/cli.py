@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 def check_run(args) -> list[tuple[str, str]]:
     """Every cross-option problem of replay/compare, before any work."""
     found = workload_conflicts(args) + engine_conflicts(args)
+    if args.command == "compare" and args.executor != "sim":
+        found.insert(0, ("--executor", "compare prices every allocator with the cost model; "
+                         "run replay --executor gpu once per allocator instead"))
     if args.out is not None:
         try:
             check_out(args.out, args.overwrite)

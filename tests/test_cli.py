@@ -324,6 +324,11 @@ def test_compare_bad_allocators(tmp_path, capsys, allocators):
     assert listing(tmp_path) == []
 
 
+def test_compare_refuses_the_gpu_executor(tmp_path, capsys):
+    code, _, err = run(capsys, "compare", "--executor", "gpu", "--quiet", "--out", tmp_path / "o")
+    assert code == 2 and "argument --executor: compare prices" in err
+
+
 def test_gpu_executor_without_torch_gives_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     code, _, err = run(capsys, "replay", "--executor", "gpu", "--out", tmp_path / "o", *FAST)
