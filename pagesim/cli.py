@@ -137,6 +137,8 @@ def check_run(args) -> list[tuple[str, str]]:
     if args.command == "compare" and args.executor != "sim":
         found.insert(0, ("--executor", "compare prices every allocator with the cost model; "
                          "run replay --executor gpu once per allocator instead"))
+    if getattr(args, "events", False) and args.out is None:
+        found.append(("--events", "the event log is written to --out DIR; none was given"))
     if args.out is not None:
         try:
             check_out(args.out, args.overwrite)
