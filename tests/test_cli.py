@@ -409,3 +409,15 @@ def test_events_without_out_refused(tmp_path, capsys, monkeypatch):
 def test_help_exits_0(capsys):
     assert main(["replay", "--help"]) == 0
     assert "--overwrite" in capsys.readouterr().out
+
+
+def test_synthetic_workload_too_long_rejected_or_truncated_alike(tmp_path, capsys):
+    base = ["replay", "--num-requests", 40, "--max-model-len", 300, *FAST]
+    assert run(capsys, *base, "--out", tmp_path / "r")[0] == 0
+    assert run(capsys, *base, "--on-too-long", "truncate", "--out", tmp_path / "t")[0] == 0
+    rej = pd.read_parquet(tmp_path / "r" / "requests.parquet").set_index("id")
+    tru = pd.read_parquet(tmp_path / "t" / "requests.parquet").set_index("id")
+    too_long = rej["prompt_tokens"] + rej["output_tokens"] > 300
+    assert 0 < too_long.sum() < 40
+    assert (rej["rejected"].notna() == too_long).all()
+    assert (tru["truncated"] == too_long).all() and tru["rejected"].isna().all()
