@@ -76,7 +76,7 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)   # mkdtemp's 0700 is for secrets; results are shared as usual
     try:
         yield tmp
-        _replace(tmp, out)
+        _replace(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for parent in made:   # innermost first: the folders this call created
@@ -87,8 +87,12 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def _replace(new: Path, out: Path) -> None:
-    if out.exists():   # overwrite (checked): move the old folder aside first
+def _replace(new: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:   # appeared while this run was busy
+            raise OutputError(f"argument --out: {str(out)!r} was created during the run; "
+                              "nothing written")
+        check_out(out, overwrite)   # still only pagesim's files: move it aside first
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=new.parent))
         os.replace(out, old / "x")
         try:
