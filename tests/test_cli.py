@@ -421,3 +421,21 @@ def test_synthetic_workload_too_long_rejected_or_truncated_alike(tmp_path, capsy
     assert 0 < too_long.sum() < 40
     assert (rej["rejected"].notna() == too_long).all()
     assert (tru["truncated"] == too_long).all() and tru["rejected"].isna().all()
+
+
+@pytest.mark.parametrize("extra,option", [(["--rate", "0"], "--rate"), (["--seed", "-1"], "--seed"),
+                                          (["--max-model-len", "1"], "--max-model-len")])
+def test_trace_stats_options_checked(azure, capsys, extra, option):
+    code, _, err = run(capsys, "trace", "stats", azure, *extra)
+    assert code == 2 and f"argument {option}:" in err
+
+
+def test_gzip_trace_replayed_and_hashed_as_stored(tmp_path, capsys):
+    import gzip
+    packed = tmp_path / "azure.csv.gz"
+    packed.write_bytes(gzip.compress(AZURE.encode()))
+    code, _, err = run(capsys, "replay", packed, "--out", tmp_path / "o", *FAST)
+    assert code == 0, err
+    t = strict_load(tmp_path / "o" / "summary.json")["provenance"]["trace"]
+    assert t["format"] == "azure" and t["rows_read"] == 5
+    assert t["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
