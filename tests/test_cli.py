@@ -1,5 +1,6 @@
-"""``pagesim replay`` / ``compare`` in-process: honest outputs and a clear
-error (exit 2, option or file:line named, nothing written) for bad input."""
+"""``pagesim replay`` / ``compare`` in-process: honest outputs (every
+request a row, provenance, strict JSON, n/a hit rate, the sequence map, an
+output folder written as a whole, Ctrl-C)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,45 +9,13 @@ import os
 import sys
 
 import pandas as pd
-import pytest
 
 import pagesim
 from pagesim import outputs
 from pagesim.cli import main
-
-FAST = ["--quiet", "--no-plots"]
-AZURE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-         "2023-11-16 18:15:00.0000000,100,10\n"
-         "2023-11-16 18:15:00.5000000,900,20\n"      # line 3: 920 tokens
-         "2023-11-16 18:15:01.0000000,300,30\n"
-         "2023-11-16 18:15:02.0000000,50,600\n"      # line 5: 650 tokens
-         "2023-11-16 18:15:03.0000000,200,0\n")      # no output tokens
+from tests.clihelpers import AZURE, FAST, azure, listing, run, strict_load  # noqa: F401 (azure: a fixture)
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def listing(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-@pytest.fixture
-def azure(tmp_path):
-    path = tmp_path / "azure.csv"
-    path.write_text(AZURE)
-    return path
-
-
-def strict_load(path):
-    def refuse(token):
-        raise AssertionError(f"non-strict JSON constant {token} in {path}")
-    return json.loads(path.read_text(), parse_constant=refuse)
-
-
-# ----------------------------------------------------------- too-long requests
 def test_too_long_requests_are_rejected_rows(tmp_path, azure, capsys):
     out = tmp_path / "run"
     code, _, err = run(capsys, "replay", azure, "--max-model-len", 500, "--out", out, *FAST)
@@ -76,16 +45,6 @@ def test_too_long_truncated_rows_are_marked(tmp_path, azure, capsys):
     assert summary["provenance"]["trace"]["rows_truncated_at_load"] == 2
 
 
-def test_too_long_error_names_file_and_line(tmp_path, azure, capsys):
-    out = tmp_path / "run"
-    before = listing(tmp_path)
-    code, _, err = run(capsys, "replay", azure, "--max-model-len", 500, "--on-too-long", "error",
-                       "--out", out, *FAST)
-    assert code == 2
-    assert f"{azure}, line 3: request of 920 tokens" in err
-    assert listing(tmp_path) == before
-
-
 def test_scheduler_rejections_stay(tmp_path, azure, capsys):
     """A request that fits max_model_len but not the whole cache is still a
     rejected row, with the scheduler's reason."""
@@ -99,7 +58,6 @@ def test_scheduler_rejections_stay(tmp_path, azure, capsys):
     assert strict_load(out / "summary.json")["requests"]["rejected"] == 2
 
 
-# ------------------------------------------------------- --n and --beam-width
 def test_n_and_beam_width_apply_to_trace_requests(tmp_path, azure, capsys):
     out = tmp_path / "run"
     code, _, err = run(capsys, "replay", azure, "--n", 3, "--out", out, *FAST)
@@ -113,21 +71,6 @@ def test_n_and_beam_width_apply_to_trace_requests(tmp_path, azure, capsys):
     assert (pd.read_parquet(out2 / "requests.parquet")["beam_width"] == 2).all()
 
 
-@pytest.mark.parametrize("extra,option", [
-    (["--num-requests", "5"], "--num-requests"),
-    (["--workload", "alpaca"], "--workload"),
-    (["--system-prompt", "10"], "--system-prompt"),
-    (["--few-shot", "one-shot"], "--few-shot"),
-    (["--cv", "2"], "--cv"),
-])
-def test_synthetic_only_options_refused_with_a_trace(tmp_path, azure, capsys, extra, option):
-    before = listing(tmp_path)
-    code, _, err = run(capsys, "replay", azure, *extra, "--out", tmp_path / "o", *FAST)
-    assert code == 2 and f"argument {option}:" in err
-    assert listing(tmp_path) == before
-
-
-# ------------------------------------------------------------- summary.json
 def test_provenance_and_strict_json(tmp_path, azure, capsys):
     out = tmp_path / "run"
     argv = ["replay", str(azure), "--out", str(out), *FAST]
@@ -153,7 +96,6 @@ def test_strict_json_maps_non_finite_to_null():
     assert json.loads(text) == {"a": None, "b": [None, 1.5]}
 
 
-# ------------------------------------------------------ prefix-cache hit rate
 def test_hit_rate_not_applicable_without_content_identity(tmp_path, azure, capsys):
     code, out, _ = run(capsys, "replay", azure, "--out", tmp_path / "a", *FAST)
     assert code == 0
@@ -171,7 +113,6 @@ def test_hit_rate_with_shared_prefixes_and_caching_off(tmp_path, capsys):
     assert off["prefix_cache"]["hit_rate_tokens"] is None
 
 
-# ------------------------------------------------------------- sequence map
 def test_event_seq_ids_map_to_request_rows(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run(capsys, "replay", "--num-requests", 12, "--n", 2, "--beam-width", 2,
@@ -190,7 +131,6 @@ def test_event_seq_ids_map_to_request_rows(tmp_path, capsys):
     assert (events[events["kind"] == "fork"]["seq"].isin(forked["seq"])).all()
 
 
-# ------------------------------------------------------------ output folder
 def test_existing_out_refused_then_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(capsys, "replay", "--num-requests", 5, "--out", out, *FAST)[0] == 0
@@ -237,116 +177,6 @@ def test_compare_out_written_as_a_whole(tmp_path, capsys):
     assert strict_load(out / "provenance.json")["command"][1] == "compare"
     code, _, err = run(capsys, *args)
     assert code == 2 and "argument --out:" in err
-
-
-# ------------------------------------------------------------------ bad input
-def _garbage(tmp_path):
-    path = tmp_path / "calib.json"
-    path.write_text("{not json")
-    return path
-
-
-BAD = [
-    (["--tp", "0"], "--tp"),
-    (["--tp", "3"], "--tp"),                       # does not divide the heads
-    (["--limit", "-1"], "--limit"),
-    (["--limit", "0"], "--limit"),
-    (["--rate", "0"], "--rate"),
-    (["--rate", "-2"], "--rate"),
-    (["--rate", "nan"], "--rate"),
-    (["--num-requests", "0"], "--num-requests"),
-    (["--max-model-len", "0"], "--max-model-len"),
-    (["--preemption", "swap", "--scheduler", "v0", "--num-cpu-blocks", "0"], "--num-cpu-blocks"),
-    (["--num-cpu-blocks", "8"], "--num-cpu-blocks"),  # recompute never uses them
-    (["--preemption", "swap"], "--preemption"),     # v1 has no swap
-    (["--seed", "-1"], "--seed"),
-    (["--block-size", "0"], "--block-size"),
-    (["--block-size", "257"], "--block-size"),
-    (["--gpu-memory-utilization", "0"], "--gpu-memory-utilization"),
-    (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
-    (["--gpu-memory-utilization", "0.05"], "--gpu-memory-utilization"),  # weights do not fit
-    (["--model", "gpt-5"], "--model"),
-    (["--gpu", "tpu-v9"], "--gpu"),
-    (["--watermark", "1"], "--watermark"),
-    (["--max-num-seqs", "0"], "--max-num-seqs"),
-    (["--max-num-batched-tokens", "-1"], "--max-num-batched-tokens"),
-    (["--num-gpu-blocks", "0"], "--num-gpu-blocks"),
-    (["--cv", "0"], "--cv"),
-    (["--n", "0"], "--n"),
-    (["--beam-width", "0"], "--beam-width"),
-    (["--system-prompt", "-1"], "--system-prompt"),
-    (["--sort"], "--sort"),                         # no trace to sort
-    (["--format", "azure"], "--format"),
-    (["--events", "--allocator", "orca-max"], "--events"),
-    (["--out", ""], "--out"),
-    (["no/such/trace.csv"], "trace"),
-]
-
-
-@pytest.mark.parametrize("extra,option", BAD, ids=[" ".join(e) for e, _ in BAD])
-def test_bad_option_exits_2_naming_it(tmp_path, capsys, monkeypatch, extra, option):
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "replay", *extra, "--num-requests", 5, "--out", "o", *FAST)
-    assert code == 2, err
-    assert f"argument {option}:" in err, err
-    assert "Traceback" not in err and listing(tmp_path) == []
-
-
-@pytest.mark.parametrize("where", ["file", "below-file"])
-def test_out_on_or_below_a_file(tmp_path, capsys, where):
-    f = tmp_path / "f"
-    f.write_text("x")
-    out = f if where == "file" else f / "sub"
-    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", out, *FAST)
-    assert code == 2 and "argument --out:" in err and f.read_text() == "x"
-    assert listing(tmp_path) == ["f"]
-
-
-def test_out_in_unwritable_folder(tmp_path, capsys, monkeypatch):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real = os.access
-    # os.access, not chmod: root (CI containers) may write anywhere
-    monkeypatch.setattr(outputs.os, "access", lambda p, mode: real(p, mode) and p != locked)
-    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", locked / "run", *FAST)
-    assert code == 2 and f"argument --out: cannot write in {str(locked)!r}" in err
-    assert listing(tmp_path) == ["locked"]
-
-
-def test_garbage_cost_model_names_the_file(tmp_path, capsys):
-    path = _garbage(tmp_path)
-    code, _, err = run(capsys, "replay", "--cost-model", path, *FAST)
-    assert code == 2 and "argument --cost-model:" in err and str(path) in err
-
-
-@pytest.mark.parametrize("allocators", ["", " , ", "paged,nope", "paged,paged"])
-def test_compare_bad_allocators(tmp_path, capsys, allocators):
-    code, _, err = run(capsys, "compare", "--allocators", allocators, "--quiet",
-                       "--out", tmp_path / "o")
-    assert code == 2 and "argument --allocators:" in err
-    assert listing(tmp_path) == []
-
-
-def test_compare_refuses_the_gpu_executor(tmp_path, capsys):
-    code, _, err = run(capsys, "compare", "--executor", "gpu", "--quiet", "--out", tmp_path / "o")
-    assert code == 2 and "argument --executor: compare prices" in err
-
-
-def test_gpu_executor_without_torch_gives_install_hint(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)
-    code, _, err = run(capsys, "replay", "--executor", "gpu", "--out", tmp_path / "o", *FAST)
-    assert code == 2 and "argument --executor:" in err
-    assert "pip install 'pagesim[gpu]'" in err and "Traceback" not in err
-    assert listing(tmp_path) == []
-
-
-def test_trace_error_names_file_line_and_field(tmp_path, capsys):
-    path = tmp_path / "t.csv"
-    path.write_text(AZURE + "2023-11-16 18:15:04.0000000,100000000000000000000000000000,1\n")
-    code, _, err = run(capsys, "replay", path, "--out", tmp_path / "o", *FAST)
-    assert code == 2
-    assert f"{path}, line 7: ContextTokens is 1e+29, too large" in err
-    assert listing(tmp_path) == ["t.csv"]
 
 
 def test_sort_option_sorts_unsorted_trace(tmp_path, capsys):
@@ -400,17 +230,6 @@ def test_failed_run_removes_the_folders_it_created(tmp_path, capsys, monkeypatch
     assert listing(tmp_path) == []
 
 
-def test_events_without_out_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "replay", "--events", "--num-requests", 5, *FAST)
-    assert code == 2 and "argument --events:" in err and out == ""
-
-
-def test_help_exits_0(capsys):
-    assert main(["replay", "--help"]) == 0
-    assert "--overwrite" in capsys.readouterr().out
-
-
 def test_synthetic_workload_too_long_rejected_or_truncated_alike(tmp_path, capsys):
     base = ["replay", "--num-requests", 40, "--max-model-len", 300, *FAST]
     assert run(capsys, *base, "--out", tmp_path / "r")[0] == 0
@@ -421,13 +240,6 @@ def test_synthetic_workload_too_long_rejected_or_truncated_alike(tmp_path, capsy
     assert 0 < too_long.sum() < 40
     assert (rej["rejected"].notna() == too_long).all()
     assert (tru["truncated"] == too_long).all() and tru["rejected"].isna().all()
-
-
-@pytest.mark.parametrize("extra,option", [(["--rate", "0"], "--rate"), (["--seed", "-1"], "--seed"),
-                                          (["--max-model-len", "1"], "--max-model-len")])
-def test_trace_stats_options_checked(azure, capsys, extra, option):
-    code, _, err = run(capsys, "trace", "stats", azure, *extra)
-    assert code == 2 and f"argument {option}:" in err
 
 
 def test_gzip_trace_replayed_and_hashed_as_stored(tmp_path, capsys):
