@@ -38,7 +38,13 @@ def git_commit() -> str | None:
     checkout, git is missing, or anything else fails), with ``+dirty`` when
     tracked files differ from it."""
     root = Path(pagesim.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        return None   # installed: site-packages may lie inside some other repository
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if Path(top).resolve() != root:
+            return None
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",

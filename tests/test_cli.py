@@ -251,3 +251,18 @@ def test_gzip_trace_replayed_and_hashed_as_stored(tmp_path, capsys):
     t = strict_load(tmp_path / "o" / "summary.json")["provenance"]["trace"]
     assert t["format"] == "azure" and t["rows_read"] == 5
     assert t["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
+
+
+def test_git_commit_of_this_checkout_or_none(monkeypatch, tmp_path):
+    import subprocess
+    from pagesim import provenance
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        head = None
+    got = provenance.git_commit()
+    assert got is None if head is None else got.removesuffix("+dirty") == head
+    monkeypatch.setattr(provenance.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError))
+    assert provenance.git_commit() is None            # no git: no commit, no error
