@@ -29,7 +29,8 @@ def replay_config(args, max_len: int):
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
         block_size=args.block_size, allocator=args.allocator, prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
-        events=getattr(args, "events", False), fast=not args.step_by_step)
+        events=getattr(args, "events", False), fast=not args.step_by_step,
+        check_invariants=args.check_invariants)
 
 
 def make_executor(args, cfg):

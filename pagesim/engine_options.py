@@ -59,6 +59,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="seeds every random choice (a non-negative integer)")
     a.add_argument("--step-by-step", action="store_true",
                    help="no fast decode stretches (same results, slower; for checking)")
+    a.add_argument("--check-invariants", type=opt.non_negative_int, default=0, metavar="N",
+                   help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
 
 
 def engine_conflicts(args) -> list[tuple[str, str]]:
