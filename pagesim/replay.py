@@ -3,12 +3,9 @@ the results. The CLI, notebooks and tests all go through ``run_replay``.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-
 import numpy as np
+import pandas as pd
 
 from pagesim.sim.allocators import make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
@@ -20,6 +17,7 @@ from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
 from pagesim.sim.scheduler import Scheduler
+from pagesim.traces.trace import Trace
 
 SWAP_SPACE_BYTES = 4 * 2**30  # vLLM V0's default swap_space: 4 GiB per GPU
 
@@ -112,17 +110,33 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     engine.progress = progress
     engine.run()
     _check_drained(sched, kv)
-    req_df = requests_dataframe(sched.records)
+    meta = trace.meta if isinstance(trace, Trace) else {}
+    req_df = requests_dataframe(sched.records, meta.get("truncated_ids", ()))
     step_df = recorder.to_dataframe()
+    applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
-                        sim_time_s=engine.clock)
+                        sim_time_s=engine.clock, prefix_caching_applies=applies)
     summary["config"] = config_dict(cfg, kv)
     model = getattr(engine.executor, "model", None)
     summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
                                                                        "name": type(engine.executor).__name__}
     return ReplayResult(summary, req_df, step_df, sched.log, cfg)
+
+
+def has_content_identity(trace, cfg: ReplayConfig) -> bool:
+    """Whether any prompt could ever hit the prefix cache: some request
+    carries token ids or hash ids, or (V1) shares its prompt with its own
+    samples. Without that, every block is unique and a 0 % hit rate would
+    report the trace, not the cache."""
+    v1 = cfg.scheduler.generation == "v1"
+    if isinstance(trace, Trace):
+        known = (pd.notna(trace.column("prompt_token_ids")).any()
+                 or pd.notna(trace.column("block_hashes")).any())
+        return bool(known or (v1 and (trace.column("n") > 1).any()))
+    return any(r.prompt_token_ids is not None or r.block_hashes is not None or (v1 and r.n > 1)
+               for r in trace)
 
 
 def _check_drained(sched, kv) -> None:
@@ -143,39 +157,4 @@ def config_dict(cfg: ReplayConfig, kv) -> dict:
     return d
 
 
-def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
-                  table_format: str = "parquet") -> list[Path]:
-    """Write summary.json, requests/steps tables, the event log and plots.
-
-    Every file is written under a temporary name and renamed when complete,
-    so an interrupted run never leaves a half-written file behind.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def atomic(name, write):
-        path = out / name
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, path)
-        written.append(path)
-
-    ext = "parquet" if table_format == "parquet" else "csv"
-    for name, df in (("requests", result.requests), ("steps", result.steps)):
-        if ext == "parquet":
-            atomic(f"{name}.parquet", lambda p, df=df: df.to_parquet(p, index=False))
-        else:
-            atomic(f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
-    if result.events is not None:
-        path = result.events.write(out / f"events.{ext}")
-        written.append(path)
-    if plots:
-        from pagesim.analysis.plots import latency_cdfs, memory_breakdown
-        atomic("memory.png", lambda p: memory_breakdown(result.steps, result.summary, p))
-        atomic("latency.png", lambda p: latency_cdfs(result.requests, p))
-    atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
-    return written
-
-
-__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "write_outputs", "build", "replace"]
+__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "build", "replace", "has_content_identity"]

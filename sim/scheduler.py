@@ -417,6 +417,9 @@ class Scheduler:
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""
         forks, dropped, self.next_seq_id = apply_branch(g, self.kv, self.rng, self.next_seq_id)
+        if self.log is not None:   # the sequence map: whose request each child serves
+            for parent, child in forks:
+                self.log.add_sequence(child, g.record.id, g.gid, parent)
         self._pending_forks += forks
         self._pending_freed += dropped
         self._pending_finished += dropped
