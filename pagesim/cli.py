@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pagesim.sim.allocators import ALLOCATORS
-from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
+from pagesim.sim.config import SchedulerConfig, config_help
+from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -50,14 +51,16 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("allocator and scheduler")
     a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
     a.add_argument("--block-size", type=int, default=16, help="tokens per KV block (1..256)")
-    a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse cached prefix blocks (vLLM V1 semantics)")
+    a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse cached prefix blocks (vLLM V1 semantics; default: on where the "
+                   "allocator supports it, i.e. paged)")
     helps = config_help(SchedulerConfig)
     d = SchedulerConfig()
     a.add_argument("--scheduler", choices=["v1", "v0"], default=d.generation, help=helps["generation"])
     a.add_argument("--preemption", choices=["recompute", "swap"], default=d.preemption,
                    help=helps["preemption"])
-    a.add_argument("--victim", choices=VICTIM_POLICIES, default=d.victim, help=helps["victim"])
+    a.add_argument("--order", choices=list(ORDER_POLICIES), default=d.order, help=helps["order"])
+    a.add_argument("--victim", choices=list(VICTIM_POLICIES), default=d.victim, help=helps["victim"])
     a.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help=helps["max_num_seqs"])
     a.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
                    help=helps["max_num_batched_tokens"])
@@ -99,7 +102,7 @@ def replay_config(args, max_len: int):
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         chunked_prefill=args.chunked_prefill, watermark=args.watermark, generation=args.scheduler,
-        preemption=args.preemption, victim=args.victim, max_model_len=max_len)
+        preemption=args.preemption, order=args.order, victim=args.victim, max_model_len=max_len)
     return ReplayConfig(
         model=args.model, gpu=args.gpu, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
@@ -146,7 +149,8 @@ def cmd_replay(args) -> int:
     cfg = replay_config(args, max_len)
     print(f"replaying {len(trace)} requests from {trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
-    result = run_replay(trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet)
+    result = run_replay(trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
+                        pause_gc=True)  # a CLI run owns its process
     print_summary(result.summary)
     if args.out:
         files = write_outputs(result, args.out, plots=not args.no_plots, table_format=args.table_format)

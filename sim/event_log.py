@@ -2,8 +2,8 @@
 
 Schema (documented in README.md; external tools read it):
 
-``step`` (int, set by the engine), ``seq`` (int or NA for ``evict``),
-``kind`` (one of KINDS), ``block`` (int), ``src_block`` (int or NA).
+``step`` (int, set by the engine), ``seq`` (int, None for ``evict``),
+``kind`` (one of KINDS), ``block`` (int), ``src_block`` (int or None).
 
 * ``alloc``     seq takes a block nobody holds
 * ``cache_hit`` seq takes a reference to a cached block
@@ -23,22 +23,21 @@ from pathlib import Path
 
 KINDS = ("alloc", "free", "fork", "cow", "cache_hit", "evict", "swap_out", "swap_in")
 ALLOC, FREE, FORK, COW, CACHE_HIT, EVICT, SWAP_OUT, SWAP_IN = range(len(KINDS))
-NA = -1
 
 
 class EventLog:
     def __init__(self) -> None:
         self.step = 0
         self.steps: list[int] = []
-        self.seqs: list[int] = []
+        self.seqs: list[int | None] = []
         self.kinds: list[int] = []
         self.blocks: list[int] = []
-        self.srcs: list[int] = []
+        self.srcs: list[int | None] = []
 
     def __len__(self) -> int:
         return len(self.kinds)
 
-    def add(self, seq: int, kind: int, block: int, src: int = NA) -> None:
+    def add(self, seq: int | None, kind: int, block: int, src: int | None = None) -> None:
         self.steps.append(self.step)
         self.seqs.append(seq)
         self.kinds.append(kind)
@@ -46,19 +45,20 @@ class EventLog:
         self.srcs.append(src)
 
     def rows(self) -> list[tuple]:
-        """(step, seq, kind name, block, src_block) with None for NA."""
-        return [
-            (st, None if sq == NA else sq, KINDS[k], b, None if s == NA else s)
-            for st, sq, k, b, s in zip(self.steps, self.seqs, self.kinds, self.blocks, self.srcs)
-        ]
+        """(step, seq, kind name, block, src_block)."""
+        return [(st, sq, KINDS[k], b, s)
+                for st, sq, k, b, s in zip(self.steps, self.seqs, self.kinds, self.blocks, self.srcs)]
 
     def to_dataframe(self):
         import numpy as np
         import pandas as pd
 
         def nullable(xs):
-            a = np.asarray(xs, dtype=np.int64)
-            return pd.arrays.IntegerArray(a, a == NA)
+            # None -> NaN in one C-level pass; ids are far below 2**53, so
+            # the float round trip is exact
+            a = np.asarray(xs, dtype=np.float64)
+            missing = np.isnan(a)
+            return pd.arrays.IntegerArray(np.where(missing, 0, a).astype(np.int64), missing)
 
         return pd.DataFrame({
             "step": np.asarray(self.steps, dtype=np.int64),

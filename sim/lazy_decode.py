@@ -39,8 +39,8 @@ class Member:
     d0: int            # D when the sequence's counters were last brought up to date
     cross: int         # residue of the steps at which it crosses a block boundary
     fill: int | None   # residue of block fills that must be hashed then (known content)
-    sid: int = -1      # the sequence id
-    kd0: int = 0       # D when its KV-cache state was last brought up to date
+    sid: int           # the sequence id
+    kd0: int           # D when its KV-cache state was last brought up to date
 
 
 _running_order = attrgetter("key")
@@ -49,7 +49,7 @@ _running_order = attrgetter("key")
 class LazyDecodeSet:
     def __init__(self, kv) -> None:
         self.kv = kv
-        self.paged = hasattr(kv, "pool")
+        self.paged = kv.caps.paged
         self.bs = kv.block_size if self.paged else 1
         self.D = 0
         self.members: dict[int, Member] = {}
@@ -77,7 +77,7 @@ class LazyDecodeSet:
         s = group.seqs[0]
         bs = self.bs
         fill = None
-        if self.paged and self.kv.enable_prefix_caching:
+        if self.paged and self.kv.caps.prefix_caching:
             keys = s.keys
             if keys is not None and keys.known_blocks > s.computed // bs:
                 fill = (self.D - s.computed - 1) % bs

@@ -21,19 +21,25 @@ import heapq
 
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import StepPlan
+from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.kv = kv
         self.rng = rng
         self.log = event_log
+        #: The order policy's key: waiting queue, running list and swapped
+        #: groups are all kept in this order (``sim/policies.py``).
+        self.key = order_policy(config.order).key
+        self.victim = victim_policy(config.victim)
         self.waiting = WaitingQueue()       # groups by key, smallest first
         self.running: list[Group] = []      # keep order: first = kept longest
         self._running_keys: list[tuple] = []
@@ -42,26 +48,20 @@ class Scheduler:
         self.lazy = LazyDecodeSet(kv)
         #: Put block tables into step plans (only executors that run the
         #: step on real tensors need them).
-        self.plan_tables = True
+        self.plan_tables = kv.caps.paged
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
         self.step = 0
         self.preemptions = 0
         self.next_seq_id = 0
         self.next_gid = 0
-        num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
-        self.watermark_blocks = int(config.watermark * num_blocks)
+        self.watermark_blocks = int(config.watermark * kv.num_blocks)
         self._scheduled: list[tuple[Group, list[int]]] = []
         self._pending_forks: list[tuple[int, int]] = []
         self._pending_freed: list[int] = []
         self._pending_finished: list[int] = []
 
     # --------------------------------------------------------------- requests
-    def key(self, g: Group) -> tuple:
-        if self.cfg.victim == "priority":
-            return (g.priority, g.arrival_s, g.gid)
-        return (g.arrival_s, g.gid)
-
     def add_request(self, req) -> None:
         """Turn a trace request into groups, or reject it with a reason."""
         record, groups = admit_request(self, req)
@@ -149,10 +149,8 @@ class Scheduler:
         The head of the running list (kept longest) is never a victim while
         another group runs: it always progresses, so every run ends even
         when preemption loses work (restarted V0 sample groups)."""
-        if self.cfg.victim == "most-blocks":
-            rest = self.running[max(index, 1):] or self.running[index:]
-            return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
-        return self.running[-1]
+        candidates = self.running[max(index, 1):] or self.running[index:]
+        return self.victim.pick(candidates, self.kv)
 
     def _remove_running(self, g: Group) -> None:
         # keys are unique (they end with the group id) and stable while running
@@ -178,7 +176,7 @@ class Scheduler:
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
         kv = self.kv
-        if self.cfg.preemption == "swap" and kv.cpu_pool is not None and kv.can_swap_out(ids):
+        if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
             g.status = SWAPPED
             heapq.heappush(self.swapped, (self.key(g), g))
@@ -205,7 +203,7 @@ class Scheduler:
 
     def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
         kv = self.kv
-        bs = getattr(kv, "block_size", 1)
+        bs = kv.block_size
         while self.swapped:
             g = self.swapped[0][1]
             ids = [s.seq_id for s in g.seqs]
@@ -279,7 +277,7 @@ class Scheduler:
         g.record.open_groups -= 1
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
-        tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
+        tables = self.kv.block_table if self.plan_tables else None
         for s in g.seqs:
             plan.seq_ids.append(s.seq_id)
             plan.query_lens.append(q)

@@ -45,7 +45,7 @@ def fast_step(sched, executor, clock: float, next_arrival, recorder) -> float | 
         return None
     k = lazy.steps_to_first_finish()
     if lazy.paged:
-        k = lazy.memory_limit(k, sched.kv.pool.num_free)
+        k = lazy.memory_limit(k, sched.kv.num_free_blocks)
     if k == 0:
         return None
     if sched.waiting and sched.admissible(sched.waiting.head(), budget) is not None:
