@@ -31,7 +31,7 @@ class Engine:
         self.requests = list(trace)
         self.sched = scheduler
         self.executor = executor
-        self.fast = fast and not getattr(executor, "needs_plans", False)
+        self.fast = fast and not executor.needs_plans
         self.recorder = recorder
         self.progress = progress
         self.on_step = on_step
