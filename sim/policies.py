@@ -54,8 +54,10 @@ ORDER_POLICIES: dict[str, type] = {}
 VICTIM_POLICIES: dict[str, type] = {}
 
 
-def _register(registry: dict, kind: str, name: str) -> Callable[[type], type]:
+def _register(registry: dict, kind: str, protocol: type, name: str) -> Callable[[type], type]:
     def add(cls: type) -> type:
+        if not issubclass(cls, protocol):
+            raise TypeError(f"{cls.__name__} is not a {kind} policy (see {protocol.__name__})")
         if name in registry and registry[name] is not cls:
             raise ValueError(f"{kind} policy {name!r} is already registered ({registry[name].__name__})")
         registry[name] = cls
@@ -65,12 +67,12 @@ def _register(registry: dict, kind: str, name: str) -> Callable[[type], type]:
 
 def register_order(name: str) -> Callable[[type], type]:
     """Class decorator: make ``name`` a choice of ``--order``."""
-    return _register(ORDER_POLICIES, "order", name)
+    return _register(ORDER_POLICIES, "order", OrderPolicy, name)
 
 
 def register_victim(name: str) -> Callable[[type], type]:
     """Class decorator: make ``name`` a choice of ``--victim``."""
-    return _register(VICTIM_POLICIES, "victim", name)
+    return _register(VICTIM_POLICIES, "victim", VictimPolicy, name)
 
 
 def _make(registry: dict, kind: str, name: str):

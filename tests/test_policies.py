@@ -126,6 +126,9 @@ def test_user_registered_policies_work_without_touching_the_scheduler(user_polic
     assert preempted(run(CROWDED, config(num_blocks=4, victim="earliest"))) == [1]
     with pytest.raises(ValueError, match="already registered"):
         register_victim("earliest")(MostBlocks)
+    with pytest.raises(TypeError, match="not a victim policy"):
+        register_victim("no-pick")(type(order_policy("fcfs")))   # has key(), not pick()
+    assert "no-pick" not in VICTIM_POLICIES
 
 
 def test_cli_offers_order_and_victim_separately(tmp_path, capsys):
