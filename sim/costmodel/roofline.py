@@ -121,6 +121,16 @@ class RooflineCostModel:
         # attention: per (query, key) pair; K/V read per context token, written per new token
         self._attn_pair_s = 4.0 * m.num_layers * (m.num_heads // tp) * m.head_dim / flop_s
         self._kv_tok_s = kv_tok / byte_s
+        pair_s, kv_tok_s = self._attn_pair_s, self._kv_tok_s
+
+        def attention_bounds(pairs, kv_read, n_tok) -> tuple:
+            """Attention's two rooflines (the term is the larger): FLOPs over
+            (query, key) pairs, and reading the context's K/V plus writing
+            the new tokens'. The only term that changes along a decode run,
+            so ``decode_run`` calls it every step: a closure over the two
+            constants is the cheapest call Python has."""
+            return pairs * pair_s, (kv_read + n_tok) * kv_tok_s
+        self._attention_bounds = attention_bounds
         # tensor parallel: 2 all-reduces per layer of num_tokens * hidden values
         ring = 2.0 * (tp - 1) / tp
         bw = g.nvlink_bandwidth * self.nvlink_efficiency
@@ -156,12 +166,6 @@ class RooflineCostModel:
         return (self.step_overhead_s + n_seq * self.seq_overhead_s, linear * runs,
                 attention * runs, allreduce * runs, copies * self._copy_block_s,
                 swaps * self._swap_block_s)
-
-    def _attention_bounds(self, pairs, kv_read, n_tok) -> tuple:
-        """Attention's two rooflines (the term is the larger): FLOPs over
-        (query, key) pairs, and reading the context's K/V plus writing the
-        new tokens'. The only term that changes along a decode run."""
-        return pairs * self._attn_pair_s, (kv_read + n_tok) * self._kv_tok_s
 
     def breakdown(self, shapes: StepShapes) -> dict[str, np.ndarray]:
         """Each term of the step time (seconds, arrays of length K).
