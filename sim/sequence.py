@@ -75,3 +75,14 @@ class Group:
     beam_width: int = 1      # V0: beams kept each step
     status: str = WAITING
     forked: bool = False
+
+    def advance(self, q: int) -> bool:
+        """Apply a step that computed ``q`` tokens of every sequence (the
+        progress rule above); True if the step sampled a token."""
+        sampled = False
+        for s in self.seqs:
+            s.computed += q
+            if s.computed == s.prompt_len + s.generated:
+                s.generated += 1
+                sampled = True
+        return sampled
