@@ -99,11 +99,10 @@ def build(trace, cfg: ReplayConfig, executor=None):
                                                      cfg.block_size))
     generation = sched_cfg.generation
     check_supported(cfg.allocator, kv.caps, preemption=sched_cfg.preemption,
-                    forks=any(forks_of(r, generation) > 1 for r in trace),
-                    block_tables=executor.needs_plans)
+                    forks=any(forks_of(r, generation) > 1 for r in trace))
     rng = np.random.default_rng(cfg.seed)
     sched = Scheduler(sched_cfg, kv, rng=rng, event_log=log)
-    sched.plan_tables = executor.needs_plans
+    sched.plan_tables = executor.needs_plans and kv.caps.paged
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
                     check_invariants=cfg.check_invariants)

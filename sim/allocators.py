@@ -15,7 +15,7 @@ watermark          honoured     honoured: slots kept free when admitting
 block size         honoured     sets the capacity only (num_blocks x
                                 block_size slots, the paged run's memory)
 event log          honoured     refused (no blocks to log)
-GPU executor       honoured     refused (no block tables to run kernels on)
+GPU executor       honoured     refused by the GPU executor (no block tables)
 ================== ============ ==============================================
 """
 from __future__ import annotations
@@ -54,18 +54,16 @@ def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_mo
     raise ValueError(f"unknown allocator {name!r}; choose one of {', '.join(ALLOCATORS)}")
 
 
-def check_supported(name: str, caps: Capabilities, *, preemption: str, forks: bool,
-                    block_tables: bool) -> None:
-    """Refuse what the scheduler or executor would need and ``caps`` lacks:
-    ``forks``: some request forks (beams, V0 samples); ``block_tables``: the
-    executor runs steps on block tables."""
+def check_supported(name: str, caps: Capabilities, *, preemption: str, forks: bool) -> None:
+    """Refuse what the scheduler would need and ``caps`` lacks (``forks``:
+    some request forks: beams, V0 samples). The GPU executor refuses an
+    allocator without block tables itself (``gpu/executor.py``)."""
     refuse(name, [
         (preemption == "swap" and not caps.swap,
          "swap preemption without a CPU pool: give --num-cpu-blocks > 0" if caps.paged else
          "swap preemption (no CPU pool): use --preemption recompute"),
         (forks and not caps.fork, "fork (beam search, V0 parallel samples): use --scheduler v1 "
                                   "and --beam-width 1"),
-        (block_tables and not caps.paged, "block tables (the GPU executor): use --executor sim"),
     ])
 
 
