@@ -164,8 +164,11 @@ class DecodeCase:
 
 
 def decode_variants(case: DecodeCase, sweep: bool):
-    """(name, kwargs) of the paged variants to time on one shape; the default twice (spread)."""
+    """(name, kwargs) of the paged variants to time on one shape; the default twice (spread);
+    ``paged(graph)``: as the executor's decode graphs launch it (grid sized by a table twice as wide
+    as the context, every sequence splitting its own context)."""
     yield "paged", {}
+    yield "paged(graph)", dict(max_context_len=2 * case.ctx, split_by_context=True)
     groups = case.batch * KV_HEADS
     sms = num_sms(torch.device(DEVICE))
     if sweep and groups < 2 * sms:  # larger batches: t64 w4 s3, one split, settled by run 2
@@ -253,7 +256,10 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
         ref = sdpa[0]()[0].transpose(0, 1).float()
         row = dict(q=q_len, prefix=prefix, gflop=flops / 1e9)
         row["sdpa_tflops"] = flops / graph_time(sdpa) / 1e12
-        configs = [("paged", {})]
+        configs = [("paged", {}), ("paged heavy-first", dict(heavy_first=True)),
+                   ("m128 n64 w8 s3 heavy", dict(block_m=128, block_n=64, num_warps=8, num_stages=3, heavy_first=True)),
+                   ("m128 n128 w8 s3 heavy", dict(block_m=128, block_n=128, num_warps=8, num_stages=3,
+                                                  heavy_first=True))]
         if sweep:
             configs += [(f"m{m} n{n} w{w} s{st}", dict(block_m=m, block_n=n, num_warps=w, num_stages=st))
                         for m, n, w, st in ((128, 64, 8, 3), (128, 64, 8, 5), (128, 128, 8, 3), (64, 64, 4, 3))]
@@ -279,7 +285,8 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
 
 
 def bench_ops(log) -> dict:
-    """store_kv (graph-timed), copy_blocks (eager) and swap (host-timed, GPU <-> pinned CPU) bandwidths."""
+    """store_kv and copy_blocks (graph-timed, variants), swaps of the executor's stacked cache
+    (host-timed, GPU <-> pinned CPU, zero-copy kernel vs staged)."""
     layers, nb, bs = OPS_LAYERS, OPS_BLOCKS, 16
     block_bytes = bs * KV_HEADS * HEAD_DIM * 2
     res = {}
@@ -288,28 +295,69 @@ def bench_ops(log) -> dict:
     n_tok = nb * bs // 4
     slots = [torch.randperm(nb * bs, device=DEVICE)[:n_tok] for _ in range(4)]
     k, v = (torch.randn(n_tok, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2))
-    t = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s) for s in slots])
-    res["store_kv_gbs"] = 2 * 2 * k.numel() * 2 / t / 1e9  # K and V, read + written
-    caches = [torch.randn(nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2 * layers)]
+    for tok, warps in ((1, 4), (2, 4), (4, 4), (8, 4), (4, 8), (8, 8)):
+        rk, rv = K.store_kv_ref(k, v, kc, vc, slots[0])
+        kc2, vc2 = kc.clone(), vc.clone()
+        K.store_kv(k, v, kc2, vc2, slots[0], tokens_per_program=tok, num_warps=warps)
+        assert torch.equal(kc2, rk) and torch.equal(vc2, rv), f"store_kv t{tok} w{warps} wrote wrong slots"
+        del kc2, vc2, rk, rv
+        t = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s, tokens_per_program=tok, num_warps=warps)
+                        for s in slots])
+        res[f"store_kv_t{tok}_w{warps}_gbs"] = 2 * 2 * k.numel() * 2 / t / 1e9  # K and V, read + written
+    res["store_kv_gbs"] = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s) for s in slots])
+    res["store_kv_gbs"] = 2 * 2 * k.numel() * 2 / res["store_kv_gbs"] / 1e9
+    del kc, vc
+    stack = torch.randn(layers, 2, nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
     n_pairs = nb // 8
     pair_sets = [torch.randperm(nb, device=DEVICE)[: 2 * n_pairs].view(2, -1).t().contiguous() for _ in range(4)]
-    # not graph-capturable (per-call host->device copy of the cache offsets): eager, launch overhead included
-    t = triton.testing.do_bench(lambda: K.copy_blocks(caches, pair_sets[0]), return_mode="median") / 1e3
-    res["copy_blocks_gbs"] = 2 * n_pairs * len(caches) * block_bytes / t / 1e9
-    pool = [K.pinned_pool_like(c, n_pairs) for c in caches]
-    perm = torch.randperm(nb).tolist()
-    for name, dst in (("runs", list(range(n_pairs))), ("scattered", torch.randperm(n_pairs).tolist())):
-        pairs = list(zip(sorted(perm[:n_pairs]) if name == "runs" else perm[:n_pairs], dst))
-        for direction, (src, to) in (("out", (caches, pool)), ("in", (pool, caches))):
-            p = pairs if direction == "out" else [(d, s) for s, d in pairs]
-            K.swap_blocks(src, to, p).synchronize()
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                K.swap_blocks(src, to, p).synchronize()
-                times.append(time.perf_counter() - t0)
-            res[f"swap_{direction}_{name}_gbs"] = n_pairs * len(caches) * block_bytes / statistics.median(times) / 1e9
+    moved = 2 * n_pairs * 2 * layers * block_bytes  # read + written
+    for chunk, warps in ((4096, 4), (8192, 4), (8192, 8), (16384, 8), (2048, 4)):
+        ref = stack.clone()
+        ref[:, :, pair_sets[0][:, 1]] = ref[:, :, pair_sets[0][:, 0]]
+        work = stack.clone()
+        K.copy_blocks(work, pair_sets[0], chunk=chunk, num_warps=warps)
+        assert torch.equal(work, ref), f"copy_blocks c{chunk} w{warps}: wrong blocks"
+        del work, ref
+        t = graph_time([lambda p=p: K.copy_blocks(stack, p, chunk=chunk, num_warps=warps) for p in pair_sets])
+        res[f"copy_blocks_c{chunk}_w{warps}_gbs"] = moved / t / 1e9
+    res["copy_blocks_gbs"] = moved / graph_time([lambda p=p: K.copy_blocks(stack, p) for p in pair_sets]) / 1e9
+    res["copy_blocks_eager_gbs"] = moved / (triton.testing.do_bench(
+        lambda: K.copy_blocks(stack, pair_sets[0].tolist()), return_mode="median") / 1e3) / 1e9
+    res.update(bench_swaps(stack, n_pairs, block_bytes * 2 * layers))
     log("ops " + json.dumps(res))
+    return res
+
+
+def bench_swaps(stack: torch.Tensor, n_pairs: int, block_all_layers: int) -> dict:
+    """PagedCache swaps of n_pairs blocks (all layers), pool ids one run or scattered."""
+    from pagesim.gpu.cache import PagedCache
+    from pagesim.sim.costmodel import get_model
+
+    res = {}
+    nb = stack.shape[2]
+    cache = PagedCache(get_model("llama-3-8b"), nb, 2 * n_pairs, stack.shape[3], device=stack.device,
+                       dtype=stack.dtype)  # 32 layers, 8 kv heads of 128: the stack's shape
+    cache.kv.copy_(stack)
+    stack = cache.kv
+    perm = torch.randperm(nb).tolist()
+    for mode in ("zero_copy", "staged"):
+        cache.swap_mode = mode
+        for name, dst in (("runs", list(range(n_pairs))), ("scattered", torch.randperm(2 * n_pairs)[:n_pairs].tolist())):
+            gpu_ids = sorted(perm[:n_pairs]) if name == "runs" else perm[:n_pairs]
+            out_pairs = list(zip(gpu_ids, dst))
+            back = list(zip(dst, perm[n_pairs:2 * n_pairs]))
+            for direction, fn, p in (("out", cache.swap_out, out_pairs), ("in", cache.swap_in, back)):
+                times = []
+                for _ in range(4):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    fn(p)
+                    cache.finish_swaps()
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                res[f"swap_{direction}_{name}_{mode}_gbs"] = n_pairs * block_all_layers / statistics.median(times[1:]) / 1e9
+            ok = torch.equal(stack[:, :, perm[n_pairs:2 * n_pairs]], stack[:, :, gpu_ids])
+            assert ok, f"swap {mode} {name}: blocks changed in the round trip"
     return res
 
 
@@ -339,6 +387,7 @@ def main() -> None:
     ap.add_argument("--blocks", action="store_true", help="block size sweep 1..256")
     ap.add_argument("--prefill", action="store_true", help="prefill 4096 tokens with/without a 4096 prefix")
     ap.add_argument("--ops", action="store_true", help="store_kv / copy_blocks / swap bandwidths")
+    ap.add_argument("--tune", action="store_true", help="tune the decode split depth for this device first")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for results.json")
     args = ap.parse_args()
     lines = []
@@ -351,6 +400,10 @@ def main() -> None:
                torch=torch.__version__, triton=triton.__version__)
     res["ceilings"] = ceilings()
     log(json.dumps(res))
+    if args.tune:
+        from pagesim.gpu.kernels.decode_tuning import tune
+        res["tuning"] = tune(torch.device(DEVICE))
+        log("tuning " + json.dumps(res["tuning"]))
     res["decode"] = bench_decode(args.sweep, log)
     if args.blocks:
         res["blocks"] = bench_blocks(log)

@@ -5,17 +5,19 @@ is not the text but the *work* of a real step, done by the same kernels a
 serving engine would use, on the block tables the simulator's allocator
 produced. Per layer (``mode="model"``)::
 
-    x ── RMSNorm ── QKV GEMM ── RoPE ── store_kv ── paged attention ── O GEMM ──(+x)
+    x ── RMSNorm ── QKV GEMM ── RoPE + store_kv ── paged attention ── O GEMM ──(+x)
       ── RMSNorm ── MLP (SwiGLU: gate/up GEMM, SiLU*up, down GEMM) ──(+x)
 
 then a final RMSNorm and the LM head on each sequence's last token (the
-logits are computed, as a real step must, and thrown away). Decoding rows
+logits are computed, as a real step must, and thrown away). Each residual
+add is fused with the RMSNorm after it, RoPE with store_kv, SiLU with the
+product (``gpu/kernels/fused.py``): nine launches per layer at decode. Decoding rows
 go to ``paged_decode``, prefill rows (chunks, with or without a cached
 prefix) to ``paged_prefill``; see ``gpu/batch.py`` for the row order.
 
 ``mode="attention"`` keeps only the KV-cache work: q/k/v come from a fixed
 random table indexed by token id and layer (a gather, no GEMM), then
-store_kv and paged attention. It isolates what the memory manager changes.
+RoPE + store_kv and paged attention. It isolates what the memory manager changes.
 
 Weights are scaled by 1/sqrt(fan_in) so activations stay O(1) through any
 number of layers, which keeps bf16 attention inputs well conditioned.
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from pagesim.gpu.batch import StepBatch
 from pagesim.gpu.cache import PagedCache
-from pagesim.gpu.kernels import paged_decode, paged_prefill, store_kv
+from pagesim.gpu.kernels import add_rmsnorm, paged_decode, paged_prefill, rope_store, silu_mul
 from pagesim.sim.costmodel import ModelSpec
 
 MODES = ("model", "attention")
@@ -46,8 +48,6 @@ class SyntheticDecoder:
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         h, H, Hkv, D = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.qkv_width = (H + 2 * Hkv) * D
-        half = torch.arange(0, D, 2, dtype=torch.float32, device=self.device) / D
-        self.inv_freq = ROPE_THETA ** -half
         if mode == "attention":
             self.table = self._rand(ATTN_TABLE_ROWS, self.qkv_width, scale=1.0)
             return
@@ -74,64 +74,59 @@ class SyntheticDecoder:
     def forward(self, cache: PagedCache, batch: StepBatch, hook=None) -> torch.Tensor | None:
         """Run one step. ``hook(layer, q, k, v, attn_out)`` sees every layer's
         attention inputs (k, v exactly as stored) and output. Returns the
-        logits of each sequence's last token (model mode) or None."""
+        logits of each sequence's last token (model mode) or None.
+
+        Only device work that depends on the batch's device views and its
+        static sizes: with views into static buffers the whole call can be
+        captured in a CUDA graph (``gpu/graphs.py``)."""
         if batch.num_tokens == 0:
             return None
         d = batch.dev
-        cos, sin = self._rope_tables(d["positions"])
         if self.mode == "attention":
             for layer in range(self.spec.num_layers):
-                idx = (d["tokens"] + layer * 7919) % ATTN_TABLE_ROWS
-                self._attention_block(layer, self.table[idx], cos, sin, cache, batch, hook)
+                qkv = self.table[(d["tokens"] + layer * 7919) % ATTN_TABLE_ROWS]
+                self._attention(layer, qkv, cache, batch, hook)
             return None
         x = self.embed[d["tokens"]]
+        h = add_rmsnorm(x, None, self.layers[0]["norm1"])
         for layer, w in enumerate(self.layers):
-            qkv = F.rms_norm(x, (x.shape[-1],), w["norm1"]) @ w["wqkv"]
-            attn = self._attention_block(layer, qkv, cos, sin, cache, batch, hook)
-            x = x + attn.reshape(x.shape[0], -1) @ w["wo"]
-            x = x + self._mlp(F.rms_norm(x, (x.shape[-1],), w["norm2"]), w)
-        last = F.rms_norm(x[d["last_rows"]], (x.shape[-1],), self.final_norm)
-        return last @ self.lm_head
+            attn = self._attention(layer, h @ w["wqkv"], cache, batch, hook)
+            h = add_rmsnorm(x, attn.reshape(x.shape[0], -1) @ w["wo"], w["norm2"])  # x += attention
+            nxt = self.layers[layer + 1]["norm1"] if layer + 1 < len(self.layers) else self.final_norm
+            h = add_rmsnorm(x, self._mlp(h, w), nxt)                                 # x += MLP
+        return h[d["last_rows"]] @ self.lm_head
 
     def _mlp(self, h: torch.Tensor, w: dict) -> torch.Tensor:
         up = h @ w["wup"]
         if self.spec.gated_mlp:
-            gate, up = up.chunk(2, dim=-1)
-            return (F.silu(gate) * up) @ w["wdown"]
+            return silu_mul(up) @ w["wdown"]
         return F.relu(up) @ w["wdown"]
 
-    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ang = positions.float()[:, None] * self.inv_freq[None, :]
-        return ang.cos().to(self.dtype)[:, None, :], ang.sin().to(self.dtype)[:, None, :]
-
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate-half RoPE on [tokens, heads, head_dim]."""
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-    def _attention_block(self, layer, qkv, cos, sin, cache, batch, hook) -> torch.Tensor:
+    def _attention(self, layer, qkv, cache, batch, hook) -> torch.Tensor:
+        """RoPE and store_kv in one launch (q and k rotated in place in the
+        qkv rows), then paged attention over the cache."""
         spec = self.spec
         T, H, Hkv, D = qkv.shape[0], spec.num_heads, spec.num_kv_heads, spec.head_dim
-        q = self._rope(qkv[:, :H * D].view(T, H, D), cos, sin)
-        k = self._rope(qkv[:, H * D:(H + Hkv) * D].view(T, Hkv, D), cos, sin)
-        v = qkv[:, (H + Hkv) * D:].view(T, Hkv, D)
-        out = paged_attention(q, k, v, *cache.layer(layer), batch)
+        k_cache, v_cache = cache.layer(layer)
+        rope_store(qkv, batch.dev["positions"], batch.dev["slots"], k_cache, v_cache, H, ROPE_THETA)
+        q = qkv[:, :H * D].view(T, H, D)
+        out = paged_attention(q, k_cache, v_cache, batch)
         if hook is not None:
-            hook(layer, q, k, v, out)
+            hook(layer, q, qkv[:, H * D:(H + Hkv) * D].view(T, Hkv, D), qkv[:, (H + Hkv) * D:].view(T, Hkv, D), out)
         return out
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, batch: StepBatch) -> torch.Tensor:
-    """store_kv for the step's new tokens, then decode rows through
-    ``paged_decode`` and prefill rows through ``paged_prefill``."""
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    batch: StepBatch) -> torch.Tensor:
+    """Decode rows through ``paged_decode``, prefill rows through
+    ``paged_prefill`` (the step's K/V are already stored). A batch marked
+    ``graph`` sizes the decode grid by its table width and lets each
+    sequence split its own context (one grid for every step of a bucket)."""
     d, nd = batch.dev, batch.num_decode
-    store_kv(k, v, k_cache, v_cache, d["slots"])
 
     def decode(qd):
         return paged_decode(qd, k_cache, v_cache, d["dec_tables"], d["dec_ctx"],
-                            max_context_len=batch.dec_max_ctx)
+                            max_context_len=batch.dec_max_ctx, split_by_context=batch.graph)
 
     def prefill(qp):
         return paged_prefill(qp, k_cache, v_cache, d["pre_tables"], d["pre_cu"], d["pre_ctx"],
