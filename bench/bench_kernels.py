@@ -306,6 +306,20 @@ def bench_ops(log) -> dict:
         res[f"store_kv_t{tok}_w{warps}_gbs"] = 2 * 2 * k.numel() * 2 / t / 1e9  # K and V, read + written
     res["store_kv_gbs"] = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s) for s in slots])
     res["store_kv_gbs"] = 2 * 2 * k.numel() * 2 / res["store_kv_gbs"] / 1e9
+    # the ceiling at this size: a copy of the same bytes (K and V, 8,192 tokens), graph-timed
+    src = [torch.randn(2 * n_tok * KV_HEADS * HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(4)]
+    dst = torch.empty_like(src[0])
+    t = graph_time([lambda x=x: _copy_kernel[(triton.cdiv(x.numel(), 4096 * 4),)](
+        x, dst, x.numel(), BLOCK=4096, ITERS=4, num_warps=8) for x in src])
+    res["copy_same_size_gbs"] = 2 * src[0].numel() * 2 / t / 1e9
+    big = 8 * n_tok  # 65,536 tokens into a pool of 8 x the slots: 537 MB moved
+    kb = torch.randn(big // 4, bs * 4, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    vb = torch.randn_like(kb)
+    kk, vv = (torch.randn(big, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    bslots = [torch.randperm(kb.shape[0] * kb.shape[1], device=DEVICE)[:big] for _ in range(2)]
+    t = graph_time([lambda s=s: K.store_kv(kk, vv, kb, vb, s) for s in bslots])
+    res["store_kv_65536_gbs"] = 2 * 2 * kk.numel() * 2 / t / 1e9
+    del src, dst, kb, vb, kk, vv
     del kc, vc
     stack = torch.randn(layers, 2, nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
     n_pairs = nb // 8

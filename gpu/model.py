@@ -35,39 +35,55 @@ from pagesim.gpu.kernels import add_rmsnorm, paged_decode, paged_prefill, rope_s
 from pagesim.sim.costmodel import ModelSpec
 
 MODES = ("model", "attention")
+#: weight storage: "out_in" [out, in] as nn.Linear (x @ W.T, the layout cuBLAS's skinny GEMMs
+#: are tuned for), "in_out" [in, out] (x @ W); the same random matrices either way
+LAYOUTS = ("out_in", "in_out")
 ROPE_THETA = 10000.0
 ATTN_TABLE_ROWS = 4096  # distinct q/k/v rows in attention mode
 
 
 class SyntheticDecoder:
     def __init__(self, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype,
-                 mode: str = "model", seed: int = 0) -> None:
+                 mode: str = "model", seed: int = 0, layout: str = "out_in") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.spec, self.device, self.dtype, self.mode = spec, torch.device(device), dtype, mode
+        self.layout = layout
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         h, H, Hkv, D = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.qkv_width = (H + 2 * Hkv) * D
         if mode == "attention":
             self.table = self._rand(ATTN_TABLE_ROWS, self.qkv_width, scale=1.0)
+            self._layer_offsets = torch.arange(spec.num_layers, device=self.device, dtype=torch.int32) * 7919
             return
         inner = spec.intermediate_size
         self.embed = self._rand(spec.vocab_size, h, scale=1.0)
         self.layers = [self._layer(h, H * D, inner, spec.gated_mlp) for _ in range(spec.num_layers)]
         self.final_norm = torch.ones(h, dtype=dtype, device=self.device)
-        self.lm_head = self._rand(h, spec.vocab_size)
+        self.lm_head = self._stored(self._rand(h, spec.vocab_size))
 
     def _rand(self, rows: int, cols: int, scale: float | None = None) -> torch.Tensor:
         """[rows, cols] normal, times ``scale`` (default 1/sqrt(rows): a GEMM's fan-in)."""
         w = torch.randn(rows, cols, generator=self.gen, device=self.device, dtype=self.dtype)
         return w.mul_(scale if scale is not None else 1.0 / math.sqrt(rows))
 
+    def _stored(self, w: torch.Tensor) -> torch.Tensor:
+        """[in, out] as drawn -> the storage layout."""
+        return w.t().contiguous() if self.layout == "out_in" else w
+
+    def mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x @ (the [in, out] matrix w stores)."""
+        return F.linear(x, w) if self.layout == "out_in" else x @ w
+
     def _layer(self, h: int, qd: int, inner: int, gated: bool) -> dict:
         ones = torch.ones(h, dtype=self.dtype, device=self.device)
         return {
             "norm1": ones, "norm2": ones.clone(),
-            "wqkv": self._rand(h, self.qkv_width), "wo": self._rand(qd, h),
-            "wup": self._rand(h, (2 if gated else 1) * inner), "wdown": self._rand(inner, h),
+            "wqkv": self._stored(self._rand(h, self.qkv_width)), "wo": self._stored(self._rand(qd, h)),
+            "wup": self._stored(self._rand(h, (2 if gated else 1) * inner)),
+            "wdown": self._stored(self._rand(inner, h)),
         }
 
     # ------------------------------------------------------------ forward
@@ -82,25 +98,25 @@ class SyntheticDecoder:
         if batch.num_tokens == 0:
             return None
         d = batch.dev
-        if self.mode == "attention":
+        if self.mode == "attention":  # table rows of every layer at once: 3 launches a step, not a layer
+            rows = (d["tokens"][None, :] + self._layer_offsets[:, None]) % ATTN_TABLE_ROWS
             for layer in range(self.spec.num_layers):
-                qkv = self.table[(d["tokens"] + layer * 7919) % ATTN_TABLE_ROWS]
-                self._attention(layer, qkv, cache, batch, hook)
+                self._attention(layer, self.table[rows[layer]], cache, batch, hook)
             return None
         x = self.embed[d["tokens"]]
         h = add_rmsnorm(x, None, self.layers[0]["norm1"])
         for layer, w in enumerate(self.layers):
-            attn = self._attention(layer, h @ w["wqkv"], cache, batch, hook)
-            h = add_rmsnorm(x, attn.reshape(x.shape[0], -1) @ w["wo"], w["norm2"])  # x += attention
+            attn = self._attention(layer, self.mm(h, w["wqkv"]), cache, batch, hook)
+            h = add_rmsnorm(x, self.mm(attn.reshape(x.shape[0], -1), w["wo"]), w["norm2"])  # x += attention
             nxt = self.layers[layer + 1]["norm1"] if layer + 1 < len(self.layers) else self.final_norm
             h = add_rmsnorm(x, self._mlp(h, w), nxt)                                 # x += MLP
-        return h[d["last_rows"]] @ self.lm_head
+        return self.mm(h[d["last_rows"]], self.lm_head)
 
     def _mlp(self, h: torch.Tensor, w: dict) -> torch.Tensor:
-        up = h @ w["wup"]
+        up = self.mm(h, w["wup"])
         if self.spec.gated_mlp:
-            return silu_mul(up) @ w["wdown"]
-        return F.relu(up) @ w["wdown"]
+            return self.mm(silu_mul(up), w["wdown"])
+        return self.mm(F.relu(up), w["wdown"])
 
     def _attention(self, layer, qkv, cache, batch, hook) -> torch.Tensor:
         """RoPE and store_kv in one launch (q and k rotated in place in the

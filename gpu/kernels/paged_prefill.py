@@ -111,9 +111,11 @@ def prefill_config(device: torch.device, head_dim: int) -> dict:
     """Heuristic tiles as data: large tiles for the tensor cores on a GPU."""
     if device.type != "cuda":
         return dict(block_m=16, block_n=16, num_warps=1, num_stages=1, heavy_first=True)
-    if head_dim <= 128:  # H100 sweep: 318 / 348 TFLOP/s without / with a 4096 prefix (bench/KERNEL_NOTES.md)
-        return dict(block_m=64, block_n=64, num_warps=4, num_stages=2, heavy_first=False)
-    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, heavy_first=False)
+    # H200 run 7 (bench/KERNEL_NOTES.md): heavy-first 354 vs 320 TFLOP/s without a prefix, 345 vs 350
+    # with a 4096 prefix (where every tile has about the same work, so the order cannot matter much)
+    if head_dim <= 128:
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=2, heavy_first=True)
+    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, heavy_first=True)
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
