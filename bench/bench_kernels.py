@@ -3,7 +3,7 @@
     python bench/bench_kernels.py [--tune] [--sweep] [--blocks] [--prefill] [--ops] [--out DIR]
 
 ``--ops`` runs bench/bench_moves.py (store_kv, copy_blocks, swaps); ``--tune`` first
-tunes and caches the decode split depth of this device (gpu/kernels/decode_tuning.py).
+tunes and caches the decode split depth of this device (gpu/kernels/decode_tuner.py).
 
 Timing: every variant runs over several input sets (enough that one pass
 touches >= 256 MB, so nothing stays in the 50 MB L2), captured as one CUDA
@@ -23,10 +23,10 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -34,7 +34,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import pagesim.gpu.kernels as K  # noqa: E402
+from bench_moves import bench_ops  # noqa: E402
 from pagesim.gpu.kernels._common import num_sms  # noqa: E402
+from pagesim.gpu.kernels.decode_tuner import graph_time, tune  # noqa: E402
 from pagesim.gpu.kernels.paged_decode import decode_config, num_splits_for  # noqa: E402
 
 SHAPES = [(1, 4096), (1, 32768), (8, 4096), (32, 2048), (64, 4096), (128, 1024), (256, 512)]
@@ -42,45 +44,7 @@ HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 ROTATE_BYTES = 256 << 20
 PREFILL_Q, PREFILL_PREFIXES = 4096, (0, 4096)
 BLOCK_SWEEP = [(32, 2048), (1, 32768)]
-OPS_LAYERS, OPS_BLOCKS = 32, 2048
 DEVICE = "cuda"  # a CPU smoke test of this script may set "cpu" (with the interpreter)
-
-
-def graph_time(fns, min_ms: float = 2.0, samples: int = 15) -> float:
-    """Median seconds per call of ``fns`` (one per input set), replayed from a CUDA graph."""
-    for f in fns:
-        f()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for f in fns:
-        f()
-    end.record()
-    torch.cuda.synchronize()
-    est = start.elapsed_time(end) / len(fns)  # ms, with launch gaps: an upper bound
-    rounds = max(1, min(2000 // len(fns), math.ceil(min_ms / max(est, 1e-3) / len(fns))))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:  # warm the allocator on the capture stream
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(rounds):
-            for f in fns:
-                f()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(samples):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / (rounds * len(fns)))
-    del graph
-    return statistics.median(times)
 
 
 @triton.jit
@@ -326,7 +290,6 @@ def main() -> None:
     res["ceilings"] = ceilings()
     log(json.dumps(res))
     if args.tune:
-        from pagesim.gpu.kernels.decode_tuning import tune
         res["tuning"] = tune(torch.device(DEVICE))
         log("tuning " + json.dumps(res["tuning"]))
     res["decode"] = bench_decode(args.sweep, log)
@@ -335,8 +298,6 @@ def main() -> None:
     if args.prefill:
         res["prefill"] = bench_prefill(args.sweep, log)
     if args.ops:
-        from bench_moves import bench_ops
-
         res["ops"] = bench_ops(log)
     try:
         res["kernels"] = kernel_report(log)

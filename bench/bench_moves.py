@@ -1,6 +1,6 @@
 """Block moves on one CUDA GPU: store_kv, copy_blocks and swaps (run by ``bench_kernels.py --ops``).
 
-store_kv and copy_blocks are graph-timed (``bench_kernels.graph_time``) over
+store_kv and copy_blocks are graph-timed (``decode_tuner.graph_time``) over
 several input sets, each variant checked against its reference first;
 swaps move blocks of the executor's stacked cache between the GPU and a
 pinned CPU pool, host-timed around a synchronised call. Bandwidths count
@@ -14,9 +14,22 @@ import time
 
 import torch
 import triton
+import triton.language as tl
 
 import pagesim.gpu.kernels as K
-from bench_kernels import DEVICE, DTYPE, HEAD_DIM, KV_HEADS, OPS_BLOCKS, OPS_LAYERS, _copy_kernel, graph_time
+from pagesim.gpu.kernels.decode_tuner import graph_time
+
+KV_HEADS, HEAD_DIM, DTYPE, DEVICE = 8, 128, torch.bfloat16, "cuda"
+OPS_LAYERS, OPS_BLOCKS = 32, 2048
+
+
+@triton.jit
+def _copy_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """The same-size copy ceiling: a plain streaming copy."""
+    base = tl.program_id(0).to(tl.int64) * BLOCK * ITERS
+    for i in range(ITERS):
+        offs = base + i * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
 
 
 def bench_ops(log) -> dict:
