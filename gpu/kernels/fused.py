@@ -59,7 +59,8 @@ def _rope_store_kernel(qkv_ptr, pos_ptr, slot_ptr, kc_ptr, vc_ptr, stride_t, log
     slot = tl.load(slot_ptr + t).to(tl.int64)
     h = tl.arange(0, BLOCK_KV)
     d = tl.arange(0, HALF)
-    mask = (h[:, None] < NUM_KV) & (slot >= 0)
+    # a block of the slot, not a scalar comparison (Triton 3.9's interpreter: see store_kv)
+    mask = (h[:, None] < NUM_KV) & ((tl.zeros([BLOCK_KV, HALF], dtype=tl.int64) + slot) >= 0)
     dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs + h[:, None] * stride_ch + d[None, :]
     tl.store(kc_ptr + dst, k1, mask=mask)
     tl.store(kc_ptr + dst + HALF, k2, mask=mask)
