@@ -22,6 +22,7 @@ from pagesim.gpu.graphs import DecodeGraphs, bucket_sizes  # noqa: E402
 from pagesim.replay import replace, run_replay  # noqa: E402
 from tests.simhelpers import config, trace_of  # noqa: E402
 
+pytestmark = pytest.mark.triton
 HAS_CUDA = torch.cuda.is_available()
 HERE = "cuda" if HAS_CUDA else "cpu"
 DT = torch.bfloat16 if HAS_CUDA else torch.float32
