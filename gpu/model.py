@@ -107,10 +107,15 @@ class SyntheticDecoder:
         h = add_rmsnorm(x, None, self.layers[0]["norm1"])
         for layer, w in enumerate(self.layers):
             attn = self._attention(layer, self.mm(h, w["wqkv"]), cache, batch, hook)
-            h = add_rmsnorm(x, self.mm(attn.reshape(x.shape[0], -1), w["wo"]), w["norm2"])  # x += attention
+            h = add_rmsnorm(x, self.reduce(self.mm(attn.reshape(x.shape[0], -1), w["wo"])), w["norm2"])  # x += attention
             nxt = self.layers[layer + 1]["norm1"] if layer + 1 < len(self.layers) else self.final_norm
-            h = add_rmsnorm(x, self._mlp(h, w), nxt)                                 # x += MLP
+            h = add_rmsnorm(x, self.reduce(self._mlp(h, w)), nxt)                                 # x += MLP
         return self.mm(h[d["last_rows"]], self.lm_head)
+
+    def reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """Sum of a row-parallel GEMM's partial outputs over the tensor-
+        parallel group: nothing to do on one GPU (see ``gpu/tp.py``)."""
+        return partial
 
     def _mlp(self, h: torch.Tensor, w: dict) -> torch.Tensor:
         up = self.mm(h, w["wup"])
