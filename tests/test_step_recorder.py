@@ -1,0 +1,108 @@
+"""StepRecorder: chunking changes nothing in the table, and memory stays at
+the table's own size (typed columns), not Python objects per step."""
+import tracemalloc
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pagesim.replay import ReplayConfig, build, replace
+from pagesim.sim.metrics import requests_dataframe
+from pagesim.sim.step_recorder import FLOAT_COLUMNS, STEP_COLUMNS, StepRecorder
+from pagesim.traces import synthetic
+
+#: Bytes of one row of the table: every column is 8 bytes wide.
+ROW_BYTES = 8 * len(STEP_COLUMNS)
+
+
+def replay_tables(trace, cfg, chunk_steps):
+    """(steps, requests) of a replay whose recorder flushes every
+    ``chunk_steps`` steps (a huge value: one flush at the end, which is the
+    recorder's whole-run conversion)."""
+    engine, sched, kv, _ = build(trace, cfg)
+    engine.recorder = recorder = StepRecorder(kv.usage_from, chunk_steps=chunk_steps)
+    engine.run()
+    return recorder.to_dataframe(), requests_dataframe(sched.records)
+
+
+# A tight pool (preemptions, short stretches between admissions) and a pool
+# with prefix caching and parallel samples (fills of known content).
+CASES = {
+    "tight": (dict(num_requests=150, rate=20, seed=0), ReplayConfig(num_gpu_blocks=120)),
+    "caching": (dict(num_requests=120, rate=20, n=2, system_prompt_tokens=100, seed=1),
+                ReplayConfig(num_gpu_blocks=400)),
+    "orca": (dict(num_requests=80, rate=10, seed=3), ReplayConfig(allocator="orca-pow2")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_chunked_tables_equal_whole_run_tables_in_both_modes(case):
+    kw, cfg = CASES[case]
+    trace = synthetic("sharegpt", **kw)
+    whole, whole_req = replay_tables(trace, cfg, chunk_steps=10**9)
+    assert len(whole) > 500, "the case must run enough steps to cross many chunk boundaries"
+    assert list(whole.columns) == list(STEP_COLUMNS)
+    assert (np.diff(whole["step"].to_numpy()) == 1).all(), "one row per step, in order"
+    for fast in (True, False):
+        for chunk in (1, 7, 64):  # 7 and 64 split decode stretches between chunks
+            steps, req = replay_tables(trace, replace(cfg, fast=fast), chunk_steps=chunk)
+            pd.testing.assert_frame_equal(steps, whole, check_exact=True)
+            pd.testing.assert_frame_equal(req, whole_req, check_exact=True)
+
+
+def test_dtypes_and_empty_table():
+    empty = StepRecorder(lambda live, *c: None).to_dataframe()
+    assert list(empty.columns) == list(STEP_COLUMNS) and len(empty) == 0
+    for c in STEP_COLUMNS:
+        assert empty[c].dtype == (np.float64 if c in FLOAT_COLUMNS else np.int64), c
+
+
+def test_to_dataframe_twice_gives_the_same_table():
+    trace = synthetic("sharegpt", num_requests=30, rate=20, seed=4)
+    engine, _, kv, _ = build(trace, ReplayConfig(num_gpu_blocks=200))
+    engine.recorder = recorder = StepRecorder(kv.usage_from, chunk_steps=50)
+    engine.run()
+    pd.testing.assert_frame_equal(recorder.to_dataframe(), recorder.to_dataframe())
+
+
+def usage_from(live, num_free, num_cached_free):
+    """A paged-like accounting formula over two counters."""
+    return SimpleNamespace(token_states=live, reserved=live * 0, internal_frag=1000 - live,
+                           external_frag=live * 0, cached_free=num_cached_free,
+                           free=num_free - num_cached_free)
+
+
+def record(rec, steps):
+    """``steps`` steps alternating single rows and 60-step stretches, with
+    values large enough that Python would box them (no small-int cache)."""
+    step, t = 0, 0.0
+    while step < steps:
+        rec.add(step, t, 0.01, (3, 300, 1, 10**6 + step), 0, 10**6 + step, (5000 + step, 700 + step))
+        step, t = step + 1, t + 0.01
+        k = 60
+        times = [t + 0.01 * j for j in range(k + 1)]
+        rec.add_stretch(step, k, 3, 10**6, 10**6 + step, times, [0.01] * k,
+                        [-1, 17], [(5000 + step, 10**4), (4999 + step, 10**4)])
+        step, t = step + k, times[k]
+    return step
+
+
+def test_memory_per_step_is_the_tables_own_size():
+    """Recording costs about one typed table row per step, and building the
+    DataFrame adds at most one column: Python tuples per step cost ~4x that,
+    and the old whole-run conversion peaked at ~540 bytes per step."""
+    rec = StepRecorder(usage_from, chunk_steps=2000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        steps = record(rec, 100_000)
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.reset_peak()
+        df = rec.to_dataframe()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert len(df) == steps and (df["step"].to_numpy() == np.arange(steps)).all()
+    assert held / steps < ROW_BYTES * 1.1, f"recording holds {held / steps:.0f} B/step"
+    assert peak / steps < ROW_BYTES * 1.25, f"to_dataframe peaks at {peak / steps:.0f} B/step"
