@@ -1,23 +1,24 @@
 """Per-step records of a replay, kept in bounded, typed memory.
 
 A replay can run millions of engine steps (100k requests on a tight pool:
-over six million). Keeping a Python tuple per step and converting them all
-at the end cost about 550 bytes per step at the peak, most of it in the
-final conversion. The recorder instead buffers at most ``chunk_steps``
-steps as Python objects, then turns them into the table's own typed columns
-(8 bytes per value): the run holds the final table's bytes plus one small
-buffer, and ``to_dataframe`` joins the chunks one column at a time and
-hands them to pandas without a further copy.
+6.26 million). Keeping a Python tuple per step and converting them all at
+the end peaked at about 590 bytes per step. The recorder instead buffers at
+most ``chunk_steps`` steps as Python objects, then writes them into the
+table's own typed columns (8 bytes per value, 112 per step), which grow by
+doubling: a grown column is one fresh ``mmap``-backed array (the old one
+goes back to the operating system, not into the heap as freed fragments),
+and the untouched tail of its capacity is never resident. ``to_dataframe``
+trims them to their length and hands them to pandas without a further copy.
 
 ::
 
     add / add_stretch ──► buffers (≤ chunk_steps steps of tuples)
                               │ _flush: vectorised expansion, usage_from
                               ▼
-                          chunks: {column: ndarray}, in step order
-                              │ to_dataframe: one column at a time
+                          typed columns, step order, capacity doubling
+                              │ to_dataframe: trimmed to length
                               ▼
-                          DataFrame (shares the joined arrays)
+                          DataFrame (shares the columns)
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ FLOAT_COLUMNS = ("start_s", "duration_s")
 #: Steps buffered as Python objects before they become typed columns: large
 #: enough that the per-chunk numpy calls are negligible, small enough (a few
 #: MB) not to matter next to the table.
-CHUNK_STEPS = 1 << 16
+CHUNK_STEPS = 1 << 14
 
 
 class StepRecorder:
@@ -54,7 +55,9 @@ class StepRecorder:
         self._rows: list[tuple] = []
         self._stretches: list[tuple] = []
         self._pending = 0                      # steps in the two buffers
-        self._chunks: list[dict[str, np.ndarray]] = []
+        self._cols = {c: np.empty(0, dtype=np.float64 if c in FLOAT_COLUMNS else np.int64)
+                      for c in STEP_COLUMNS}
+        self._n = 0                            # rows written into the columns
 
     def add(self, step, start, dur, shape, preemptions, live, counters) -> None:
         self._rows.append((step, start, dur, *shape, preemptions, live, *counters))
@@ -87,11 +90,23 @@ class StepRecorder:
         for c in CATEGORIES:
             cols[c] = np.asarray(getattr(split, c), dtype=np.int64)
         order = np.argsort(cols["step"], kind="stable")
-        chunk = {c: v[order] for c, v in cols.items()}
-        if self._chunks:
-            assert self._chunks[-1]["step"][-1] < chunk["step"][0], \
-                "steps must be recorded in increasing order (chunks are joined without sorting)"
-        self._chunks.append(chunk)
+        self._append({c: v[order] for c, v in cols.items()})
+
+    def _append(self, chunk: dict[str, np.ndarray]) -> None:
+        m = len(chunk["step"])
+        if self._n:
+            assert self._cols["step"][self._n - 1] < chunk["step"][0], \
+                "steps must be recorded in increasing order (chunks are appended without sorting)"
+        end = self._n + m
+        if end > len(self._cols["step"]):
+            cap = max(end, 2 * len(self._cols["step"]), self.chunk_steps)
+            for c, old in self._cols.items():  # one column at a time: peak = table + one column
+                new = np.empty(cap, dtype=old.dtype)
+                new[:self._n] = old[:self._n]
+                self._cols[c] = new
+        for c, v in chunk.items():
+            self._cols[c][self._n:end] = v
+        self._n = end
 
     def _step_rows(self) -> dict | None:
         if not self._rows:
@@ -132,20 +147,10 @@ class StepRecorder:
 
     # -------------------------------------------------------------- output
     def to_dataframe(self) -> pd.DataFrame:
-        """The table, one row per step in step order.
-
-        Chunks are joined one column at a time, each column's chunks dropped
-        as soon as it is joined, so the peak is the table plus one column.
-        The recorder keeps the joined columns as its single chunk and the
-        DataFrame shares them (no copy), so calling this again is cheap.
-        """
+        """The table, one row per step in step order. The columns shrink to
+        their length (one at a time) and the DataFrame shares them."""
         self._flush()
-        chunks = self._chunks
-        if not chunks:
-            return pd.DataFrame({c: np.array([], dtype=np.float64 if c in FLOAT_COLUMNS else np.int64)
-                                 for c in STEP_COLUMNS})
-        joined = {}
-        for c in STEP_COLUMNS:
-            joined[c] = np.concatenate([ch.pop(c) for ch in chunks]) if len(chunks) > 1 else chunks[0].pop(c)
-        self._chunks = [joined]
-        return pd.DataFrame(joined, copy=False)
+        for c, v in self._cols.items():
+            if len(v) > self._n:
+                self._cols[c] = v[:self._n].copy()
+        return pd.DataFrame({c: self._cols[c][:self._n] for c in STEP_COLUMNS}, copy=False)
