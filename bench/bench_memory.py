@@ -51,14 +51,10 @@ def peak_rss_mb() -> float:
 
 def child(result_path: str, cli_args: list[str]) -> None:
     """Run inside the fresh process: the CLI, then report peak RSS."""
-    import contextlib
-    import io
-
     from pagesim import cli
     t = time.perf_counter()
     if cli_args:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            rc = cli.main(cli_args)
+        rc = cli.main(cli_args)
         assert rc == 0, f"pagesim replay exited with {rc}"
     else:  # baseline: the modules a replay that writes parquet and plots loads
         import pyarrow.parquet  # noqa: F401
@@ -79,7 +75,8 @@ def measure(cli_args: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = Path(tmp) / "result.json"
         args = ["replay", *cli_args, "--out", str(Path(tmp) / "out")] if cli_args else []
-        subprocess.run([sys.executable, __file__, "--child", str(res), *args], check=True)
+        subprocess.run([sys.executable, __file__, "--child", str(res), *args], check=True,
+                       stdout=subprocess.DEVNULL)  # the CLI's summary; errors still show
         return json.loads(res.read_text())
 
 

@@ -8,7 +8,8 @@ table's own typed columns (8 bytes per value, 112 per step), which grow by
 doubling: a grown column is one fresh ``mmap``-backed array (the old one
 goes back to the operating system, not into the heap as freed fragments),
 and the untouched tail of its capacity is never resident. ``to_dataframe``
-trims them to their length and hands them to pandas without a further copy.
+shrinks them to their length in place and hands them to pandas without a
+copy.
 
 ::
 
@@ -148,9 +149,12 @@ class StepRecorder:
     # -------------------------------------------------------------- output
     def to_dataframe(self) -> pd.DataFrame:
         """The table, one row per step in step order. The columns shrink to
-        their length (one at a time) and the DataFrame shares them."""
+        their length in place (``realloc``: no copy) and the DataFrame
+        shares them. Only columns no DataFrame has seen are longer than
+        their length (a grown column is a fresh array), so shrinking in
+        place never pulls memory from under a view."""
         self._flush()
-        for c, v in self._cols.items():
+        for v in self._cols.values():
             if len(v) > self._n:
-                self._cols[c] = v[:self._n].copy()
+                v.resize(self._n, refcheck=False)
         return pd.DataFrame({c: self._cols[c][:self._n] for c in STEP_COLUMNS}, copy=False)
