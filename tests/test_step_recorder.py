@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pagesim.analysis import plots
 from pagesim.replay import ReplayConfig, build, replace
+from pagesim.sim.accounting import CATEGORIES
 from pagesim.sim.metrics import requests_dataframe
 from pagesim.sim.step_recorder import FLOAT_COLUMNS, STEP_COLUMNS, StepRecorder
 from pagesim.traces import synthetic
@@ -45,7 +47,7 @@ def test_chunked_tables_equal_whole_run_tables_in_both_modes(case):
     assert list(whole.columns) == list(STEP_COLUMNS)
     assert (np.diff(whole["step"].to_numpy()) == 1).all(), "one row per step, in order"
     for fast in (True, False):
-        for chunk in (1, 7, 64):  # 7 and 64 split decode stretches between chunks
+        for chunk in (1, 7):  # 7 splits decode stretches between chunks
             steps, req = replay_tables(trace, replace(cfg, fast=fast), chunk_steps=chunk)
             pd.testing.assert_frame_equal(steps, whole, check_exact=True)
             pd.testing.assert_frame_equal(req, whole_req, check_exact=True)
@@ -105,3 +107,23 @@ def test_memory_per_step_is_the_tables_own_size():
     assert len(df) == steps and (df["step"].to_numpy() == np.arange(steps)).all()
     assert held / steps < ROW_BYTES * 1.05, f"the finished table holds {held / steps:.0f} B/step"
     assert peak / steps < ROW_BYTES * 2.2, f"recording peaked at {peak / steps:.0f} B/step"
+
+
+def test_binned_memory_in_blocks_equals_one_bincount(monkeypatch):
+    """The plot's bins, computed block by block, equal the whole-table
+    formula (time-weighted fraction of capacity per bin) bit for bit."""
+    kw, cfg = CASES["caching"]
+    steps, _ = replay_tables(synthetic("sharegpt", **kw), cfg, chunk_steps=10**9)
+    bins = 50
+    t, dur = steps["start_s"].to_numpy(), steps["duration_s"].to_numpy()
+    edges = np.linspace(t[0], t[-1] + dur[-1], bins + 1)
+    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
+    w = np.bincount(idx, weights=dur, minlength=bins)
+    cap = steps[list(CATEGORIES)].sum(axis=1).to_numpy(dtype=float)
+    monkeypatch.setattr(plots, "BIN_BLOCK_ROWS", 37)
+    centers, got = plots.binned_memory(steps, bins)
+    keep = w > 0
+    assert np.array_equal(centers, (0.5 * (edges[:-1] + edges[1:]))[keep])
+    for c in CATEGORIES:
+        want = np.bincount(idx, weights=steps[c].to_numpy(dtype=float) / cap * dur, minlength=bins)
+        assert np.array_equal(got[c], want[keep] / w[keep]), c
