@@ -96,7 +96,7 @@ class Scheduler:
         elif not (self.waiting and self.admissible(self.waiting.head(),
                                                    self.token_budget - stretch.num_seqs)):
             # a pure stretch: nothing waiting can join it
-            if self._pending_freed or self._pending_forks:
+            if self._pending_freed or self._pending_forks:  # (finished ones are freed too)
                 stretch.forks, stretch.freed, stretch.finished = self._take_pending()
             stretch.live_tokens0 = self.kv.live_tokens + self.lazy.unwritten
             return stretch
