@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pagesim import __version__
+from pagesim.gpu.calibrate import gpu_rows
 from pagesim.replay import ReplayConfig, run_replay
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import TableCostModel, fit_table, get_model, refit
@@ -211,7 +212,7 @@ def calibrate(base: ReplayConfig, executor, *, gpu_preset: str, scale: float = 1
     if points is None:
         points = grid(base, max_num_seqs=base.scheduler.max_num_seqs, scale=scale, seed=base.seed)
     rows = profile(points, executor, progress=progress)
-    used = rows[rows["compiles"] == 0] if "compiles" in rows.columns else rows
+    used = gpu_rows(rows)
     meta = {"model": get_model(base.model).name, "gpu": gpu_preset, "tp": base.tp,
             "block_size": base.block_size, **provenance(executor), **costs,
             "steps": int(len(used)), "compile_steps_left_out": int(len(rows) - len(used)),

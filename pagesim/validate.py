@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from pagesim.gpu.calibrate import gpu_rows
 from pagesim.replay import ReplayConfig, run_replay
 from pagesim.sim.costmodel import RooflineCostModel, TableCostModel
 from pagesim.sim.executor import CostModelExecutor, ReplayedExecutor
@@ -52,7 +53,7 @@ def latencies(requests: pd.DataFrame) -> dict:
 def step_errors(model, rows: pd.DataFrame) -> dict:
     """|relative error| of ``model``'s price of each measured step that
     compiled nothing, plus the signed bias of the summed time."""
-    used = rows[rows["compiles"] == 0] if "compiles" in rows.columns else rows
+    used = gpu_rows(rows)
     shapes = StepShapes(**{f: used[f].to_numpy() for f in SHAPE_FIELDS})
     pred = np.asarray(model.price(shapes), dtype=np.float64)
     meas = used["measured_s"].to_numpy(np.float64)

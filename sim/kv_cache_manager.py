@@ -286,10 +286,9 @@ class PagedKVCacheManager(SwapMixin):
         return pairs
 
     def write_in_place(self, seq_ids, counts) -> None:
-        """Append ``counts[i]`` tokens to each sequence when the caller
-        knows they fit in its unshared last block (the fast engine writing a
-        decoding sequence's tokens): ``append_slots`` without its per-call
-        checks and branches. Asserts the precondition."""
+        """Append ``counts[i]`` tokens to each sequence, known to fit in its
+        unshared last block (asserted): the fast mode's ``append_slots``
+        without the per-call checks and branches."""
         bs, seqs = self.block_size, self.seqs
         caching = self.enable_prefix_caching
         total = 0
@@ -299,7 +298,7 @@ class PagedKVCacheManager(SwapMixin):
             s = seqs[sid]
             b = s.table[-1]
             fill = b.fill + n
-            assert fill <= bs and b.ref_cnt == 1 and not s.on_cpu, (
+            assert fill <= bs and b.ref_cnt == 1, (
                 f"write_in_place: sequence {sid} would overflow or write a shared block")
             b.fill = fill
             s.num_tokens += n
@@ -329,14 +328,25 @@ class PagedKVCacheManager(SwapMixin):
             last.fill += lag
             # a full last block may be shared (a prefix-cache hit); one that
             # is written into may not
-            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1) and not s.on_cpu, (
+            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
-            s.table.append(b)
+            table = s.table
+            table.append(b)
             s.num_tokens += lag + 1
             if log is not None:
                 log.add(sid, ALLOC, b.id)
             if caching:
-                self._hash_full_blocks(s)
+                i = s.num_hashed
+                keys = s.keys
+                if (i == len(table) - 2 and last.hash is None
+                        and (keys is None or keys.known_blocks <= i)):
+                    # _hash_full_blocks inlined for the block just filled
+                    # with unknown content: a unique key
+                    last.hash = self._next_unique
+                    self._next_unique += 1
+                    s.num_hashed = i + 1
+                else:
+                    self._hash_full_blocks(s)
         written = sum(lags) + len(seq_ids)
         self.live_tokens += written
         return written

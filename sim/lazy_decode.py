@@ -92,14 +92,6 @@ class LazyDecodeSet:
         members, D = self.members, self.D
         return [(m.seq.computed + D - m.d0 + plus) for m in map(members.__getitem__, seq_ids)]
 
-    def steps_ahead(self) -> int:
-        """Decode steps determined from now: until the first member
-        finishes, and (paged) while the free blocks cover the crossings."""
-        k = self.steps_to_first_finish()
-        if self.paged and k:
-            k = self.memory_limit(k, self.kv.num_free_blocks)
-        return k
-
     def adopt(self, groups, key) -> None:
         """Take over the running groups that are one sequence in plain
         decode (prompt done, one token to compute per step, no forks);
@@ -202,8 +194,9 @@ class LazyDecodeSet:
                 return j
         return k
 
-    def events_at(self, j: int) -> list[Member]:
-        """Members needing the allocator at step ``j``, in running order."""
+    def events_at(self, j: int):
+        """Members needing the allocator at step ``j``, in running order (a
+        view: the bucket must not change while it is read)."""
         if not self.paged:
             return []
         r = (self.D + j) % self.bs
@@ -215,7 +208,7 @@ class LazyDecodeSet:
             bucket.update((m.sid, m) for m in ordered)
             self._last_key[r] = ordered[-1].key if ordered else None
             return ordered
-        return list(bucket.values())
+        return bucket.values()
 
     def run(self, st, pending_tokens, log=None) -> None:
         """Take the steps of the pure stretch ``st`` (a ``DecodeStretch``):

@@ -134,7 +134,6 @@ class StepShapes:
         )
 
 
-@dataclass(slots=True)
 class DecodeStretch:
     """``num_steps`` consecutive engine steps in which the same ``num_seqs``
     sequences each decode one token and nothing else runs; or, with
@@ -153,15 +152,13 @@ class DecodeStretch:
     order) are filled only when the scheduler is asked for detail (engine
     hooks), so that ``plans`` can expand the record. ``forks`` / ``freed`` /
     ``finished`` are the previous step's, as in ``StepPlan``.
+
+    A plain class with class-level defaults: one is made per engine step of
+    the fast mode, and only its first four fields are always set.
     """
 
-    step: int
-    num_steps: int
-    num_seqs: int
-    sum_context0: int
-    live_tokens0: int = 0  # live token slots before the first step (recorder)
+    live_tokens0: int = 0                       # live token slots before the first step
     admitted: StepPlan | None = None
-    # (sequences, not lists by default: a stretch is made per engine step)
     forks: Sequence[tuple[int, int]] = ()
     freed: Sequence[int] = ()
     finished: Sequence[int] = ()
@@ -172,12 +169,21 @@ class DecodeStretch:
     event_steps: Sequence[int] = ()
     event_counters: Sequence[tuple] = ()
 
-    def cut(self, k: int) -> "DecodeStretch":
-        """The first ``k`` steps (a pure stretch only)."""
-        assert self.admitted is None and 0 < k <= self.num_steps, (
-            f"cannot cut a stretch of {self.num_steps} steps (mixed: {self.admitted is not None}) to {k}")
+    def __init__(self, step: int, num_steps: int, num_seqs: int, sum_context0: int) -> None:
+        self.step = step
+        self.num_steps = num_steps
+        self.num_seqs = num_seqs
+        self.sum_context0 = sum_context0
+
+    def __repr__(self) -> str:
+        kind = "mixed step" if self.admitted is not None else "stretch"
+        return (f"DecodeStretch({kind}, step={self.step}, num_steps={self.num_steps}, "
+                f"num_seqs={self.num_seqs}, sum_context0={self.sum_context0})")
+
+    def cut(self, k: int) -> None:
+        """Keep the first ``k`` steps (of a pure stretch)."""
+        assert 0 < k <= self.num_steps, f"cannot cut a stretch of {self.num_steps} steps to {k}"
         self.num_steps = k
-        return self
 
     def shapes(self) -> StepShapes:
         """Price view of a pure stretch (one vectorised call)."""

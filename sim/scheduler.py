@@ -98,10 +98,13 @@ class Scheduler:
         stretch = self._stretch_ahead() if self.fast else None
         if stretch is None:
             self.lazy.materialize_all()
-        elif not self._head_admissible(self.token_budget - stretch.num_seqs):
-            stretch.forks, stretch.freed, stretch.finished = self._take_pending()
-            stretch.live_tokens0 = self.live_tokens()
-            return stretch  # a pure stretch: nothing can join it
+        elif not (self.waiting and self.admissible(self.waiting.head(),
+                                                   self.token_budget - stretch.num_seqs)):
+            # a pure stretch: nothing waiting can join it
+            if self._pending_freed or self._pending_forks:  # (finished ones are freed too)
+                stretch.forks, stretch.freed, stretch.finished = self._take_pending()
+            stretch.live_tokens0 = self.kv.live_tokens + self.lazy.unwritten
+            return stretch
         forks, freed, finished = self._take_pending()
         plan = StepPlan(step=self.step, forks=forks, freed=freed, finished=finished)
         if self.log is not None:
@@ -126,10 +129,6 @@ class Scheduler:
             stretch.num_steps, stretch.admitted = 1, plan
             return stretch
         return plan
-
-    def _head_admissible(self, budget: int) -> bool:
-        """Whether the head of the queue could start within ``budget``."""
-        return bool(self.waiting) and self.admissible(self.waiting.head(), budget) is not None
 
     def _take_pending(self) -> tuple[list, list, list]:
         """Forks, frees and finishes since the last step (for its record)."""
@@ -335,7 +334,9 @@ class Scheduler:
         n = len(lazy)
         if not n or n != len(self.running) or self.swapped or n > self.token_budget:
             return None
-        k = lazy.steps_ahead()
+        k = lazy.steps_to_first_finish()
+        if k and lazy.paged:
+            k = lazy.memory_limit(k, self.kv.pool.num_free)
         if k == 0:
             return None
         st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
