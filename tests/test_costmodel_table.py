@@ -242,5 +242,10 @@ def test_auto_picks_the_matching_calibration_or_roofline(tmp_path, monkeypatch):
 
 def test_shipped_calibration_files_are_found():
     from pagesim.sim.costmodel import find_calibration
-    path = find_calibration("llama-3-8b", "h100-80gb", 1, 16)
-    assert path is not None and path.name == "llama-3-8b_h100-80gb.json"
+    path = find_calibration("llama-3-8b", "h200", 1, 16)
+    assert path is not None and path.name == "llama-3-8b_h200.json"
+    # the H100 file is version 1 (eager executor): usable by name, not picked
+    assert find_calibration("llama-3-8b", "h100-80gb", 1, 16) is None
+    assert isinstance(make_cost_model("auto", "llama-3-8b", "h100-80gb", 1, 16), RooflineCostModel)
+    table = make_cost_model("auto", "llama-3-8b", "h200", 1, 16)
+    assert isinstance(table, TableCostModel) and len(table.samples) == table.meta["steps"]

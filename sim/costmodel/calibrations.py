@@ -22,14 +22,20 @@ def calibration_dir() -> Path:
 
 def find_calibration(model, gpu, tp: int = 1, block_size: int = 16,
                      folder: Path | None = None) -> Path | None:
-    """The newest shipped file calibrated for exactly this setting, or None."""
+    """The newest shipped file calibrated for exactly this setting by
+    ``pagesim calibrate`` (version 2 and later), or None. Version-1 files
+    (fitted on the eager executor, whose steps measured launch overhead)
+    stay usable by name, never picked automatically."""
     want = (get_model(model).name.lower(), get_gpu(gpu).name.lower(), int(tp), int(block_size))
     best = None
     for path in sorted((folder or calibration_dir()).glob("*.json")):
         try:
-            meta = json.loads(path.read_text()).get("meta", {})
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # not ours to judge here: an explicit --cost-model FILE reports it
+        if data.get("version", 1) < 2:
+            continue  # version 1: an eager-executor fit without samples; explicit use only
+        meta = data.get("meta", {})
         have = (str(meta.get("model", "")).lower(), str(meta.get("gpu", "")).lower(),
                 int(meta.get("tp", 1)), int(meta.get("block_size", 0)))
         if have == want and (best is None or str(meta.get("date", "")) >= best[0]):
