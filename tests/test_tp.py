@@ -19,9 +19,10 @@ from pagesim.gpu.tp import ShardedDecoder, rank_spec, run_replay_tp  # noqa: E40
 from pagesim.gpu.model import SyntheticDecoder  # noqa: E402
 from pagesim.replay import ReplayConfig, run_replay  # noqa: E402
 from pagesim.sim.config import SchedulerConfig  # noqa: E402
-from pagesim.sim.costmodel import RooflineCostModel, get_model  # noqa: E402
+from pagesim.sim.costmodel import get_model  # noqa: E402
 from pagesim.sim.executor import CostModelExecutor  # noqa: E402
 from pagesim.traces import Request, Trace  # noqa: E402
+from tests.simhelpers import LinearCost  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_two_gloo_ranks_match_unsharded_kv_and_simulated_allocator(tmp_path):
     cfg = ReplayConfig(model="tiny", num_gpu_blocks=48, block_size=4, cost_model="roofline",
                        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=32),
                        events=True, seed=0)
-    cost = RooflineCostModel("tiny", "h100-80gb", 1, block_size=4)
+    cost = LinearCost()  # picklable: it travels to the spawned ranks
     trace = Trace([Request(i, 0.0005 * i, 6 + 5 * i, 3 + i % 4) for i in range(5)], source="t")
     ranks = run_replay_tp(trace, cfg, tp=2, workdir=str(tmp_path), time_from=cost, check_every=1)
     sim = run_replay(trace, cfg, executor=CostModelExecutor(cost))
