@@ -10,8 +10,9 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from pagesim.sim.allocators import ALLOCATORS
+from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
 from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
+from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="sim: cost model; gpu: run every step on the GPU (gpu extra)")
     a = p.add_argument_group("allocator and scheduler")
     a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
+    a.add_argument("--placement", choices=PLACEMENTS, default="first-fit",
+                   help="where the contiguous baselines (orca-*) place a request's region: "
+                   "first-fit on exact sizes (the vLLM paper's) or a binary buddy allocator")
     a.add_argument("--block-size", type=int, default=16, help="tokens per KV block (1..256)")
     a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse cached prefix blocks (vLLM V1 semantics)")
@@ -63,7 +67,12 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help=helps["max_num_batched_tokens"])
     a.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction,
                    default=d.chunked_prefill, help=helps["chunked_prefill"])
-    a.add_argument("--watermark", type=float, default=d.watermark, help=helps["watermark"])
+    a.add_argument("--vllm", choices=list(PROFILES), default=d.vllm, help=helps["vllm"])
+    a.add_argument("--watermark", type=float, default=None, help=helps["watermark"])
+    for name in BEHAVIOURS:  # each behaviour of the profile, also a switch of its own
+        if name != "watermark":
+            a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                           default=None, help=helps[name])
     a.add_argument("--max-model-len", type=int, help="longest request (default: the model's)")
     a.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     a.add_argument("--step-by-step", action="store_true",
@@ -98,12 +107,14 @@ def replay_config(args, max_len: int):
     from pagesim.replay import ReplayConfig
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        chunked_prefill=args.chunked_prefill, watermark=args.watermark, generation=args.scheduler,
-        preemption=args.preemption, victim=args.victim, max_model_len=max_len)
+        chunked_prefill=args.chunked_prefill, generation=args.scheduler,
+        preemption=args.preemption, victim=args.victim, max_model_len=max_len, vllm=args.vllm,
+        **{name: getattr(args, name) for name in BEHAVIOURS})
     return ReplayConfig(
         model=args.model, gpu=args.gpu, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
-        block_size=args.block_size, allocator=args.allocator, prefix_caching=args.prefix_caching,
+        block_size=args.block_size, allocator=args.allocator, placement=args.placement,
+        prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step)
 

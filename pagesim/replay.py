@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pagesim.sim.allocators import make_kv_cache_manager
+from pagesim.sim.allocators import PLACEMENTS, make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
 from pagesim.sim.engine import Engine
@@ -34,6 +34,7 @@ class ReplayConfig:
     num_cpu_blocks: int | None = None     # default: 4 GiB of swap space with --preemption swap
     block_size: int = 16
     allocator: str = "paged"
+    placement: str = "first-fit"           # contiguous baselines: first-fit or buddy
     prefix_caching: bool = True
     cost_model: str = "roofline"           # or the path of a calibration file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -44,6 +45,8 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
         if self.scheduler.max_model_len is None:  # the model's own limit
@@ -80,7 +83,8 @@ def build(trace, cfg: ReplayConfig, executor=None):
     kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
                                max_model_len=sched_cfg.max_model_len,
                                enable_prefix_caching=cfg.prefix_caching,
-                               num_cpu_blocks=cfg.cpu_blocks(), event_log=log)
+                               num_cpu_blocks=cfg.cpu_blocks(), event_log=log, config=sched_cfg,
+                               placement=cfg.placement)
     rng = np.random.default_rng(cfg.seed)
     sched = Scheduler(sched_cfg, kv, rng=rng, event_log=log)
     if executor is None:

@@ -1,7 +1,8 @@
 """Contiguous-reservation baselines from the vLLM paper (Orca).
 
-Each request reserves one contiguous region for its whole life, placed by a
-buddy allocator, sized by policy:
+Each request reserves one contiguous region for its whole life, placed by
+first fit on exact sizes (``placement="first-fit"``, as the paper's figures
+imply) or by a binary buddy allocator (``"buddy"``), sized by policy:
 
 * ``max``    (Orca Max):    the model's maximum length
 * ``pow2``   (Orca Pow2):   the next power of two of the actual final length
@@ -10,9 +11,9 @@ buddy allocator, sized by policy:
 A region of R slots for a request whose final length is F and whose current
 length is c splits into token states (c), reserved for future tokens (F - c),
 internal fragmentation (R - F, over-reservation) and external fragmentation
-(the buddy's rounding of R up to a power of two). Free slots in chunks too
-small for the request waiting at the head of the queue are external
-fragmentation as well.
+(the buddy's rounding of R up to a power of two; none with first fit). Free
+slots in chunks too small for the request waiting at the head of the queue
+are external fragmentation as well.
 
 Same interface as ``PagedKVCacheManager`` for what the engine uses;
 ``fork``, swapping and prefix caching have no meaning here and raise.
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from pagesim.sim.accounting import MemorySplit
 from pagesim.sim.buddy import BuddyAllocator, order_for
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.first_fit import FirstFitAllocator
 
 POLICIES = ("max", "pow2", "oracle")
+PLACEMENTS = {"first-fit": FirstFitAllocator, "buddy": BuddyAllocator}
 
 
 @dataclass(slots=True)
@@ -40,14 +43,18 @@ class ContiguousKVCacheManager:
     enable_prefix_caching = False
     cpu_pool = None
 
-    def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int) -> None:
+    def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int,
+                 placement: str = "first-fit") -> None:
         if policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {policy!r}")
+        if placement not in PLACEMENTS:
+            raise InvalidArgument(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         if not isinstance(max_model_len, int) or max_model_len <= 0:
             raise InvalidArgument(f"max_model_len must be a positive int, got {max_model_len!r}")
         self.policy = policy
         self.max_model_len = max_model_len
-        self.buddy = BuddyAllocator(capacity_tokens)
+        self.placement = placement
+        self.space = PLACEMENTS[placement](capacity_tokens)
         self.block_size = 1
         self.seqs: dict[int, Region] = {}
         self.live_tokens = 0
@@ -57,7 +64,7 @@ class ContiguousKVCacheManager:
 
     @property
     def capacity_tokens(self) -> int:
-        return self.buddy.capacity
+        return self.space.capacity
 
     def reservation(self, final_len: int) -> int:
         if self.policy == "max":
@@ -67,7 +74,7 @@ class ContiguousKVCacheManager:
         return final_len
 
     def fits_ever(self, final_len: int) -> bool:
-        return order_for(self.reservation(final_len)) <= self.buddy.max_order
+        return self.space.fits_ever(self.reservation(final_len))
 
     def _seq(self, seq_id: int) -> Region:
         r = self.seqs.get(seq_id)
@@ -84,7 +91,7 @@ class ContiguousKVCacheManager:
     def can_allocate(self, num_tokens: int, keys=None, *, watermark_blocks: int = 0,
                      max_tokens: int | None = None) -> bool:
         final = max_tokens if max_tokens is not None else num_tokens
-        return num_tokens > 0 and self.buddy.can_alloc(self.reservation(final))
+        return num_tokens > 0 and self.space.can_alloc(self.reservation(final))
 
     def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None) -> int:
         if seq_id in self.seqs:
@@ -95,7 +102,7 @@ class ContiguousKVCacheManager:
         if final < num_tokens:
             raise InvalidArgument(f"max_tokens {final} < num_tokens {num_tokens}")
         size = self.reservation(final)
-        offset = self.buddy.alloc(size)
+        offset = self.space.alloc(size)
         r = Region(offset, size, final, num_tokens)
         self.seqs[seq_id] = r
         self.live_tokens += num_tokens
@@ -105,7 +112,7 @@ class ContiguousKVCacheManager:
     def _account(self, r: Region, sign: int) -> None:
         self._sum_final += sign * r.final
         self._sum_internal += sign * (r.reserved - r.final)
-        self._sum_rounding += sign * ((1 << order_for(r.reserved)) - r.reserved)
+        self._sum_rounding += sign * (self.space.chunk(r.reserved) - r.reserved)
 
     def can_append(self, seq_id: int, n: int = 1) -> bool:
         r = self._seq(seq_id)
@@ -142,7 +149,7 @@ class ContiguousKVCacheManager:
         r = self.seqs.pop(seq_id, None)
         if r is None:
             raise UnknownSequence(f"cannot free sequence {seq_id}: not held")
-        self.buddy.free(r.offset)
+        self.space.free(r.offset)
         self.live_tokens -= r.num_tokens
         self._account(r, -1)
 
@@ -153,9 +160,9 @@ class ContiguousKVCacheManager:
         """Everything ``usage`` depends on besides ``live_tokens``."""
         unusable = 0
         if pending_tokens is not None:
-            unusable = self.buddy.free_in_chunks_smaller_than(self.reservation(pending_tokens))
+            unusable = self.space.free_in_chunks_smaller_than(self.reservation(pending_tokens))
         return (self._sum_final, self._sum_internal, self._sum_rounding + unusable,
-                self.buddy.free_slots - unusable)
+                self.space.free_slots - unusable)
 
     @staticmethod
     def usage_from(live, sum_final, sum_internal, external, free) -> MemorySplit:

@@ -57,6 +57,8 @@ class PagedKVCacheManager(SwapMixin):
         enable_prefix_caching: bool = False,
         num_cpu_blocks: int = 0,
         null_block: bool = False,
+        unhashed_first: bool = False,
+        cache_duplicates: bool = False,
         event_log: EventLog | None = None,
     ) -> None:
         if not isinstance(block_size, int) or not 1 <= block_size <= 256:
@@ -67,7 +69,8 @@ class PagedKVCacheManager(SwapMixin):
         self.enable_prefix_caching = enable_prefix_caching
         self.log = event_log
         on_evict = (lambda b: event_log.add(-1, EVICT, b)) if event_log is not None else None
-        self.pool = BlockPool(num_blocks, null_block=null_block, on_evict=on_evict)
+        self.pool = BlockPool(num_blocks, null_block=null_block, unhashed_first=unhashed_first,
+                              cache_duplicates=cache_duplicates, on_evict=on_evict)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks else None
         self.seqs: dict[int, SeqState] = {}
         self.live_tokens = 0
@@ -180,6 +183,7 @@ class PagedKVCacheManager(SwapMixin):
             return
         full = s.num_tokens // self.block_size
         keys, cached = s.keys, self.pool.cached
+        dups = self.pool.duplicates if self.pool.cache_duplicates else None
         known = keys.known_blocks if keys is not None else 0
         for i in range(s.num_hashed, full):
             b = s.table[i]
@@ -187,9 +191,12 @@ class PagedKVCacheManager(SwapMixin):
                 continue
             if i < known:
                 h = keys.key(i)
-                # Inlined BlockPool.cache: one entry per content, first block wins.
+                # Inlined BlockPool.cache (see there for duplicates).
                 if h not in cached:
                     cached[h] = b
+                    b.hash = h
+                elif dups is not None:
+                    dups.setdefault(h, []).append(b)
                     b.hash = h
             else:
                 # Unknown content: a unique key nobody can look up, so it

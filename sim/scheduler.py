@@ -49,8 +49,10 @@ class Scheduler:
         self.preemptions = 0
         self.next_seq_id = 0
         self.next_gid = 0
+        self.behaviour = config.behaviour
         num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
-        self.watermark_blocks = int(config.watermark * num_blocks)
+        # a fraction of all blocks, the null block included (vLLM)
+        self.watermark_blocks = int(self.behaviour.watermark * num_blocks)
         self._scheduled: list[tuple[Group, list[int]]] = []
         self._pending_forks: list[tuple[int, int]] = []
         self._pending_freed: list[int] = []
@@ -227,6 +229,13 @@ class Scheduler:
             budget -= q * len(ids)
         return budget
 
+    def admission_watermark(self) -> int:
+        """Blocks to keep free when admitting: vLLM 0.33 keeps them only
+        while something runs (an idle engine admits into an empty cache)."""
+        if self.behaviour.watermark_only_while_running and not self.running:
+            return 0
+        return self.watermark_blocks
+
     def admissible(self, g: Group, budget: int) -> tuple[int, int] | None:
         """(cached tokens, query tokens) if waiting group ``g`` can start now."""
         kv, cfg = self.kv, self.cfg
@@ -239,7 +248,7 @@ class Scheduler:
             if not cfg.chunked_prefill:
                 return None
             q = budget
-        if not kv.can_allocate(cached + q, s.keys, watermark_blocks=self.watermark_blocks,
+        if not kv.can_allocate(cached + q, s.keys, watermark_blocks=self.admission_watermark(),
                                max_tokens=s.prompt_len + s.output_len):
             return None
         return cached, q

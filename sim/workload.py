@@ -45,7 +45,11 @@ def rejection(sched, req) -> str | None:
         need = -(-req.prompt_tokens // bs) + forks * (-(-req.output_tokens // bs) + 1)
     else:
         need = -(-total // bs)
-    have = kv.pool.num_blocks - sched.watermark_blocks
+    # vLLM V1 admits into an empty cache whatever its watermark; V0 refuses
+    # for good a request that would eat into the watermark (AllocStatus.NEVER).
+    have = kv.pool.num_usable
+    if sched.cfg.generation == "v0":
+        have -= sched.watermark_blocks
     if need > have:
         return f"needs {need} KV blocks, the cache has {have} usable"
     return None

@@ -50,7 +50,8 @@ def small_runs(draw):
                victim=draw(st.sampled_from(["latest", "priority", "most-blocks"])),
                chunked_prefill=draw(st.booleans()), max_num_batched_tokens=draw(st.sampled_from([16, 64])),
                max_num_seqs=draw(st.sampled_from([2, 8])), max_model_len=128,
-               watermark=draw(st.sampled_from([0.0, 0.1]))),
+               watermark=draw(st.sampled_from([0.0, 0.1])),
+               vllm=draw(st.sampled_from(["0.33", "0.11"])), null_block=draw(st.booleans())),
         allocator=allocator, num_cpu_blocks=draw(st.sampled_from([0, 16])),
         seed=draw(st.integers(0, 3)))
     return Trace(rows, source="hypothesis"), cfg, draw(st.sampled_from([LinearCost, ScalarLinearCost, None]))

@@ -1,0 +1,160 @@
+"""vLLM behaviour profiles: each behaviour of 0.33 pinned by a minimal case,
+and 0.11 (the classic V1) beside it. The expected values follow from vLLM's
+code as cited in the README's profile table, not from pagesim's output."""
+import pytest
+
+from pagesim.replay import ReplayConfig, run_replay
+from pagesim.sim.allocators import make_kv_cache_manager
+from pagesim.sim.block_keys import BlockKeys
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.invariants import check_manager
+from tests.simhelpers import LinearCost, config, trace_of
+
+
+def manager(num_blocks, block_size=16, vllm="0.33", **kw):
+    return make_kv_cache_manager("paged", num_blocks=num_blocks, block_size=block_size,
+                                 max_model_len=4096, enable_prefix_caching=True,
+                                 config=SchedulerConfig(vllm=vllm, **kw))
+
+
+def keys(tokens, block_size=16):
+    return BlockKeys(block_size, token_ids=tokens)
+
+
+# ------------------------------------------------------------ (6) null block
+@pytest.mark.parametrize("vllm", ["0.33", "0.11"])
+def test_null_block_reserves_block_zero_in_every_v1_profile(vllm):
+    m = manager(4, vllm=vllm)
+    assert m.pool.null_block.id == 0 and m.pool.num_usable == 3 and m.num_free_blocks == 3
+    m.allocate(1, 40)
+    assert m.block_table(1) == [1, 2, 3]
+    check_manager(m)
+
+
+def test_v0_has_no_null_block_and_the_switch_turns_it_off():
+    assert manager(4, generation="v0").pool.null_block is None
+    assert manager(4, null_block=False).pool.null_block is None
+
+
+# ------------------------------------------------- (2) free order by hash
+def test_freed_block_without_hash_is_reused_first_under_0_33():
+    # a one-token prompt holds block 1 (partial, no hash); freed, it goes
+    # to the head of the free queue (block_pool.free_blocks: prepend_n)
+    m = manager(3)
+    m.allocate(1, 1, keys([7]))
+    assert m.pool.free_queue.ids() == [2]
+    m.free(1)
+    assert m.pool.free_queue.ids() == [1, 2]
+
+
+def test_freed_block_without_hash_is_appended_under_0_11():
+    m = manager(3, vllm="0.11")
+    m.allocate(1, 1, keys([7]))
+    m.free(1)
+    assert m.pool.free_queue.ids() == [2, 1]
+
+
+def test_hashed_blocks_go_to_the_tail_and_unhashed_to_the_head_in_free_order():
+    m = manager(8, block_size=4)
+    m.allocate(1, 10, keys(list(range(10)), 4))   # blocks 1, 2 full (hashed), 3 partial
+    m.free(1)  # freed tail first: 3 (no hash) to the head; 2, 1 to the tail
+    assert m.pool.free_queue.ids() == [3, 4, 5, 6, 7, 2, 1]
+    check_manager(m)
+
+
+def test_without_prefix_caching_every_freed_block_goes_to_the_head():
+    m = make_kv_cache_manager("paged", num_blocks=6, block_size=4, max_model_len=64,
+                              config=SchedulerConfig())
+    m.allocate(1, 9)                               # blocks 1, 2, 3
+    m.free(1)
+    assert m.pool.free_queue.ids() == [3, 2, 1, 4, 5]
+    check_manager(m)
+
+
+# ------------------------------------------- (3) duplicate full blocks
+def test_resent_whole_block_prompt_caches_its_recomputed_last_block_twice():
+    toks = list(range(32))                         # exactly two blocks of 16
+    m = manager(6)
+    m.allocate(1, 32, keys(toks))                  # blocks 1, 2
+    # the last prompt token is always recomputed: block 1 hits, block 3 is a
+    # second block with block 2's content
+    assert m.allocate(2, 32, keys(toks)) == 16 and m.block_table(2) == [1, 3]
+    k = keys(toks).key(1)
+    assert m.pool.blocks[3].hash == k and m.pool.lookup(k).id == 2
+    check_manager(m)
+    # evicting block 2 removes only its own entry: block 3 is still found
+    m.free(1)
+    m.free(2)
+    assert m.pool.free_queue.ids() == [4, 5, 2, 3, 1]
+    m.allocate(3, 48)                              # takes 4, 5, 2 (evicts block 2)
+    assert m.pool.lookup(k).id == 3
+    assert m.num_cached_tokens(33, keys(toks + [0])) == 32
+    check_manager(m)
+
+
+def test_0_11_keeps_one_cached_block_per_content():
+    toks = list(range(32))
+    m = manager(6, vllm="0.11")
+    m.allocate(1, 32, keys(toks))
+    m.allocate(2, 32, keys(toks))
+    assert m.pool.blocks[3].hash is None and m.pool.lookup(keys(toks).key(1)).id == 2
+    check_manager(m)
+
+
+# ---------------------------------------------------------- (5) watermark
+def test_watermark_default_is_zero_and_counts_the_null_block():
+    assert SchedulerConfig().behaviour.watermark == 0.0
+    assert SchedulerConfig(generation="v0").behaviour.watermark == 0.01
+    trace = trace_of((0.0, 4, 1))
+    res = run_replay(trace, ReplayConfig(num_gpu_blocks=10, block_size=4, events=True,
+                                         scheduler=SchedulerConfig(watermark=0.1, max_model_len=64)),
+                     executor=CostModelExecutor(LinearCost()))
+    assert res.summary["requests"]["finished"] == 1
+
+
+@pytest.mark.parametrize("vllm", ["0.33", "0.11"])
+def test_request_filling_every_usable_block_is_never_rejected_for_the_watermark(vllm):
+    # 11 blocks of 4 with the null block: 10 usable; 40 tokens need all 10;
+    # watermark 0.1 keeps int(0.1 * 11) = 1 block free only while admitting
+    trace = trace_of((0.0, 36, 4))
+    cfg = config(num_blocks=11, watermark=0.1, vllm=vllm, null_block=True, max_model_len=64)
+    res = run_replay(trace, cfg, executor=CostModelExecutor(LinearCost()))
+    assert res.requests.loc[0, "rejected"] is None or res.requests["rejected"].isna().all()
+    assert res.summary["requests"]["finished"] == 1
+
+
+def test_v0_still_refuses_a_request_that_eats_into_the_watermark():
+    trace = trace_of((0.0, 36, 4))
+    cfg = config(num_blocks=10, watermark=0.1, generation="v0", max_model_len=64)
+    res = run_replay(trace, cfg, executor=CostModelExecutor(LinearCost()))
+    assert "9 usable" in res.requests.loc[0, "rejected"]
+
+
+def test_watermark_applies_only_while_something_runs_under_0_33():
+    # the whole 39-token prompt needs all 10 usable blocks: an idle 0.33
+    # engine admits it; 0.11 with the same watermark keeps one block back
+    trace = trace_of((0.0, 39, 1))
+    kw = dict(num_blocks=11, watermark=0.1, null_block=True, max_model_len=64)
+    new = run_replay(trace, config(vllm="0.33", **kw), executor=CostModelExecutor(LinearCost()))
+    assert new.summary["requests"]["finished"] == 1
+    old = run_replay(trace, config(vllm="0.11", **kw), executor=CostModelExecutor(LinearCost()))
+    assert old.summary["requests"]["rejected"] == 1
+
+
+# ------------------------------------------------------------ plumbing
+def test_each_behaviour_is_a_switch_over_the_profile():
+    b = SchedulerConfig(vllm="0.33", async_scheduling=False, unhashed_first=False).behaviour
+    assert not b.async_scheduling and not b.unhashed_first and b.cache_duplicates
+    assert SchedulerConfig(vllm="0.11", cache_duplicates=True).behaviour.cache_duplicates
+    with pytest.raises(ValueError, match="vllm must be one of"):
+        SchedulerConfig(vllm="0.2")
+    with pytest.raises(ValueError, match="only in the V1 scheduler"):
+        SchedulerConfig(generation="v0", async_scheduling=True)
+
+
+def test_factory_builds_the_profile_the_scheduler_config_names():
+    old = manager(4, vllm="0.11").pool
+    new = manager(4).pool
+    assert (old.unhashed_first, old.cache_duplicates) == (False, False)
+    assert (new.unhashed_first, new.cache_duplicates) == (True, True)
