@@ -50,9 +50,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="sim: cost model; gpu: run every step on the GPU (gpu extra)")
     a = p.add_argument_group("allocator and scheduler")
     a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
-    a.add_argument("--placement", choices=PLACEMENTS, default="first-fit",
-                   help="where the contiguous baselines (orca-*) place a request's region: "
-                   "first-fit on exact sizes (the vLLM paper's) or a binary buddy allocator")
+    a.add_argument("--placement", choices=PLACEMENTS, default="buddy",
+                   help="where the contiguous baselines (orca-*) place a request's region: a "
+                   "binary buddy allocator (the vLLM paper's Orca) or first-fit on exact sizes")
     a.add_argument("--block-size", type=int, default=16, help="tokens per KV block (1..256)")
     a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse cached prefix blocks (vLLM V1 semantics)")

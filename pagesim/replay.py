@@ -34,7 +34,7 @@ class ReplayConfig:
     num_cpu_blocks: int | None = None     # default: 4 GiB of swap space with --preemption swap
     block_size: int = 16
     allocator: str = "paged"
-    placement: str = "first-fit"           # contiguous baselines: first-fit or buddy
+    placement: str = "buddy"               # contiguous baselines: buddy (the paper's) or first-fit
     prefix_caching: bool = True
     cost_model: str = "roofline"           # or the path of a calibration file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

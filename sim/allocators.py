@@ -16,7 +16,7 @@ PLACEMENTS = tuple(CONTIGUOUS_PLACEMENTS)
 def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_model_len: int,
                           enable_prefix_caching: bool = False, num_cpu_blocks: int = 0,
                           event_log=None, config: SchedulerConfig | None = None,
-                          placement: str = "first-fit"):
+                          placement: str = "buddy"):
     """Build the named allocator over the same memory (``num_blocks *
     block_size`` token slots), so that baselines compare like for like.
 
@@ -24,8 +24,8 @@ def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_mo
     (``--vllm``) decides the paged pool's null block, free order and
     duplicate caching, so a manager built here behaves as in ``replay``
     (default: ``SchedulerConfig()``, the CLI's default profile).
-    ``placement`` places the contiguous baselines' regions (``first-fit``
-    on exact sizes, the paper's, or ``buddy``)."""
+    ``placement`` places the contiguous baselines' regions: ``buddy`` (the
+    vLLM paper's Orca) or ``first-fit`` on exact sizes."""
     if name == "paged":
         b = (config or SchedulerConfig()).behaviour
         return PagedKVCacheManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching,

@@ -83,7 +83,7 @@ class FreeBlockQueue:
         """Remove and return the first ``n`` live blocks (``n <= len``)."""
         assert 0 <= n <= self._len, f"pop of {n} blocks from a queue of {self._len}"
         front = self._front
-        if front:
+        if front and n:  # (n == 0 would slice all of front: front[-0:])
             k = n if n < len(front) else len(front)
             taken = front[-k:]
             del front[-k:]

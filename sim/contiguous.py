@@ -1,11 +1,13 @@
 """Contiguous-reservation baselines from the vLLM paper (Orca).
 
-Each request reserves one contiguous region for its whole life, placed by
-first fit on exact sizes (``placement="first-fit"``, as the paper's figures
-imply) or by a binary buddy allocator (``"buddy"``), sized by policy:
+Each request reserves one contiguous region for its whole life, placed by a
+binary buddy allocator (``placement="buddy"``, as the vLLM paper implemented
+Orca) or first fit on exact sizes (``"first-fit"``), sized by policy:
 
 * ``max``    (Orca Max):    the model's maximum length
-* ``pow2``   (Orca Pow2):   the next power of two of the actual final length
+* ``pow2``   (Orca Pow2):   the prompt plus the next power of two of the actual
+  output length ("if the true output length is 25, it reserves 32 positions
+  for outputs", vLLM paper section 6.1)
 * ``oracle`` (Orca Oracle): exactly the actual final length
 
 A region of R slots for a request whose final length is F and whose current
@@ -44,7 +46,7 @@ class ContiguousKVCacheManager:
     cpu_pool = None
 
     def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int,
-                 placement: str = "first-fit") -> None:
+                 placement: str = "buddy") -> None:
         if policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {policy!r}")
         if placement not in PLACEMENTS:
@@ -66,15 +68,17 @@ class ContiguousKVCacheManager:
     def capacity_tokens(self) -> int:
         return self.space.capacity
 
-    def reservation(self, final_len: int) -> int:
+    def reservation(self, final_len: int, prompt_len: int = 0) -> int:
+        """Slots the policy asks for a request of ``final_len`` tokens, the
+        first ``prompt_len`` of them its prompt."""
         if self.policy == "max":
             return max(self.max_model_len, final_len)
         if self.policy == "pow2":
-            return 1 << order_for(final_len)
+            return prompt_len + (1 << order_for(final_len - prompt_len))
         return final_len
 
-    def fits_ever(self, final_len: int) -> bool:
-        return self.space.fits_ever(self.reservation(final_len))
+    def fits_ever(self, final_len: int, prompt_len: int = 0) -> bool:
+        return self.space.fits_ever(self.reservation(final_len, prompt_len))
 
     def _seq(self, seq_id: int) -> Region:
         r = self.seqs.get(seq_id)
@@ -89,11 +93,12 @@ class ContiguousKVCacheManager:
         return 0
 
     def can_allocate(self, num_tokens: int, keys=None, *, watermark_blocks: int = 0,
-                     max_tokens: int | None = None) -> bool:
+                     max_tokens: int | None = None, prompt_tokens: int = 0) -> bool:
         final = max_tokens if max_tokens is not None else num_tokens
-        return num_tokens > 0 and self.space.can_alloc(self.reservation(final))
+        return num_tokens > 0 and self.space.can_alloc(self.reservation(final, prompt_tokens))
 
-    def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None) -> int:
+    def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None,
+                 prompt_tokens: int = 0) -> int:
         if seq_id in self.seqs:
             raise InvalidArgument(f"sequence {seq_id} already has a region")
         if not isinstance(num_tokens, int) or num_tokens <= 0:
@@ -101,7 +106,7 @@ class ContiguousKVCacheManager:
         final = max_tokens if max_tokens is not None else num_tokens
         if final < num_tokens:
             raise InvalidArgument(f"max_tokens {final} < num_tokens {num_tokens}")
-        size = self.reservation(final)
+        size = self.reservation(final, prompt_tokens)
         offset = self.space.alloc(size)
         r = Region(offset, size, final, num_tokens)
         self.seqs[seq_id] = r
@@ -156,11 +161,11 @@ class ContiguousKVCacheManager:
     def fork(self, parent_id: int, child_id: int) -> None:
         raise InvalidArgument("contiguous baselines cannot share memory between sequences (no fork)")
 
-    def counters(self, pending_tokens: int | None = None) -> tuple:
+    def counters(self, pending_tokens: tuple[int, int] | None = None) -> tuple:
         """Everything ``usage`` depends on besides ``live_tokens``."""
         unusable = 0
         if pending_tokens is not None:
-            unusable = self.space.free_in_chunks_smaller_than(self.reservation(pending_tokens))
+            unusable = self.space.free_in_chunks_smaller_than(self.reservation(*pending_tokens))
         return (self._sum_final, self._sum_internal, self._sum_rounding + unusable,
                 self.space.free_slots - unusable)
 
@@ -176,7 +181,8 @@ class ContiguousKVCacheManager:
             free=free + live * 0,
         )
 
-    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
-        """``pending_tokens``: final length of the request waiting at the head
-        of the queue; free chunks too small for it count as external."""
+    def usage(self, pending_tokens: tuple[int, int] | None = None) -> MemorySplit:
+        """``pending_tokens``: (final length, prompt length) of the request
+        waiting at the head of the queue; free chunks too small for it count
+        as external."""
         return self.usage_from(self.live_tokens, *self.counters(pending_tokens))

@@ -132,19 +132,20 @@ class PagedKVCacheManager(SwapMixin):
         return cdiv(num_tokens, self.block_size) - len(hits) + revived
 
     def can_allocate(self, num_tokens: int, keys: BlockKeys | None = None, *,
-                     watermark_blocks: int = 0, max_tokens: int | None = None) -> bool:
+                     watermark_blocks: int = 0, max_tokens: int | None = None,
+                     prompt_tokens: int = 0) -> bool:
         if num_tokens <= 0:
             return False
         hits = self.cached_prefix(num_tokens, keys)
         return self._allocate_need(num_tokens, hits) + watermark_blocks <= self.pool.num_free
 
     def allocate(self, seq_id: int, num_tokens: int, keys: BlockKeys | None = None, *,
-                 max_tokens: int | None = None) -> int:
+                 max_tokens: int | None = None, prompt_tokens: int = 0) -> int:
         """Give a new sequence slots for its first ``num_tokens`` tokens,
         reusing its longest cached prefix. Returns the number of tokens whose
         K/V was found in the cache (the scheduler skips computing them).
-        ``max_tokens`` (final length) is ignored here: paged memory grows on
-        demand; the contiguous baselines need it."""
+        ``max_tokens`` (final length) and ``prompt_tokens`` are ignored here:
+        paged memory grows on demand; the contiguous baselines need them."""
         if seq_id in self.seqs:
             raise InvalidArgument(f"sequence {seq_id} already has a block table")
         if not isinstance(num_tokens, int) or num_tokens <= 0:

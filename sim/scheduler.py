@@ -248,8 +248,11 @@ class Scheduler:
             if not cfg.chunked_prefill:
                 return None
             q = budget
-        if not kv.can_allocate(cached + q, s.keys, watermark_blocks=self.admission_watermark(),
-                               max_tokens=s.prompt_len + s.output_len):
+        # vLLM 0.33 (scheduler_reserve_full_isl) admits a chunked prefill
+        # only if the blocks for all its known tokens fit, not just the chunk's
+        need = s.known if self.behaviour.scheduler_reserve_full_isl else cached + q
+        if not kv.can_allocate(need, s.keys, watermark_blocks=self.admission_watermark(),
+                               max_tokens=s.prompt_len + s.output_len, prompt_tokens=s.prompt_len):
             return None
         return cached, q
 
@@ -266,7 +269,8 @@ class Scheduler:
             cached, q = got
             self.waiting.pop()
             s = g.seqs[0]
-            hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len)
+            hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len,
+                              prompt_tokens=s.prompt_len)
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
@@ -274,12 +278,13 @@ class Scheduler:
             self._add_to_plan(plan, g, q)
             budget -= q
 
-    def pending_tokens(self) -> int | None:
-        """Final length of the group waiting at the head (for accounting)."""
+    def pending_tokens(self) -> tuple[int, int] | None:
+        """(final length, prompt length) of the group waiting at the head,
+        for the contiguous baselines' accounting."""
         if not self.waiting:
             return None
         s = self.waiting.head().seqs[0]
-        return s.prompt_len + s.output_len
+        return s.prompt_len + s.output_len, s.prompt_len
 
     def _reject_stuck(self, g: Group) -> None:
         self.waiting.pop()

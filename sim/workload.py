@@ -34,8 +34,9 @@ def rejection(sched, req) -> str | None:
     if total > cfg.max_model_len:
         return f"longer than max_model_len ({total} > {cfg.max_model_len} tokens)"
     if hasattr(kv, "fits_ever"):
-        if not kv.fits_ever(total):
-            return f"its reservation exceeds the largest contiguous region ({kv.reservation(total)} slots)"
+        if not kv.fits_ever(total, req.prompt_tokens):
+            size = kv.reservation(total, req.prompt_tokens)
+            return f"its reservation exceeds the largest contiguous region ({size} slots)"
         return None
     bs = kv.block_size
     # Forked sequences (beams; samples in V0) each end up with their own copy

@@ -49,7 +49,7 @@ def test_random_allocations_never_overlap_and_free_space_recombines():
 
 
 def test_oracle_reserves_exactly_with_first_fit_and_pow2_rounds_up():
-    oracle = ContiguousKVCacheManager(1000, "oracle", max_model_len=512)
+    oracle = ContiguousKVCacheManager(1000, "oracle", max_model_len=512, placement="first-fit")
     pow2 = ContiguousKVCacheManager(1000, "pow2", max_model_len=512, placement="first-fit")
     for m in (oracle, pow2):
         for sid in range(3):

@@ -3,7 +3,7 @@ and 0.11 (the classic V1) beside it. The expected values follow from vLLM's
 code as cited in the README's profile table, not from pagesim's output."""
 import pytest
 
-from pagesim.replay import ReplayConfig, run_replay
+from pagesim.replay import ReplayConfig, replace, run_replay
 from pagesim.sim.allocators import make_kv_cache_manager
 from pagesim.sim.block_keys import BlockKeys
 from pagesim.sim.config import SchedulerConfig
@@ -158,3 +158,31 @@ def test_factory_builds_the_profile_the_scheduler_config_names():
     new = manager(4).pool
     assert (old.unhashed_first, old.cache_duplicates) == (False, False)
     assert (new.unhashed_first, new.cache_duplicates) == (True, True)
+
+
+# ------------------------------------------ (1) full-prompt admission check
+def first_steps(vllm, n=2, **kw):
+    from pagesim.replay import build
+    trace = trace_of((0.0, 1, 4), (0.0, 113, 4))
+    cfg = replace(config(num_blocks=9, block_size=16, max_num_batched_tokens=8, vllm=vllm,
+                         null_block=True, max_model_len=256, **kw), fast=False)
+    engine, sched, kv, _ = build(trace, cfg, CostModelExecutor(LinearCost()))
+    log = []
+    engine.on_step = lambda plan, start, dt: log.append(dict(zip(plan.seq_ids, plan.query_lens)))
+    engine.run()
+    return log[:n], sched
+
+
+def test_chunked_prompt_is_admitted_only_if_all_of_it_fits_under_0_33():
+    # 8 usable blocks of 16, budget 8: after the 1-token request, 7 blocks
+    # are free and the 113-token prompt needs 8, though its first 7-token
+    # chunk would need one
+    log, sched = first_steps("0.33")
+    assert log[0] == {0: 1}
+    assert sched.preemptions == 0 and all(r.finish_s is not None for r in sched.records)
+
+
+def test_0_11_admits_the_first_chunk_and_the_switch_turns_the_check_off():
+    for vllm, kw in (("0.11", {}), ("0.33", {"scheduler_reserve_full_isl": False})):
+        log, _ = first_steps(vllm, **kw)
+        assert log[0] == {0: 1, 1: 7}
