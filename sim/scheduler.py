@@ -23,7 +23,7 @@ from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import StepPlan
-from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from pagesim.sim.sequence import FINISHED, FINISHING, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
@@ -57,6 +57,9 @@ class Scheduler:
         self._pending_forks: list[tuple[int, int]] = []
         self._pending_freed: list[int] = []
         self._pending_finished: list[int] = []
+        #: Groups done at the last commit whose blocks are released after
+        #: the next step is scheduled (async scheduling), with their finish time.
+        self._finishing: list[tuple[Group, float]] = []
 
     # --------------------------------------------------------------- requests
     def key(self, g: Group) -> tuple:
@@ -76,6 +79,21 @@ class Scheduler:
 
     # --------------------------------------------------------------- schedule
     def schedule(self) -> StepPlan:
+        """The next step. Under async scheduling the groups that finished
+        at the last commit still hold their blocks while it is scheduled,
+        and release them right after; if nothing could be scheduled, vLLM
+        runs no model step but processes that output and schedules again."""
+        plan = self._schedule_step()
+        if self._finishing:
+            self._apply_finishes()
+            if not plan.seq_ids:
+                self._pending_forks[:0] = plan.forks
+                self._pending_freed[:0] = plan.freed
+                self._pending_finished[:0] = plan.finished
+                plan = self._schedule_step()
+        return plan
+
+    def _schedule_step(self) -> StepPlan:
         plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed,
                         finished=self._pending_finished)
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
@@ -109,8 +127,12 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
+        finishing = self._finishing
         while i < len(running):
             g = running[i]
+            if finishing and g.status == FINISHING:  # done; its output is not applied yet
+                i += 1
+                continue
             seqs = g.seqs
             if len(seqs) == 1 and seqs[0].known - seqs[0].computed == 1:
                 q = 1 if budget >= 1 else 0  # a plain decode (the common case)
@@ -175,6 +197,9 @@ class Scheduler:
         return i
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
+        if g.status == FINISHING:
+            self._preempt_finishing(g, plan)
+            return
         self._remove_running(g)
         self.preemptions += 1
         g.record.preemptions += 1
@@ -328,8 +353,7 @@ class Scheduler:
                 finished.append(g)
         if before_finish is not None:
             before_finish()
-        for g in finished:
-            self._finish(g, now)
+        self.end_groups(finished, now)
         self._scheduled = []
         self.step += 1
         return finished
@@ -344,6 +368,39 @@ class Scheduler:
             s = g.seqs[0]
             if s.generated >= 1 and s.known - s.computed == 1 and s.seq_id not in lazy.members:
                 lazy.add(g, self.key(g))
+
+    def end_groups(self, groups, now: float) -> None:
+        """Finish ``groups`` (done at the step ending at ``now``). Under
+        async scheduling their blocks are released only after the next step
+        has been scheduled; at once if nothing else is left to schedule (vLLM
+        then waits for the output and processes it before going idle)."""
+        if not self.behaviour.async_scheduling:
+            for g in groups:
+                self._finish(g, now)
+            return
+        for g in groups:
+            g.status = FINISHING
+            self._finishing.append((g, now))
+        if not (self.waiting or self.swapped or len(self.running) > len(self._finishing)):
+            self._apply_finishes()
+
+    def _apply_finishes(self) -> None:
+        finishing, self._finishing = self._finishing, []
+        for g, now in finishing:
+            self._finish(g, now)
+
+    def _preempt_finishing(self, g: Group, plan: StepPlan) -> None:
+        """The victim is done but its output is not applied yet (async):
+        vLLM preempts it all the same (its blocks come free now, the
+        preemption counts) and then finishes it when the output arrives."""
+        self.preemptions += 1
+        g.record.preemptions += 1
+        i = next(i for i, (h, _) in enumerate(self._finishing) if h is g)
+        _, now = self._finishing.pop(i)
+        self._finish(g, now)
+        plan.freed.extend(self._pending_freed)
+        plan.finished.extend(self._pending_finished)
+        self._pending_freed, self._pending_finished = [], []
 
     def _finish(self, g: Group, now: float) -> None:
         self._remove_running(g)

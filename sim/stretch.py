@@ -118,9 +118,11 @@ def _stretch(sched, executor, clock, next_arrival, recorder, k) -> float:
 
 def _finish_members(sched, now: float) -> None:
     lazy = sched.lazy
+    done = []
     for m in lazy.finished_by(lazy.D):
         lazy.remove(m.sid)
-        sched._finish(m.group, now)
+        done.append(m.group)
+    sched.end_groups(done, now)
 
 
 def _mixed_step(sched, executor, clock, recorder, budget) -> float:

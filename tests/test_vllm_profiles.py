@@ -186,3 +186,50 @@ def test_0_11_admits_the_first_chunk_and_the_switch_turns_the_check_off():
     for vllm, kw in (("0.11", {}), ("0.33", {"scheduler_reserve_full_isl": False})):
         log, _ = first_steps(vllm, **kw)
         assert log[0] == {0: 1, 1: 7}
+
+
+# ------------------------------------------------- (4) async scheduling
+def steps_of(trace, **kw):
+    from pagesim.replay import build
+    cfg = replace(config(block_size=4, null_block=True, max_model_len=64, **kw), fast=False)
+    engine, sched, kv, _ = build(trace, cfg, CostModelExecutor(LinearCost()))
+    log = []
+    engine.on_step = lambda plan, start, dt: log.append(dict(zip(plan.seq_ids, plan.query_lens)))
+    engine.run()
+    return log, sched
+
+
+def test_async_scheduling_frees_a_finished_request_one_step_later():
+    # 2 usable blocks of 4. Step 0 runs C (1 + 3 tokens) and A (3 + 1); B
+    # (3 + 1) waits for a block. A finishes at step 0. Synchronous: its
+    # block is free when step 1 is scheduled, so B joins step 1. Async: step
+    # 1 is scheduled before step 0's output is applied, so B joins step 2.
+    trace = trace_of((0.0, 1, 3), (0.0, 3, 1), (0.0, 3, 1))
+    sync, _ = steps_of(trace, num_blocks=3, vllm="0.33", async_scheduling=False)
+    assert sync == [{0: 1, 1: 3}, {0: 1, 2: 3}, {0: 1}]
+    asyn, sched = steps_of(trace, num_blocks=3, vllm="0.33")
+    assert asyn == [{0: 1, 1: 3}, {0: 1}, {0: 1, 2: 3}]
+    assert all(r.finish_s is not None for r in sched.records)
+
+
+def test_async_scheduling_runs_no_empty_step_while_waiting_for_an_output():
+    # A alone fills the cache; B can start only once A's blocks are free.
+    # The step scheduled before A's output is applied would be empty: vLLM
+    # runs no model step then, so B starts right after A, as in sync mode.
+    trace = trace_of((0.0, 7, 1), (0.0, 7, 1))
+    log, sched = steps_of(trace, num_blocks=3, vllm="0.33")
+    assert log == [{0: 7}, {1: 7}] and sched.step == 2
+
+
+def test_async_victim_can_be_a_request_whose_finish_is_not_applied_yet():
+    # 2 usable blocks of 4: C (4 + 4) and A (3 + 1) fill them at step 0; A is
+    # done. At step 1 C needs a second block. Sync: A's block is already
+    # free. Async: A still holds it and is the last running request, so it
+    # is the victim (vLLM pops running[-1]): one preemption, and A finishes.
+    trace = trace_of((0.0, 4, 4), (0.0, 3, 1))
+    sync, s_sched = steps_of(trace, num_blocks=3, vllm="0.33", async_scheduling=False)
+    asyn, a_sched = steps_of(trace, num_blocks=3, vllm="0.33")
+    assert s_sched.preemptions == 0
+    assert a_sched.preemptions == 1 and a_sched.records[1].preemptions == 1
+    assert a_sched.records[1].finish_s == s_sched.records[1].finish_s
+    assert asyn == sync
