@@ -59,7 +59,7 @@ class Scheduler:
         self._pending_finished: list[int] = []
         #: Groups done at the last commit whose blocks are released after
         #: the next step is scheduled (async scheduling), with their finish time.
-        self._finishing: list[tuple[Group, float]] = []
+        self.finishing: list[tuple[Group, float]] = []
 
     # --------------------------------------------------------------- requests
     def key(self, g: Group) -> tuple:
@@ -84,8 +84,8 @@ class Scheduler:
         and release them right after; if nothing could be scheduled, vLLM
         runs no model step but processes that output and schedules again."""
         plan = self._schedule_step()
-        if self._finishing:
-            self._apply_finishes()
+        if self.finishing:
+            self.apply_finishes()
             if not plan.seq_ids:
                 self._pending_forks[:0] = plan.forks
                 self._pending_freed[:0] = plan.freed
@@ -127,7 +127,7 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
-        finishing = self._finishing
+        finishing = self.finishing
         while i < len(running):
             g = running[i]
             if finishing and g.status == FINISHING:  # done; its output is not applied yet
@@ -380,12 +380,13 @@ class Scheduler:
             return
         for g in groups:
             g.status = FINISHING
-            self._finishing.append((g, now))
-        if not (self.waiting or self.swapped or len(self.running) > len(self._finishing)):
-            self._apply_finishes()
+            self.finishing.append((g, now))
+        if not (self.waiting or self.swapped or len(self.running) > len(self.finishing)):
+            self.apply_finishes()
 
-    def _apply_finishes(self) -> None:
-        finishing, self._finishing = self._finishing, []
+    def apply_finishes(self) -> None:
+        """Release the groups finished at the last commit (async scheduling)."""
+        finishing, self.finishing = self.finishing, []
         for g, now in finishing:
             self._finish(g, now)
 
@@ -395,8 +396,8 @@ class Scheduler:
         preemption counts) and then finishes it when the output arrives."""
         self.preemptions += 1
         g.record.preemptions += 1
-        i = next(i for i, (h, _) in enumerate(self._finishing) if h is g)
-        _, now = self._finishing.pop(i)
+        i = next(i for i, (h, _) in enumerate(self.finishing) if h is g)
+        _, now = self.finishing.pop(i)
         self._finish(g, now)
         plan.freed.extend(self._pending_freed)
         plan.finished.extend(self._pending_finished)

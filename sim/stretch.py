@@ -30,8 +30,11 @@ SCALAR_PRICING_MAX = 64
 
 
 def ready(sched) -> bool:
-    """Every running group is a lazy decode member, and nothing is swapped."""
-    return bool(sched.running) and len(sched.lazy) == len(sched.running) and not sched.swapped
+    """Every running group is a lazy decode member (or done, its blocks
+    held until the next step is scheduled: async scheduling), some are
+    members, and nothing is swapped."""
+    n = len(sched.lazy)
+    return n > 0 and n + len(sched.finishing) == len(sched.running) and not sched.swapped
 
 
 def fast_step(sched, executor, clock: float, next_arrival, recorder) -> float | None:
@@ -48,6 +51,8 @@ def fast_step(sched, executor, clock: float, next_arrival, recorder) -> float | 
         k = lazy.memory_limit(k, sched.kv.pool.num_free)
     if k == 0:
         return None
+    if sched.finishing:  # released once the next step is scheduled: a single step
+        return _mixed_step(sched, executor, clock, recorder, budget)
     if sched.waiting and sched.admissible(sched.waiting.head(), budget) is not None:
         return _mixed_step(sched, executor, clock, recorder, budget)
     return _stretch(sched, executor, clock, next_arrival, recorder, k)
@@ -128,7 +133,8 @@ def _finish_members(sched, now: float) -> None:
 def _mixed_step(sched, executor, clock, recorder, budget) -> float:
     """One step: the lazy members decode in bulk (they come first in the
     step-by-step order: running groups before admissions), then the
-    scheduler admits from the queue."""
+    scheduler admits from the queue (possibly no one), then the groups
+    finished at the last step release their blocks (async scheduling)."""
     lazy, kv = sched.lazy, sched.kv
     n = len(lazy)
     plan = StepPlan(step=sched.step, bulk_decode_seqs=n, bulk_decode_ctx=lazy.sum_computed + n)
@@ -138,6 +144,8 @@ def _mixed_step(sched, executor, clock, recorder, budget) -> float:
     written = _decode_events(sched, 0) if lazy.paged else 0
     kv.live_tokens += n - written
     sched._schedule_waiting(plan, budget)
+    if sched.finishing:  # the previous step's output is applied after this one is scheduled
+        sched.apply_finishes()
     counters = kv.counters(sched.pending_tokens())
     dt = executor.execute(plan)
     end = clock + dt
