@@ -77,6 +77,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     a.add_argument("--step-by-step", action="store_true",
                    help="no fast decode stretches (same results, slower; for checking)")
+    a.add_argument("--check-invariants", type=int, default=0, metavar="N",
+                   help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
 
 
 def load_workload(args):
@@ -116,7 +118,8 @@ def replay_config(args, max_len: int):
         block_size=args.block_size, allocator=args.allocator, placement=args.placement,
         prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
-        events=getattr(args, "events", False), fast=not args.step_by_step)
+        events=getattr(args, "events", False), fast=not args.step_by_step,
+        check_invariants=args.check_invariants)
 
 
 def make_executor(args, cfg):
