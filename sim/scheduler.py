@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 
+from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
@@ -39,7 +40,7 @@ from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
-class Scheduler:
+class Scheduler(AsyncOutput):
     def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
@@ -434,40 +435,6 @@ class Scheduler:
         self.step += 1
         if self.fast:
             self.lazy.adopt([g for g, _ in scheduled] if mixed else self.running, self.key)
-
-    def end_groups(self, groups, now: float) -> None:
-        """Finish ``groups`` (done at the step ending at ``now``). Under
-        async scheduling their blocks are released only after the next step
-        has been scheduled; at once if nothing else is left to schedule (vLLM
-        then waits for the output and processes it before going idle)."""
-        if not self.behaviour.async_scheduling:
-            for g in groups:
-                self._finish(g, now)
-            return
-        for g in groups:
-            g.status = FINISHING
-            self.finishing.append((g, now))
-        if not (self.waiting or self.swapped or len(self.running) > len(self.finishing)):
-            self.apply_finishes()
-
-    def apply_finishes(self) -> None:
-        """Release the groups finished at the last commit (async scheduling)."""
-        finishing, self.finishing = self.finishing, []
-        for g, now in finishing:
-            self._finish(g, now)
-
-    def _preempt_finishing(self, g: Group, plan: StepPlan) -> None:
-        """The victim is done but its output is not applied yet (async):
-        vLLM preempts it all the same (its blocks come free now, the
-        preemption counts) and finishes it when the output arrives."""
-        self.preemptions += 1
-        g.record.preemptions += 1
-        i = next(i for i, (h, _) in enumerate(self.finishing) if h is g)
-        _, now = self.finishing.pop(i)
-        self._finish(g, now)
-        plan.freed += self._pending_freed
-        plan.finished += self._pending_finished
-        self._pending_freed, self._pending_finished = [], []
 
     def _finish(self, g: Group, now: float) -> None:
         self.running.remove_group(g, self.key(g))
