@@ -31,7 +31,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.core $@
 
 demo: $(VENV)/.core
-	$(BIN)/pagesim replay --out runs/demo
+	$(BIN)/pagesim replay --out runs/demo --overwrite
 
 # pytest exits 5 when it collected no test: a wrong selection, never a pass.
 NO_TESTS = if [ $$rc -eq 5 ]; then echo "pytest collected no test (exit 5): check PYTEST_ARGS and markers" >&2; fi; exit $$rc

@@ -3,21 +3,21 @@ the results. The CLI, notebooks and tests all go through ``run_replay``.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-
 import numpy as np
+import pandas as pd
 
 from pagesim.sim.allocators import PLACEMENTS, make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
+from pagesim.sim.costmodel import (
+    describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
+)
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
 from pagesim.sim.scheduler import Scheduler
+from pagesim.traces.trace import Trace
 
 SWAP_SPACE_BYTES = 4 * 2**30  # vLLM V0's default swap_space: 4 GiB per GPU
 
@@ -36,11 +36,13 @@ class ReplayConfig:
     allocator: str = "paged"
     placement: str = "buddy"               # contiguous baselines: buddy (the paper's) or first-fit
     prefix_caching: bool = True
-    cost_model: str = "roofline"           # or the path of a calibration file
+    cost_model: str = "auto"               # a shipped calibration if one matches, else roofline; or "roofline" or a file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
     events: bool = False
     fast: bool = True                      # skip over determined decode stretches
+    replicas: int = 1                      # serving replicas behind a router
+    router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
 
     def __post_init__(self) -> None:
@@ -48,6 +50,8 @@ class ReplayConfig:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ValueError(f"replicas must be an int >= 1, got {self.replicas!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
@@ -79,8 +83,9 @@ class ReplayResult:
     config: ReplayConfig
 
 
-def build(trace, cfg: ReplayConfig, executor=None):
-    """(engine, scheduler, kv manager, recorder) ready to run."""
+def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
+    """(engine, scheduler, kv manager, recorder) ready to run (one replica;
+    ``env`` and ``source`` put it in a cluster, see ``pagesim/cluster.py``)."""
     sched_cfg = cfg.scheduler
     log = EventLog() if cfg.events else None
     kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
@@ -96,24 +101,46 @@ def build(trace, cfg: ReplayConfig, executor=None):
     sched.plan_tables = getattr(executor, "needs_plans", False)
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
-                    check_invariants=cfg.check_invariants)
+                    check_invariants=cfg.check_invariants, env=env, source=source)
     return engine, sched, kv, recorder
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                progress: bool = False) -> ReplayResult:
+    if cfg.replicas > 1:
+        from pagesim.cluster import run_cluster  # the cluster path builds on this module
+        return run_cluster(trace, cfg, executor=executor, progress=progress)
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
     engine.run()
     _check_drained(sched, kv)
-    req_df = requests_dataframe(sched.records)
+    meta = trace.meta if isinstance(trace, Trace) else {}
+    req_df = requests_dataframe(sched.records, meta.get("truncated_ids", ()))
     step_df = recorder.to_dataframe()
+    applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
-                        sim_time_s=engine.clock)
+                        sim_time_s=engine.clock, prefix_caching_applies=applies)
     summary["config"] = config_dict(cfg, kv)
+    model = getattr(engine.executor, "model", None)
+    summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
+                                                                       "name": type(engine.executor).__name__}
     return ReplayResult(summary, req_df, step_df, sched.log, cfg)
+
+
+def has_content_identity(trace, cfg: ReplayConfig) -> bool:
+    """Whether any prompt could ever hit the prefix cache: some request
+    carries token ids or hash ids, or (V1) shares its prompt with its own
+    samples. Without that, every block is unique and a 0 % hit rate would
+    report the trace, not the cache."""
+    v1 = cfg.scheduler.generation == "v1"
+    if isinstance(trace, Trace):
+        known = (pd.notna(trace.column("prompt_token_ids")).any()
+                 or pd.notna(trace.column("block_hashes")).any())
+        return bool(known or (v1 and (trace.column("n") > 1).any()))
+    return any(r.prompt_token_ids is not None or r.block_hashes is not None or (v1 and r.n > 1)
+               for r in trace)
 
 
 def _check_drained(sched, kv) -> None:
@@ -134,39 +161,4 @@ def config_dict(cfg: ReplayConfig, kv) -> dict:
     return d
 
 
-def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
-                  table_format: str = "parquet") -> list[Path]:
-    """Write summary.json, requests/steps tables, the event log and plots.
-
-    Every file is written under a temporary name and renamed when complete,
-    so an interrupted run never leaves a half-written file behind.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def atomic(name, write):
-        path = out / name
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, path)
-        written.append(path)
-
-    ext = "parquet" if table_format == "parquet" else "csv"
-    for name, df in (("requests", result.requests), ("steps", result.steps)):
-        if ext == "parquet":
-            atomic(f"{name}.parquet", lambda p, df=df: df.to_parquet(p, index=False))
-        else:
-            atomic(f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
-    if result.events is not None:
-        path = result.events.write(out / f"events.{ext}")
-        written.append(path)
-    if plots:
-        from pagesim.analysis.plots import latency_cdfs, memory_breakdown
-        atomic("memory.png", lambda p: memory_breakdown(result.steps, result.summary, p))
-        atomic("latency.png", lambda p: latency_cdfs(result.requests, p))
-    atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
-    return written
-
-
-__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "write_outputs", "build", "replace"]
+__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "build", "replace", "has_content_identity"]

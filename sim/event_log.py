@@ -16,6 +16,12 @@ Schema (documented in README.md; external tools read it):
 
 GPU and CPU block ids are separate spaces. Rows are stored as parallel int
 lists (cheap to append) and become a DataFrame only when asked.
+
+The log also keeps the sequence map that makes ``seq`` traceable to the
+request it serves: one row per sequence, ``seq``, ``request`` (the trace
+request id, as in ``requests.parquet``), ``group`` (the scheduler's sequence
+group) and ``parent`` (the sequence it was forked from, NA for a request's
+own sequences).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ class EventLog:
         self.kinds: list[int] = []
         self.blocks: list[int] = []
         self.srcs: list[int] = []
+        self._seq_rows: list[int] = []   # seq, request, group, parent; flat
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -44,6 +51,20 @@ class EventLog:
         self.kinds.append(kind)
         self.blocks.append(block)
         self.srcs.append(src)
+
+    def add_sequence(self, seq: int, request: int, group: int, parent: int = NA) -> None:
+        """Record which request (and group, and parent) a new sequence serves."""
+        self._seq_rows += (seq, request, group, parent)
+
+    def sequences_dataframe(self):
+        """The sequence map: ``seq, request, group, parent`` (parent nullable)."""
+        import numpy as np
+        import pandas as pd
+        a = np.asarray(self._seq_rows, dtype=np.int64).reshape(-1, 4)
+        return pd.DataFrame({
+            "seq": a[:, 0], "request": a[:, 1], "group": a[:, 2],
+            "parent": pd.arrays.IntegerArray(a[:, 3].copy(), a[:, 3] == NA),
+        })
 
     def rows(self) -> list[tuple]:
         """(step, seq, kind name, block, src_block) with None for NA."""

@@ -93,7 +93,12 @@ class StepRecorder:
         return pd.DataFrame({c: v[order] for c, v in cols.items()})
 
 
-def requests_dataframe(records) -> pd.DataFrame:
+def requests_dataframe(records, truncated_ids=()) -> pd.DataFrame:
+    """One row per trace request, rejected ones included (``rejected`` holds
+    the reason). ``truncated`` marks requests cut to ``max_model_len`` when the
+    trace was loaded (their ids in ``truncated_ids``). Ratios with no
+    meaning (TPOT of a single output token, latency per token of none) are
+    NaN, not infinite."""
     df = pd.DataFrame({
         "id": [r.id for r in records],
         "arrival_s": [r.arrival_s for r in records],
@@ -108,18 +113,24 @@ def requests_dataframe(records) -> pd.DataFrame:
         "cached_tokens": [r.cached_tokens for r in records],
         "rejected": [r.rejected for r in records],
     })
+    df["truncated"] = df["id"].isin(np.asarray(list(truncated_ids), dtype=np.int64))
     df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
     df["e2e_s"] = df["finish_s"] - df["arrival_s"]
     gen = df["output_tokens"].where(df["output_tokens"] > 1)
     df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / (gen - 1)
-    df["normalized_latency_s_per_token"] = df["e2e_s"] / df["output_tokens"]
+    df["normalized_latency_s_per_token"] = df["e2e_s"] / df["output_tokens"].where(df["output_tokens"] > 0)
     return df
 
 
 def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: int,
               preemptions: int, hit_tokens: int, queried_tokens: int, wall_s: float,
-              sim_time_s: float) -> dict:
+              sim_time_s: float, prefix_caching_applies: bool = True) -> dict:
     """The ``summary.json`` dictionary (see README for each field).
+
+    The prefix-cache hit rate is None (not 0) when it has no meaning: prefix
+    caching off, or a trace without content identity (no token ids, no hash
+    ids, no prompt shared by a request's samples), where a hit is impossible
+    by construction.
 
     ``memory_split`` averages over engine steps weighted by their duration
     (time when the engine is idle is excluded): the share of KV capacity in
@@ -140,7 +151,8 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
         return float(x.mean()) if len(x) else None
 
     return {
-        "requests": {"total": int(len(req_df)), "finished": int(len(done)), "rejected": rejected},
+        "requests": {"total": int(len(req_df)), "finished": int(len(done)), "rejected": rejected,
+                     "truncated": int(req_df["truncated"].sum()) if "truncated" in req_df else 0},
         "latency": {
             "ttft_mean_s": mean("ttft_s"),
             "ttft_p99_s": float(done["ttft_s"].quantile(0.99)) if len(done) else None,
@@ -153,7 +165,8 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
             "output_tokens_per_s": float((done["output_tokens"] * done["n"]).sum()) / span,
         },
         "preemptions": int(preemptions),
-        "prefix_cache": {"hit_rate_tokens": hit_tokens / queried_tokens if queried_tokens else 0.0},
+        "prefix_cache": {"hit_rate_tokens": hit_tokens / queried_tokens
+                         if prefix_caching_applies and queried_tokens else None},
         "memory_split": split,
         "sim": {"wall_s": wall_s, "sim_time_s": sim_time_s, "steps": int(len(step_df))},
     }

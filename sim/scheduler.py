@@ -55,6 +55,9 @@ class Scheduler(AsyncOutput):
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
+        #: Prompt + output tokens of the requests added and not finished or
+        #: rejected yet (a router's measure of outstanding work).
+        self.open_tokens = 0
         self.step = 0
         self.preemptions = 0
         self.next_seq_id = 0
@@ -80,6 +83,8 @@ class Scheduler(AsyncOutput):
         """Turn a trace request into groups, or reject it with a reason."""
         record, groups = admit_request(self, req)
         self.records.append(record)
+        if groups:
+            self.open_tokens += req.prompt_tokens + req.output_tokens
         for g in groups:
             self.waiting.push(self.key(g), g)
 
@@ -348,8 +353,11 @@ class Scheduler(AsyncOutput):
     def _reject_stuck(self, g: Group) -> None:
         self.waiting.pop()
         g.status = REJECTED
-        g.record.rejected = "does not fit in an empty KV cache"
-        g.record.open_groups -= 1
+        r = g.record
+        r.rejected = "does not fit in an empty KV cache"
+        r.open_groups -= 1
+        if r.open_groups == 0:
+            self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
         tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
@@ -447,10 +455,14 @@ class Scheduler(AsyncOutput):
         r.open_groups -= 1
         if r.open_groups == 0:
             r.finish_s = now
+            self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""
         forks, dropped, self.next_seq_id = apply_branch(g, self.kv, self.rng, self.next_seq_id)
+        if self.log is not None:   # the sequence map: whose request each child serves
+            for parent, child in forks:
+                self.log.add_sequence(child, g.record.id, g.gid, parent)
         self._pending_forks += forks
         self._pending_freed += dropped
         self._pending_finished += dropped

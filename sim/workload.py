@@ -79,6 +79,8 @@ def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:
         sched.next_seq_id += 1
         g = Group(sched.next_gid, rec, [seq], req.arrival_s, req.priority,
                   fanout=fanout, beam_width=beam)
+        if sched.log is not None:
+            sched.log.add_sequence(seq.seq_id, req.id, g.gid)
         sched.next_gid += 1
         groups.append(g)
     rec.open_groups = len(groups)

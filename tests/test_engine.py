@@ -92,7 +92,7 @@ def test_request_that_can_never_fit_is_rejected_not_retried():
     trace = trace_of((0.0, 100, 10), (0.0, 4, 2))
     res = run_replay(trace, config(num_blocks=8), executor=CostModelExecutor(LinearCost()))
     assert res.requests["rejected"].tolist()[0].startswith("needs 28 KV blocks")
-    assert res.summary["requests"] == {"total": 2, "finished": 1, "rejected": 1}
+    assert res.summary["requests"] == {"total": 2, "finished": 1, "rejected": 1, "truncated": 0}
 
 
 def test_chunked_prefill_splits_prompt_within_budget():

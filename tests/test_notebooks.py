@@ -31,7 +31,29 @@ def run_notebook(name: str, **replace: str) -> dict:
 
 
 def test_every_notebook_is_tested():
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == ["fragmentation.ipynb"]
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
+        "calibration.ipynb", "cluster.ipynb", "fragmentation.ipynb"]
+
+
+def test_calibration_notebook():
+    ns = run_notebook("calibration.ipynb")
+    tables = ns["tables"]
+    assert "llama-3-8b_h100-80gb.json" in tables  # the shipped files are all loaded
+    fit = ns["rows"]
+    assert {r["regime"] for r in fit} == {"decode", "mixed"}
+    assert all(r["feature"] in ("const", "num_tokens", "kv_tokens_read", "attn_pairs") for r in fit)
+
+
+def test_cluster_notebook():
+    ns = run_notebook("cluster.ipynb", **{'"PAGESIM_NB_REQUESTS", "600"': '"PAGESIM_NB_REQUESTS", "120"'})
+    results = ns["results"]
+    assert list(results) == ["round-robin", "least-outstanding", "prefix-aware"]
+    for name, res in results.items():
+        assert res.summary["requests"]["finished"] + res.summary["requests"]["rejected"] == 120, name
+        assert len(res.summary["replicas"]) == 4
+    assert results["round-robin"].requests["replica"].value_counts().max() == 30
+    hit = {n: r.summary["prefix_cache"]["hit_rate_tokens"] for n, r in results.items()}
+    assert hit["prefix-aware"] >= hit["round-robin"]
 
 
 def test_fragmentation_notebook():
