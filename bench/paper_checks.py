@@ -34,7 +34,7 @@ BASE = ReplayConfig(model="opt-13b", gpu="a100-40gb", block_size=16, prefix_cach
 def figure2(requests: int, rate: float, placement: str) -> None:
     trace = traces.synthetic("sharegpt", num_requests=requests, rate=rate, seed=0)
     names = ["orca-max", "orca-pow2", "orca-oracle", "paged"]
-    table = compare(trace, [replace(BASE, allocator=a, placement=placement) for a in names],
+    table = compare(trace, [replace(BASE, allocator=a, placement=None if a == "paged" else placement) for a in names],
                     labels=names)
     print(f"### contiguous regions placed by {placement}\n")
     print(f"## Figure 2 setting: OPT-13B / A100-40GB, {BASE.gpu_blocks() * 16:,} token slots "

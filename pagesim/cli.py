@@ -25,8 +25,8 @@ def replay_config(args, max_len: int):
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         chunked_prefill=args.chunked_prefill, generation=args.scheduler,
-        preemption=args.preemption, victim=args.victim, max_model_len=max_len, vllm=args.vllm,
-        **{name: getattr(args, name) for name in BEHAVIOURS})
+        preemption=args.preemption, order=args.order, victim=args.victim, max_model_len=max_len,
+        vllm=args.vllm, **{name: getattr(args, name) for name in BEHAVIOURS})
     return ReplayConfig(
         model=args.model, gpu=args.gpu, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
@@ -78,7 +78,8 @@ def cmd_replay(args) -> int:
     cfg = replay_config(args, work.max_model_len)
     print(f"replaying {len(work.trace)} requests from {work.trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
-    result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet)
+    result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
+                        pause_gc=True)  # a CLI run owns its process
     result.summary["provenance"] = provenance(args.argv, work.info)
     print_summary(result.summary)
     if args.out is not None:

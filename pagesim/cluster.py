@@ -19,7 +19,8 @@ from pagesim.sim.metrics import requests_dataframe, summarize
 from pagesim.sim.router import make_router
 
 
-def run_cluster(trace, cfg, *, executor=None, progress: bool = False) -> ReplayResult:
+def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
+                pause_gc: bool = False) -> ReplayResult:
     if executor is not None and executor.needs_plans:
         raise ValueError("--replicas > 1 prices steps with a cost model: an executor that runs "
                          "steps (e.g. --executor gpu) drives one replica only")
@@ -31,7 +32,7 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False) -> ReplayR
         return engine
 
     cluster = Cluster(trace, make_router(cfg.router), make_engine, cfg.replicas)
-    cluster.run()
+    cluster.run(pause_gc=pause_gc)
     reqs, steps, per_replica = [], [], []
     for i in range(cfg.replicas):
         sched, kv, recorder = parts[i]

@@ -13,7 +13,8 @@ import argparse
 
 from pagesim import options as opt
 from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
-from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
+from pagesim.sim.config import SchedulerConfig, config_help
+from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 from pagesim.sim.router import ROUTERS
 from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
 from pagesim.sim.costmodel import get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model
@@ -38,19 +39,22 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="sim: cost model; gpu: run every step on the GPU (pip install 'pagesim[gpu]')")
     a = p.add_argument_group("allocator and scheduler")
     a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
-    a.add_argument("--placement", choices=PLACEMENTS, default="buddy",
+    a.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="where the contiguous baselines (orca-*) place a request's region: a "
-                   "binary buddy allocator (the vLLM paper's Orca) or first-fit on exact sizes")
+                   "binary buddy allocator (default, the vLLM paper's Orca) or first-fit on exact "
+                   "sizes; refused with --allocator paged")
     a.add_argument("--block-size", type=opt.block_size, default=16,
                    help=f"tokens per KV block (1..{opt.MAX_BLOCK_SIZE})")
-    a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse cached prefix blocks (vLLM V1 semantics)")
+    a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse cached prefix blocks (vLLM V1 semantics; default: on where the "
+                   "allocator supports it, i.e. paged)")
     helps = config_help(SchedulerConfig)
     d = SchedulerConfig()
     a.add_argument("--scheduler", choices=["v1", "v0"], default=d.generation, help=helps["generation"])
     a.add_argument("--preemption", choices=["recompute", "swap"], default=d.preemption,
                    help=helps["preemption"])
-    a.add_argument("--victim", choices=VICTIM_POLICIES, default=d.victim, help=helps["victim"])
+    a.add_argument("--order", choices=list(ORDER_POLICIES), default=d.order, help=helps["order"])
+    a.add_argument("--victim", choices=list(VICTIM_POLICIES), default=d.victim, help=helps["victim"])
     a.add_argument("--max-num-seqs", type=opt.positive_int, default=d.max_num_seqs,
                    help=helps["max_num_seqs"])
     a.add_argument("--max-num-batched-tokens", type=opt.positive_int,
@@ -95,6 +99,9 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
                           "got 0 (omit it for 4 GiB, or use --preemption recompute)"))
     elif args.num_cpu_blocks:
         found.append(("--num-cpu-blocks", "CPU blocks are used only by --preemption swap"))
+    if args.allocator == "paged" and args.placement is not None:
+        found.append(("--placement", "places the contiguous baselines' regions; --allocator paged "
+                      "has none (use --allocator orca-*)"))
     if args.allocator != "paged" and getattr(args, "events", False):
         found.append(("--events", f"the {args.allocator} allocator keeps no block-level event log"))
     if args.cost_model not in ("auto", "roofline") and not found:

@@ -1,8 +1,7 @@
-"""Metrics hooks: plain per-step records, turned into tables at the end.
+"""Metrics: the requests table and the run summary.
 
-Per-step rows are kept as columns of numpy chunks: the fast engine appends a
-whole decode stretch at once, the step-by-step engine one row at a time;
-both produce the same table.
+Per-step rows are recorded by ``StepRecorder`` (``sim/step_recorder.py``,
+re-exported here): typed column chunks, bounded memory at any run length.
 """
 from __future__ import annotations
 
@@ -10,87 +9,9 @@ import numpy as np
 import pandas as pd
 
 from pagesim.sim.accounting import CATEGORIES
+from pagesim.sim.step_recorder import STEP_COLUMNS, StepRecorder
 
-STEP_COLUMNS = ("step", "start_s", "duration_s", "num_seqs", "num_tokens", "num_prefill_seqs",
-                "kv_tokens_read", "preemptions") + CATEGORIES
-
-
-class StepRecorder:
-    """Per-step rows, stored compactly until ``to_dataframe``.
-
-    A step-by-step row stores its scalars plus the allocator's live-token
-    count and ``counters()`` snapshot. A fast-mode decode stretch of ``k``
-    steps stores a handful of numbers and the counter snapshots taken at its
-    allocator events; rows are expanded in one vectorised pass at the end.
-    Memory categories are computed by the manager's own ``usage_from``
-    formula in both cases, so the two modes give identical tables.
-    """
-
-    def __init__(self, usage_from) -> None:
-        self.usage_from = usage_from
-        self._rows: list[tuple] = []
-        self._stretches: list[tuple] = []
-
-    def add(self, step, start, dur, shape, preemptions, live, counters) -> None:
-        self._rows.append((step, start, dur, *shape, preemptions, live, *counters))
-
-    def add_stretch(self, step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snap_counters) -> None:
-        """``snap_steps[i]`` (relative step, -1 for the state before the
-        first step) from which ``snap_counters[i]`` holds."""
-        self._stretches.append((step0, k, n, sum_ctx0, live0, times[:k], dts[:k], snap_steps, snap_counters))
-
-    def _step_rows(self) -> dict[str, np.ndarray] | None:
-        if not self._rows:
-            return None
-        cols = list(zip(*self._rows))
-        names = STEP_COLUMNS[:8] + ("live",)
-        out = {c: np.asarray(v) for c, v in zip(names, cols)}
-        out["counters"] = [np.asarray(v, dtype=np.int64) for v in cols[len(names):]]
-        return out
-
-    def _stretch_rows(self) -> dict[str, np.ndarray] | None:
-        if not self._stretches:
-            return None
-        step0, ks, ns, ctx0, live0 = (np.asarray(x, dtype=np.int64) for x in list(zip(*self._stretches))[:5])
-        offsets = np.concatenate(([0], np.cumsum(ks)[:-1]))
-        total = int(ks.sum())
-        sid = np.repeat(np.arange(len(ks)), ks)
-        j = np.arange(total) - offsets[sid]
-        n = ns[sid]
-        start_rows, counters = [], []
-        for off, st in zip(offsets.tolist(), self._stretches):
-            for rel, cnt in zip(st[7], st[8]):
-                start_rows.append(off + max(rel, 0))
-                counters.append(cnt)
-        which = np.searchsorted(np.asarray(start_rows), np.arange(total), side="right") - 1
-        snap = np.asarray(counters, dtype=np.int64).reshape(len(counters), -1)[which]
-        return {
-            "step": step0[sid] + j,
-            "start_s": np.concatenate([st[5] for st in self._stretches]),
-            "duration_s": np.concatenate([st[6] for st in self._stretches]),
-            "num_seqs": n, "num_tokens": n,
-            "num_prefill_seqs": np.zeros(total, dtype=np.int64),
-            "kv_tokens_read": ctx0[sid] + j * n,
-            "preemptions": np.zeros(total, dtype=np.int64),
-            "live": live0[sid] + (j + 1) * n,
-            "counters": [snap[:, i] for i in range(snap.shape[1])],
-        }
-
-    def to_dataframe(self) -> pd.DataFrame:
-        parts = [p for p in (self._step_rows(), self._stretch_rows()) if p is not None]
-        if not parts:
-            return pd.DataFrame({c: np.array([], dtype=np.int64) for c in STEP_COLUMNS})
-        cols = {}
-        for c in STEP_COLUMNS[:8] + ("live",):
-            dtype = np.float64 if c in ("start_s", "duration_s") else np.int64
-            cols[c] = np.concatenate([p[c] for p in parts]).astype(dtype, copy=False)
-        counters = [np.concatenate([p["counters"][i] for p in parts])
-                    for i in range(len(parts[0]["counters"]))]
-        split = self.usage_from(cols.pop("live"), *counters)
-        for c in CATEGORIES:
-            cols[c] = np.asarray(getattr(split, c), dtype=np.int64)
-        order = np.argsort(cols["step"], kind="stable")
-        return pd.DataFrame({c: v[order] for c, v in cols.items()})
+__all__ = ["STEP_COLUMNS", "StepRecorder", "requests_dataframe", "summarize"]
 
 
 def requests_dataframe(records, truncated_ids=()) -> pd.DataFrame:
@@ -141,9 +62,9 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
     dur = step_df["duration_s"].to_numpy()
     total_dur = float(dur.sum())
     split = {}
-    for c in CATEGORIES:
-        v = step_df[c].to_numpy(dtype=np.float64)
-        split[c] = float((v * dur).sum() / total_dur / capacity_tokens) if total_dur > 0 else 0.0
+    for c in CATEGORIES:  # the ufunc casts to float64 in small buffers: one temporary column, not two
+        weighted = np.multiply(step_df[c].to_numpy(), dur, dtype=np.float64)
+        split[c] = float(weighted.sum() / total_dur / capacity_tokens) if total_dur > 0 else 0.0
     span = sim_time_s if sim_time_s > 0 else 1.0  # nothing ran: rates are 0, not NaN
 
     def mean(col):

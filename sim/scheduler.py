@@ -32,8 +32,10 @@ from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import DecodeStretch, StepPlan
+from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
 from pagesim.sim.sequence import FINISHED, FINISHING, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
@@ -41,17 +43,21 @@ from pagesim.sim.workload import admit_request
 
 
 class Scheduler(AsyncOutput):
-    def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
         self.kv = kv
         self.rng = rng
         self.log = event_log
+        #: The order policy's key: waiting queue, running list and swapped
+        #: groups are all kept in this order (``sim/policies.py``).
+        self.key = order_policy(config.order).key
+        self.victim = victim_policy(config.victim)
         self.waiting = WaitingQueue()       # groups by key, smallest first
         self.running = RunningList()        # keep order: first = kept longest
         self.lazy = LazyDecodeSet(kv)       # plain decoders advanced in bulk (fast mode)
         self.fast = False                   # offer decode stretches (set by the engine)
-        self.plan_tables = True             # block tables in plans (executors on real tensors)
+        self.plan_tables = kv.caps.paged    # block tables in plans (executors on real tensors)
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
@@ -63,9 +69,8 @@ class Scheduler(AsyncOutput):
         self.next_seq_id = 0
         self.next_gid = 0
         self.behaviour = config.behaviour   # the vLLM profile's behaviours (sim/vllm_profile.py)
-        num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
         # a fraction of all blocks, the null block included (vLLM)
-        self.watermark_blocks = int(self.behaviour.watermark * num_blocks)
+        self.watermark_blocks = int(self.behaviour.watermark * kv.num_blocks)
         #: Groups done at the last commit that keep their blocks until the
         #: next step is scheduled (async scheduling), with their finish time.
         self.finishing: list[tuple[Group, float]] = []
@@ -74,11 +79,6 @@ class Scheduler(AsyncOutput):
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
 
     # --------------------------------------------------------------- requests
-    def key(self, g: Group) -> tuple:
-        if self.cfg.victim == "priority":
-            return (g.priority, g.arrival_s, g.gid)
-        return (g.arrival_s, g.gid)
-
     def add_request(self, req) -> None:
         """Turn a trace request into groups, or reject it with a reason."""
         record, groups = admit_request(self, req)
@@ -228,10 +228,8 @@ class Scheduler(AsyncOutput):
         The head of the running list (kept longest) is never a victim while
         another group runs: it always progresses, so every run ends even
         when preemption loses work (restarted V0 sample groups)."""
-        if self.cfg.victim == "most-blocks":
-            rest = self.running[max(index, 1):] or self.running[index:]
-            return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
-        return self.running[-1]
+        candidates = self.running[max(index, 1):] or self.running[index:]
+        return self.victim.pick(candidates, self.kv)
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         if g.status == FINISHING:
@@ -242,7 +240,7 @@ class Scheduler(AsyncOutput):
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
         kv = self.kv
-        if self.cfg.preemption == "swap" and kv.cpu_pool is not None and kv.can_swap_out(ids):
+        if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
             g.status = SWAPPED
             heapq.heappush(self.swapped, (self.key(g), g))
@@ -269,7 +267,7 @@ class Scheduler(AsyncOutput):
 
     def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
         kv = self.kv
-        bs = getattr(kv, "block_size", 1)
+        bs = kv.block_size
         while self.swapped:
             g = self.swapped[0][1]
             ids = [s.seq_id for s in g.seqs]
@@ -360,7 +358,7 @@ class Scheduler(AsyncOutput):
             self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
-        tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
+        tables = self.kv.block_table if self.plan_tables else None
         for s in g.seqs:
             plan.seq_ids.append(s.seq_id)
             plan.query_lens.append(q)
