@@ -21,6 +21,7 @@ import resource
 import time
 from pathlib import Path
 
+from pagesim.sim.config import SchedulerConfig
 from pagesim.replay import ReplayConfig, replace, run_replay
 
 AZURE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "raw" / "AzureLLMInferenceTrace_conv.csv"
@@ -42,12 +43,14 @@ def main() -> None:
     ap.add_argument("--skip-large", action="store_true", help="skip the synthetic run")
     ap.add_argument("--skip-azure", action="store_true", help="skip the Azure trace runs")
     ap.add_argument("--step-by-step", action="store_true", help="also time step-by-step mode")
+    ap.add_argument("--vllm", default="0.33", help="behaviour profile (--vllm of pagesim replay)")
     a = ap.parse_args()
     from pagesim import traces
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'run':<46}{'requests':>10}{'steps':>11}{'sim s':>10}{'wall s':>9}{'speed':>11}{'load s':>8}")
-    cfg = ReplayConfig(model="llama-3-8b", gpu="h100-80gb", block_size=16)
+    cfg = ReplayConfig(model="llama-3-8b", gpu="h100-80gb", block_size=16,
+                       scheduler=SchedulerConfig(vllm=a.vllm))
     if a.skip_azure:
         pass
     elif AZURE.exists():

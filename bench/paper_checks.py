@@ -31,10 +31,12 @@ PAPER_SAVING = {  # (workload, kind): (low %, high %) over n or width 2..6
 BASE = ReplayConfig(model="opt-13b", gpu="a100-40gb", block_size=16, prefix_caching=False)
 
 
-def figure2(requests: int, rate: float) -> None:
+def figure2(requests: int, rate: float, placement: str) -> None:
     trace = traces.synthetic("sharegpt", num_requests=requests, rate=rate, seed=0)
     names = ["orca-max", "orca-pow2", "orca-oracle", "paged"]
-    table = compare(trace, [replace(BASE, allocator=a) for a in names], labels=names)
+    table = compare(trace, [replace(BASE, allocator=a, placement=None if a == "paged" else placement) for a in names],
+                    labels=names)
+    print(f"### contiguous regions placed by {placement}\n")
     print(f"## Figure 2 setting: OPT-13B / A100-40GB, {BASE.gpu_blocks() * 16:,} token slots "
           f"({BASE.gpu_blocks()} blocks of 16), {requests} ShareGPT-like requests at {rate} req/s\n")
     print(format_table(table.loc[["token states %", "reserved %", "internal frag %", "external frag %",
@@ -82,8 +84,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6.0, help="req/s for figure 2 (high load)")
     ap.add_argument("--sharing-requests", type=int, default=300)
     ap.add_argument("--sharing-rate", type=float, default=2.0)
+    ap.add_argument("--placement", choices=["first-fit", "buddy", "both"], default="both",
+                    help="placement of the contiguous baselines (the paper's: first-fit)")
     a = ap.parse_args()
-    figure2(a.requests, a.rate)
+    for placement in (["first-fit", "buddy"] if a.placement == "both" else [a.placement]):
+        figure2(a.requests, a.rate, placement)
     sharing(a.sharing_requests, a.sharing_rate)
 
 

@@ -15,6 +15,7 @@ from pagesim.provenance import provenance
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import SchedulerConfig
 from pagesim.calibrate_cli import add_subcommands as add_calibration_commands
+from pagesim.sim.vllm_profile import BEHAVIOURS
 from pagesim.trace_cli import add_subcommands
 from pagesim.workload_options import add_workload_options, load_workload, workload_conflicts
 
@@ -23,12 +24,14 @@ def replay_config(args, max_len: int):
     from pagesim.replay import ReplayConfig
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        chunked_prefill=args.chunked_prefill, watermark=args.watermark, generation=args.scheduler,
-        preemption=args.preemption, order=args.order, victim=args.victim, max_model_len=max_len)
+        chunked_prefill=args.chunked_prefill, generation=args.scheduler,
+        preemption=args.preemption, order=args.order, victim=args.victim, max_model_len=max_len,
+        vllm=args.vllm, **{name: getattr(args, name) for name in BEHAVIOURS})
     return ReplayConfig(
         model=args.model, gpu=args.gpu, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
-        block_size=args.block_size, allocator=args.allocator, prefix_caching=args.prefix_caching,
+        block_size=args.block_size, allocator=args.allocator, placement=args.placement,
+        prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 
 from pagesim import options as opt
-from pagesim.sim.allocators import ALLOCATORS
+from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
 from pagesim.sim.config import SchedulerConfig, config_help
 from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 from pagesim.sim.router import ROUTERS
+from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
 from pagesim.sim.costmodel import get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model
 
 
@@ -38,6 +39,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="sim: cost model; gpu: run every step on the GPU (pip install 'pagesim[gpu]')")
     a = p.add_argument_group("allocator and scheduler")
     a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
+    a.add_argument("--placement", choices=PLACEMENTS, default=None,
+                   help="where the contiguous baselines (orca-*) place a request's region: a "
+                   "binary buddy allocator (default, the vLLM paper's Orca) or first-fit on exact "
+                   "sizes; refused with --allocator paged")
     a.add_argument("--block-size", type=opt.block_size, default=16,
                    help=f"tokens per KV block (1..{opt.MAX_BLOCK_SIZE})")
     a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
@@ -56,8 +61,13 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    default=d.max_num_batched_tokens, help=helps["max_num_batched_tokens"])
     a.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction,
                    default=d.chunked_prefill, help=helps["chunked_prefill"])
-    a.add_argument("--watermark", type=opt.watermark, default=d.watermark,
+    a.add_argument("--vllm", choices=list(PROFILES), default=d.vllm, help=helps["vllm"])
+    a.add_argument("--watermark", type=opt.watermark, default=None,
                    help=helps["watermark"] + " (in [0, 1))")
+    for name in BEHAVIOURS:  # each behaviour of the profile, also a switch of its own
+        if name != "watermark":
+            a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                           default=None, help=helps[name])
     a.add_argument("--max-model-len", type=opt.int_at_least(2, " (a prompt and an output token)"),
                    help="longest request, prompt + output tokens (default: the model's)")
     a.add_argument("--seed", type=opt.non_negative_int, default=0,
@@ -89,6 +99,9 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
                           "got 0 (omit it for 4 GiB, or use --preemption recompute)"))
     elif args.num_cpu_blocks:
         found.append(("--num-cpu-blocks", "CPU blocks are used only by --preemption swap"))
+    if args.allocator == "paged" and args.placement is not None:
+        found.append(("--placement", "places the contiguous baselines' regions; --allocator paged "
+                      "has none (use --allocator orca-*)"))
     if args.allocator != "paged" and getattr(args, "events", False):
         found.append(("--events", f"the {args.allocator} allocator keeps no block-level event log"))
     if args.cost_model not in ("auto", "roofline") and not found:

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from pagesim.sim.allocators import check_supported, default_prefix_caching, make_kv_cache_manager
+from pagesim.sim.allocators import (
+    PLACEMENTS, check_supported, default_prefix_caching, make_kv_cache_manager,
+)
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import (
     describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
@@ -35,6 +37,7 @@ class ReplayConfig:
     num_cpu_blocks: int | None = None     # default: 4 GiB of swap space with --preemption swap
     block_size: int = 16
     allocator: str = "paged"
+    placement: str | None = None           # contiguous baselines: buddy (None: the paper's) or first-fit
     prefix_caching: bool | None = None     # None: on where the allocator supports it
     cost_model: str = "auto"               # a shipped calibration if one matches, else roofline; or "roofline" or a file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -48,6 +51,8 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if self.placement is not None and self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if not isinstance(self.replicas, int) or self.replicas < 1:
             raise ValueError(f"replicas must be an int >= 1, got {self.replicas!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
@@ -98,7 +103,8 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
     kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
                                max_model_len=sched_cfg.max_model_len,
                                enable_prefix_caching=cfg.caching(),
-                               num_cpu_blocks=cfg.cpu_blocks(), event_log=log)
+                               num_cpu_blocks=cfg.cpu_blocks(), event_log=log, config=sched_cfg,
+                               placement=cfg.placement)
     if executor is None:
         executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model, cfg.gpu, cfg.tp,
                                                      cfg.block_size))

@@ -16,15 +16,22 @@ block size         honoured     sets the capacity only (num_blocks x
                                 block_size slots, the paged run's memory)
 event log          honoured     refused (no blocks to log)
 GPU executor       honoured     refused by the GPU executor (no block tables)
+--placement        refused (no  honoured: buddy (default, the paper's Orca)
+                   regions)     or first-fit on exact sizes
+vLLM profile       honoured     watermark only (no null block, free queue or
+                                hash table to behave differently)
 ================== ============ ==============================================
 """
 from __future__ import annotations
 
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.contiguous import PLACEMENTS as CONTIGUOUS_PLACEMENTS
 from pagesim.sim.contiguous import ContiguousKVCacheManager
 from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 from pagesim.sim.kv_protocol import Capabilities, KVCacheManager
 
 ALLOCATORS = ("paged", "orca-max", "orca-pow2", "orca-oracle")
+PLACEMENTS = tuple(CONTIGUOUS_PLACEMENTS)
 
 
 class Unsupported(ValueError):
@@ -38,19 +45,36 @@ def default_prefix_caching(name: str) -> bool:
 
 def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_model_len: int,
                           enable_prefix_caching: bool = False, num_cpu_blocks: int = 0,
-                          event_log=None) -> KVCacheManager:
+                          event_log=None, config: SchedulerConfig | None = None,
+                          placement: str | None = None) -> KVCacheManager:
     """Build the named allocator over the same memory (``num_blocks *
-    block_size`` token slots), so that baselines compare like for like."""
+    block_size`` token slots), so that baselines compare like for like.
+
+    ``config`` is the scheduler's configuration: its behaviour profile
+    (``--vllm``) decides the paged pool's null block, free order and
+    duplicate caching, so a manager built here behaves as in ``replay``
+    (default: ``SchedulerConfig()``, the CLI's default profile).
+    ``placement`` places the contiguous baselines' regions: ``buddy`` (the
+    vLLM paper's Orca; None means it) or ``first-fit`` on exact sizes; the
+    paged allocator has no regions to place and refuses one."""
     if name == "paged":
+        refuse(name, [(placement is not None,
+                       f"--placement {placement} (no contiguous regions): leave out --placement")])
+        b = (config or SchedulerConfig()).behaviour
         return PagedKVCacheManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
-                                   num_cpu_blocks=num_cpu_blocks, event_log=event_log)
+                                   num_cpu_blocks=num_cpu_blocks, null_block=b.null_block,
+                                   unhashed_first=b.unhashed_first,
+                                   cache_duplicates=b.cache_duplicates, event_log=event_log)
     if name.startswith("orca-") and name[5:] in ("max", "pow2", "oracle"):
         refuse(name, [
             (enable_prefix_caching, "prefix caching (no shared blocks): use --no-prefix-caching"),
             (num_cpu_blocks > 0, "a CPU pool (no swapping): leave out --num-cpu-blocks"),
             (event_log is not None, "an event log (no blocks to log): leave out --events"),
+            (placement is not None and placement not in PLACEMENTS,
+             f"--placement {placement}: choose one of {', '.join(PLACEMENTS)}"),
         ])
-        return ContiguousKVCacheManager(num_blocks * block_size, name[5:], max_model_len=max_model_len)
+        return ContiguousKVCacheManager(num_blocks * block_size, name[5:], max_model_len=max_model_len,
+                                        placement=placement or "buddy")
     raise ValueError(f"unknown allocator {name!r}; choose one of {', '.join(ALLOCATORS)}")
 
 

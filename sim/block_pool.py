@@ -7,6 +7,13 @@ tail, keeping its content hash so that a later request can still hit it.
 Callers free a sequence's blocks tail-first, so within one freed sequence the
 tail blocks (least likely to be shared) are evicted before its head blocks.
 This is least-recently-used order without any timestamps (vLLM V1).
+
+Two refinements of today's vLLM (``unhashed_first``, ``cache_duplicates``;
+see the profile table in README): a freed block without a hash can never be
+hit, so it goes to the head instead (reused first, sparing cached prefixes);
+and when two blocks fill with the same content, both stay findable under
+the hash (the oldest surviving one is returned), so evicting one removes
+only its own entry.
 """
 from __future__ import annotations
 
@@ -47,6 +54,12 @@ class FreeBlockQueue:
     with ``stale > 0`` is a stale one. The array is compacted once the popped
     prefix is half of it, so memory stays O(blocks) and every operation
     O(1) amortised.
+
+    ``prepend`` puts blocks before the head. They live in a second array,
+    ``_front``, stored reversed (its end is the queue's head), so prepending
+    and popping them are O(1) too. Only blocks without a hash are prepended
+    and only hashed ones are ever removed (revived by a cache hit), so
+    ``_front`` never holds a stale entry and the order rule above holds.
     """
 
     _COMPACT_MIN = 1024
@@ -56,6 +69,7 @@ class FreeBlockQueue:
         self._h = 0           # entries before _h were popped
         self._len = len(self._q)
         self._stale = 0       # stale entries at or after _h
+        self._front: list[Block] = []  # prepended blocks, reversed: _front[-1] is the head
 
     def __len__(self) -> int:
         return self._len
@@ -68,6 +82,24 @@ class FreeBlockQueue:
     def pop_front(self, n: int) -> list[Block]:
         """Remove and return the first ``n`` live blocks (``n <= len``)."""
         assert 0 <= n <= self._len, f"pop of {n} blocks from a queue of {self._len}"
+        front = self._front
+        if front and n:  # (n == 0 would slice all of front: front[-0:])
+            k = n if n < len(front) else len(front)
+            taken = front[-k:]
+            del front[-k:]
+            taken.reverse()
+            if k == n:
+                self._len -= n
+                return taken
+            rest = self._pop_main(n - k)
+            self._len -= n
+            return taken + rest
+        out = self._pop_main(n)
+        self._len -= n
+        return out
+
+    def _pop_main(self, n: int) -> list[Block]:
+        """Pop ``n`` live blocks from the main array (``_len`` is the caller's)."""
         q, h = self._q, self._h
         if not self._stale:
             out = q[h:h + n]
@@ -82,7 +114,6 @@ class FreeBlockQueue:
                     self._stale -= 1
                 else:
                     out.append(b)
-        self._len -= n
         if h > self._COMPACT_MIN and 2 * h > len(q):
             del q[:h]
             h = 0
@@ -99,6 +130,12 @@ class FreeBlockQueue:
         self._q.extend(blocks)
         self._len += len(blocks)
 
+    def prepend(self, blocks: list[Block]) -> None:
+        """Put ``blocks`` before the head, in order (``blocks[0]`` becomes
+        the head). For blocks without a hash only (see the class docstring)."""
+        self._front.extend(reversed(blocks))
+        self._len += len(blocks)
+
     def remove(self, b: Block) -> None:
         assert b.ref_cnt == 0, f"block {b.id} is not free (ref_cnt {b.ref_cnt}), so not queued"
         b.stale += 1
@@ -106,6 +143,7 @@ class FreeBlockQueue:
         self._len -= 1
 
     def __iter__(self):
+        yield from reversed(self._front)
         skip: dict[int, int] = {}
         for b in self._q[self._h:]:
             left = skip.get(b.id, b.stale)
@@ -127,9 +165,15 @@ class BlockPool:
     which blocks a sequence holds. The pool keeps two counters the memory
     accounting needs in O(1): free blocks, and free blocks that still hold
     cached content.
+
+    ``cached`` maps a hash to the oldest surviving block under it (what a
+    lookup returns); with ``cache_duplicates`` the younger blocks of equal
+    content wait in ``duplicates`` (hash -> blocks, oldest first) and take
+    over when the one in ``cached`` is evicted.
     """
 
-    def __init__(self, num_blocks: int, *, null_block: bool = False, on_evict=None) -> None:
+    def __init__(self, num_blocks: int, *, null_block: bool = False, unhashed_first: bool = False,
+                 cache_duplicates: bool = False, on_evict=None) -> None:
         if not isinstance(num_blocks, int) or num_blocks <= 0:
             raise InvalidArgument(f"num_blocks must be a positive int, got {num_blocks!r}")
         if null_block and num_blocks < 2:
@@ -137,6 +181,9 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
         self.cached: dict[int, Block] = {}
+        self.duplicates: dict[int, list[Block]] = {}
+        self.unhashed_first = unhashed_first
+        self.cache_duplicates = cache_duplicates
         self.num_cached_free = 0
         self.on_evict = on_evict  # callback(block_id) for the event log
         self.null_block: Block | None = None
@@ -152,6 +199,11 @@ class BlockPool:
     @property
     def num_free(self) -> int:
         return len(self.free_queue)
+
+    @property
+    def num_usable(self) -> int:
+        """Blocks a sequence can ever hold (all but the null block)."""
+        return len(self.blocks) - (self.null_block is not None)
 
     def get_new_blocks(self, n: int, fill: int = 0) -> list[Block]:
         """Pop ``n`` blocks from the head, evicting cached content; each gets
@@ -172,7 +224,7 @@ class BlockPool:
                 h = b.hash
                 if h is not None:  # evict: the block loses its cached content
                     if h < UNIQUE_KEY_BASE:
-                        del self.cached[h]
+                        self._forget(b, h)
                     b.hash = None
                     self.num_cached_free -= 1
                     if self.on_evict is not None:
@@ -185,11 +237,26 @@ class BlockPool:
                 b.fill = fill
         return out
 
+    def _forget(self, b: Block, h: int) -> None:
+        """Remove ``b``'s entry under ``h`` from the map (eviction)."""
+        dups = self.duplicates.get(h)
+        if dups is None:
+            del self.cached[h]
+        elif self.cached[h] is b:  # the oldest duplicate takes over
+            self.cached[h] = dups.pop(0)
+        else:
+            dups.remove(b)
+        if dups is not None and not dups:
+            del self.duplicates[h]
+
     def release_all(self, blocks) -> int:
         """Drop one reference from each of ``blocks``, in order; blocks
-        reaching 0 join the queue's tail in that order. Returns the filled
-        slots of the blocks that became free (for the live-token count)."""
+        reaching 0 join the queue's tail in that order (those without a hash
+        its head, in that order, under ``unhashed_first``). Returns the
+        filled slots of the blocks that became free (for the live-token
+        count)."""
         freed = []
+        front = [] if self.unhashed_first else freed
         freed_fill = 0
         ncf = 0
         for b in blocks:
@@ -202,9 +269,12 @@ class BlockPool:
             freed_fill += b.fill
             if b.hash is not None:
                 ncf += 1
+                freed.append(b)
             else:
                 b.fill = 0
-            freed.append(b)
+                front.append(b)
+        if front is not freed:
+            self.free_queue.prepend(front)
         self.free_queue.extend(freed)
         self.num_cached_free += ncf
         return freed_fill
@@ -227,20 +297,29 @@ class BlockPool:
             self.num_cached_free += 1
         else:
             b.fill = 0
+            if self.unhashed_first:
+                self.free_queue.prepend([b])
+                return True
         self.free_queue.append(b)
         return True
 
     def cache(self, b: Block, h: int) -> bool:
-        """Enter full block ``b`` under content hash ``h``.
+        """Enter full block ``b`` under content hash ``h``; return whether
+        it was cached.
 
         If another block already holds ``h`` (two requests computed the same
-        prefix concurrently), ``b`` stays uncached: one entry per content keeps
-        eviction exact and the map a function. Returns whether ``b`` was cached.
+        content), ``b`` joins it under ``cache_duplicates`` (vLLM today:
+        block tables stay append-only, nothing is deduplicated); otherwise
+        ``b`` stays uncached, one entry per content (vLLM 0.11 as pagesim
+        modelled it).
         """
         assert b.hash is None, f"block {b.id} is already cached under another key"
         if h in self.cached:
-            return False
-        self.cached[h] = b
+            if not self.cache_duplicates:
+                return False
+            self.duplicates.setdefault(h, []).append(b)
+        else:
+            self.cached[h] = b
         b.hash = h
         return True
 

@@ -41,6 +41,14 @@ class BuddyAllocator:
         self.allocated: dict[int, int] = {}  # offset -> order
         self.free_slots = capacity
 
+    @staticmethod
+    def chunk(size: int) -> int:
+        """Slots a request of ``size`` occupies: the next power of two."""
+        return 1 << order_for(size)
+
+    def fits_ever(self, size: int) -> bool:
+        return order_for(size) <= self.max_order
+
     def _top_order_of(self, offset: int) -> int:
         i = bisect.bisect_right(self._bases, offset) - 1
         return self._top_order[self._bases[i]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
+from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES, Behaviour, resolve
 
 
 def _help(text: str, **kw):
@@ -20,8 +21,31 @@ class SchedulerConfig:
                                         default=8192)
     chunked_prefill: bool = _help("split long prompts into chunks within the token budget; "
                                   "decodes are scheduled first", default=True)
-    watermark: float = _help("fraction of GPU blocks kept free when admitting new requests",
-                             default=0.01)
+    vllm: str = _help("behaviour profile: the vLLM version imitated step for step "
+                      f"({', '.join(PROFILES)}); each behaviour below overrides it", default="0.33")
+    watermark: float | None = _help("fraction of all GPU blocks (null block included) kept free "
+                                    "when admitting requests (vLLM watermark); default: the "
+                                    "profile's (0.0; V0: 0.01)", default=None)
+    watermark_only_while_running: bool | None = _help(
+        "apply the watermark only while some request runs (vLLM 0.33); default: the profile's",
+        default=None)
+    scheduler_reserve_full_isl: bool | None = _help(
+        "admit a waiting request whose prefill would be chunked only if the blocks for its whole "
+        "prompt fit (vLLM scheduler_reserve_full_isl); default: the profile's (0.33: on)",
+        default=None)
+    async_scheduling: bool | None = _help(
+        "schedule step k+1 before step k's output is applied, so finishes and the blocks they "
+        "free take effect one step later (vLLM async_scheduling); default: the profile's "
+        "(0.33: on)", default=None)
+    null_block: bool | None = _help("reserve block 0 as vLLM V1's null block (N blocks, N-1 "
+                                    "usable); default: the profile's (V1: on, V0: off)",
+                                    default=None)
+    unhashed_first: bool | None = _help(
+        "freed blocks without a hash go to the head of the free queue, reused first (vLLM 0.33 "
+        "block_pool.free_blocks); default: the profile's", default=None)
+    cache_duplicates: bool | None = _help(
+        "keep every full block of equal content findable under its hash (vLLM 0.33); default: "
+        "the profile's", default=None)
     generation: str = _help("v1: recompute-only preemption, n>1 as child requests sharing the "
                             "prompt through the prefix cache; v0: sequence groups with "
                             "fork/copy-on-write, swap or recompute preemption", default="v1")
@@ -41,10 +65,11 @@ class SchedulerConfig:
                 continue
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not 0 <= self.watermark < 1:
+        if self.watermark is not None and not 0 <= self.watermark < 1:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
         if self.generation not in ("v1", "v0"):
             raise ValueError(f"generation must be v1 or v0, got {self.generation!r}")
+        self.behaviour  # validates the profile and the overrides
         if self.preemption not in ("recompute", "swap"):
             raise ValueError(f"preemption must be recompute or swap, got {self.preemption!r}")
         if self.preemption == "swap" and self.generation != "v0":
@@ -53,6 +78,11 @@ class SchedulerConfig:
             raise ValueError(f"order must be one of {', '.join(ORDER_POLICIES)}, got {self.order!r}")
         if self.victim not in VICTIM_POLICIES:
             raise ValueError(f"victim must be one of {', '.join(VICTIM_POLICIES)}, got {self.victim!r}")
+
+    @property
+    def behaviour(self) -> Behaviour:
+        """The profile's behaviours with this configuration's overrides."""
+        return resolve(self.vllm, self.generation, {n: getattr(self, n) for n in BEHAVIOURS})
 
     @property
     def token_budget(self) -> int:

@@ -1,18 +1,21 @@
 """Contiguous-reservation baselines from the vLLM paper (Orca).
 
 Each request reserves one contiguous region for its whole life, placed by a
-buddy allocator, sized by policy:
+binary buddy allocator (``placement="buddy"``, as the vLLM paper implemented
+Orca) or first fit on exact sizes (``"first-fit"``), sized by policy:
 
 * ``max``    (Orca Max):    the model's maximum length
-* ``pow2``   (Orca Pow2):   the next power of two of the actual final length
+* ``pow2``   (Orca Pow2):   the prompt plus the next power of two of the actual
+  output length ("if the true output length is 25, it reserves 32 positions
+  for outputs", vLLM paper section 6.1)
 * ``oracle`` (Orca Oracle): exactly the actual final length
 
 A region of R slots for a request whose final length is F and whose current
 length is c splits into token states (c), reserved for future tokens (F - c),
 internal fragmentation (R - F, over-reservation) and external fragmentation
-(the buddy's rounding of R up to a power of two). Free slots in chunks too
-small for the request waiting at the head of the queue are external
-fragmentation as well.
+(the buddy's rounding of R up to a power of two; none with first fit). Free
+slots in chunks too small for the request waiting at the head of the queue
+are external fragmentation as well.
 
 Implements ``sim.kv_protocol.KVCacheManager`` with block size 1 (a "block"
 is a token slot); its capabilities say what it cannot do: ``fork``,
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from pagesim.sim.accounting import MemorySplit
 from pagesim.sim.buddy import BuddyAllocator, order_for
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.first_fit import FirstFitAllocator
 from pagesim.sim.kv_protocol import Capabilities
 
 POLICIES = ("max", "pow2", "oracle")
+PLACEMENTS = {"first-fit": FirstFitAllocator, "buddy": BuddyAllocator}
 
 
 @dataclass(slots=True)
@@ -45,14 +50,18 @@ class ContiguousKVCacheManager:
                         needs_final_length=True)
     block_size = 1
 
-    def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int) -> None:
+    def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int,
+                 placement: str = "buddy") -> None:
         if policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {policy!r}")
+        if placement not in PLACEMENTS:
+            raise InvalidArgument(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         if not isinstance(max_model_len, int) or max_model_len <= 0:
             raise InvalidArgument(f"max_model_len must be a positive int, got {max_model_len!r}")
         self.policy = policy
         self.max_model_len = max_model_len
-        self.buddy = BuddyAllocator(capacity_tokens)
+        self.placement = placement
+        self.space = PLACEMENTS[placement](capacity_tokens)
         self.seqs: dict[int, Region] = {}
         self.live_tokens = 0
         self.hit_tokens = self.queried_tokens = 0
@@ -61,22 +70,24 @@ class ContiguousKVCacheManager:
 
     @property
     def capacity_tokens(self) -> int:
-        return self.buddy.capacity
+        return self.space.capacity
 
-    def reservation(self, final_len: int) -> int:
+    def reservation(self, final_len: int, prompt_len: int = 0) -> int:
+        """Slots the policy asks for a request of ``final_len`` tokens, the
+        first ``prompt_len`` of them its prompt."""
         if self.policy == "max":
             return max(self.max_model_len, final_len)
         if self.policy == "pow2":
-            return 1 << order_for(final_len)
+            return prompt_len + (1 << order_for(final_len - prompt_len))
         return final_len
 
     @property
     def num_blocks(self) -> int:
-        return self.buddy.capacity
+        return self.space.capacity
 
     @property
     def num_free_blocks(self) -> int:
-        return self.buddy.free_slots
+        return self.space.free_slots
 
     @property
     def num_seqs(self) -> int:
@@ -86,13 +97,13 @@ class ContiguousKVCacheManager:
                   watermark_blocks: int) -> str | None:
         if forks > 1:
             return "needs fork (beams or V0 samples), which a contiguous baseline cannot do"
-        size = self.reservation(prompt_tokens + output_tokens)
-        k = order_for(size)
-        if k > self.buddy.max_order:
+        size = self.reservation(prompt_tokens + output_tokens, prompt_tokens)
+        if not self.space.fits_ever(size):
             return f"its reservation exceeds the largest contiguous region ({size} slots)"
-        have = self.buddy.capacity - watermark_blocks
-        if (1 << k) > have:
-            return f"its reservation ({1 << k} slots) exceeds the cache less the watermark ({have} slots)"
+        have = self.space.capacity - watermark_blocks
+        if self.space.chunk(size) > have:
+            return (f"its reservation ({self.space.chunk(size)} slots) exceeds the cache less the "
+                    f"watermark ({have} slots)")
         return None
 
     def _seq(self, seq_id: int) -> Region:
@@ -111,14 +122,15 @@ class ContiguousKVCacheManager:
         return self._seq(seq_id).reserved
 
     def can_allocate(self, num_tokens: int, keys=None, *, watermark_blocks: int = 0,
-                     max_tokens: int | None = None) -> bool:
+                     max_tokens: int | None = None, prompt_tokens: int = 0) -> bool:
         """Room for the reservation, leaving ``watermark_blocks`` slots free."""
         final = max_tokens if max_tokens is not None else num_tokens
-        size = self.reservation(final)
-        return (num_tokens > 0 and self.buddy.can_alloc(size)
-                and self.buddy.free_slots - (1 << order_for(size)) >= watermark_blocks)
+        size = self.reservation(final, prompt_tokens)
+        return (num_tokens > 0 and self.space.can_alloc(size)
+                and self.space.free_slots - self.space.chunk(size) >= watermark_blocks)
 
-    def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None) -> int:
+    def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None,
+                 prompt_tokens: int = 0) -> int:
         if seq_id in self.seqs:
             raise InvalidArgument(f"sequence {seq_id} already has a region")
         if not isinstance(num_tokens, int) or num_tokens <= 0:
@@ -126,8 +138,8 @@ class ContiguousKVCacheManager:
         final = max_tokens if max_tokens is not None else num_tokens
         if final < num_tokens:
             raise InvalidArgument(f"max_tokens {final} < num_tokens {num_tokens}")
-        size = self.reservation(final)
-        offset = self.buddy.alloc(size)
+        size = self.reservation(final, prompt_tokens)
+        offset = self.space.alloc(size)
         r = Region(offset, size, final, num_tokens)
         self.seqs[seq_id] = r
         self.live_tokens += num_tokens
@@ -137,7 +149,7 @@ class ContiguousKVCacheManager:
     def _account(self, r: Region, sign: int) -> None:
         self._sum_final += sign * r.final
         self._sum_internal += sign * (r.reserved - r.final)
-        self._sum_rounding += sign * ((1 << order_for(r.reserved)) - r.reserved)
+        self._sum_rounding += sign * (self.space.chunk(r.reserved) - r.reserved)
 
     def can_append(self, seq_id: int, n: int = 1) -> bool:
         r = self._seq(seq_id)
@@ -173,7 +185,7 @@ class ContiguousKVCacheManager:
         r = self.seqs.pop(seq_id, None)
         if r is None:
             raise UnknownSequence(f"cannot free sequence {seq_id}: not held")
-        self.buddy.free(r.offset)
+        self.space.free(r.offset)
         self.live_tokens -= r.num_tokens
         self._account(r, -1)
 
@@ -192,13 +204,13 @@ class ContiguousKVCacheManager:
     def block_table(self, seq_id: int) -> list[int]:
         raise InvalidArgument("contiguous baselines have no block tables (not paged)")
 
-    def counters(self, pending_tokens: int | None = None) -> tuple:
+    def counters(self, pending_tokens: tuple[int, int] | None = None) -> tuple:
         """Everything ``usage`` depends on besides ``live_tokens``."""
         unusable = 0
         if pending_tokens is not None:
-            unusable = self.buddy.free_in_chunks_smaller_than(self.reservation(pending_tokens))
+            unusable = self.space.free_in_chunks_smaller_than(self.reservation(*pending_tokens))
         return (self._sum_final, self._sum_internal, self._sum_rounding + unusable,
-                self.buddy.free_slots - unusable)
+                self.space.free_slots - unusable)
 
     @staticmethod
     def usage_from(live, sum_final, sum_internal, external, free) -> MemorySplit:
@@ -212,7 +224,8 @@ class ContiguousKVCacheManager:
             free=free + live * 0,
         )
 
-    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
-        """``pending_tokens``: final length of the request waiting at the head
-        of the queue; free chunks too small for it count as external."""
+    def usage(self, pending_tokens: tuple[int, int] | None = None) -> MemorySplit:
+        """``pending_tokens``: (final length, prompt length) of the request
+        waiting at the head of the queue; free chunks too small for it count
+        as external."""
         return self.usage_from(self.live_tokens, *self.counters(pending_tokens))

@@ -18,7 +18,8 @@ def check_pool_links(pool) -> set[int]:
     """The free queue holds each free block exactly once, live, and nothing
     else; its stale entries (lazy removals) are accounted for."""
     q = pool.free_queue
-    entries = q._q[q._h:]
+    assert not any(b.stale for b in q._front), "a block prepended to the free queue was removed"
+    entries = q._front + q._q[q._h:]
     stale_total = sum(b.stale for b in pool.blocks)
     assert stale_total == q._stale, (
         f"free queue counts {q._stale} stale entries but the blocks carry {stale_total}")
@@ -49,11 +50,15 @@ def check_pool(pool, holders: Counter) -> None:
             f"block {b.id}: in free queue={queued} but ref_cnt={b.ref_cnt}")
     used = sum(1 for b in pool.blocks if b.ref_cnt > 0)
     assert pool.num_free + used == pool.num_blocks, "free + in use != total blocks"
-    for h, b in pool.cached.items():
+    entries = [(h, b) for h, b in pool.cached.items()]
+    entries += [(h, b) for h, bs in pool.duplicates.items() for b in bs]
+    for h, b in entries:
         assert b.hash == h, f"hash map entry {h} points to block {b.id} whose hash is {b.hash}"
+    assert all(h in pool.cached and bs for h, bs in pool.duplicates.items()), (
+        "a duplicate entry outlived the block the map returns for its hash")
     hashed = [b for b in pool.blocks if b.hash is not None]
     findable = [b for b in hashed if b.hash < UNIQUE_KEY_BASE]
-    assert len(findable) == len(pool.cached), "a block carries a hash that the map does not know"
+    assert len(findable) == len(entries), "a block carries a hash that the map does not know"
     cached_free = sum(1 for b in hashed if b.ref_cnt == 0)
     assert cached_free == pool.num_cached_free, (
         f"num_cached_free {pool.num_cached_free} != {cached_free} hashed free blocks")
@@ -119,9 +124,12 @@ def check_scheduler(sched) -> None:
     assert running.num_seqs == sum(len(g.seqs) for g in running), (
         f"running sequence count {running.num_seqs} != sequences of the running groups")
     for g in running:
-        assert g.status == "running", f"group {g.gid} in the running list is {g.status}"
+        # finishing: done, holding its blocks until the next step is scheduled (async)
+        assert g.status in ("running", "finishing"), f"group {g.gid} in the running list is {g.status}"
         for s in g.seqs:
             assert s.seq_id in kv.seqs, f"running sequence {s.seq_id} holds no KV"
+    assert {g.gid for g, _ in sched.finishing} == {g.gid for g in running if g.status == "finishing"}, (
+        "groups awaiting their finish are not exactly the finishing groups of the running list")
     for _, g in sched.swapped:
         assert g.status == "swapped", f"group {g.gid} in the swapped heap is {g.status}"
     check_decode_set(sched.lazy, kv, {g.seqs[0].seq_id for g in running})

@@ -58,6 +58,8 @@ class PagedKVCacheManager(SwapMixin):
         enable_prefix_caching: bool = False,
         num_cpu_blocks: int = 0,
         null_block: bool = False,
+        unhashed_first: bool = False,
+        cache_duplicates: bool = False,
         event_log: EventLog | None = None,
     ) -> None:
         if not isinstance(block_size, int) or not 1 <= block_size <= 256:
@@ -68,7 +70,8 @@ class PagedKVCacheManager(SwapMixin):
         self.enable_prefix_caching = enable_prefix_caching
         self.log = event_log
         on_evict = (lambda b: event_log.add(None, EVICT, b)) if event_log is not None else None
-        self.pool = BlockPool(num_blocks, null_block=null_block, on_evict=on_evict)
+        self.pool = BlockPool(num_blocks, null_block=null_block, unhashed_first=unhashed_first,
+                              cache_duplicates=cache_duplicates, on_evict=on_evict)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks else None
         self.caps = Capabilities(paged=True, prefix_caching=enable_prefix_caching, fork=True,
                                  swap=self.cpu_pool is not None, needs_final_length=False)
@@ -121,7 +124,7 @@ class PagedKVCacheManager(SwapMixin):
             need = cdiv(prompt_tokens, bs) + forks * (cdiv(output_tokens, bs) + 1)
         else:
             need = cdiv(prompt_tokens + output_tokens, bs)
-        have = self.pool.num_blocks - watermark_blocks
+        have = self.pool.num_usable - watermark_blocks  # the null block is never usable
         return f"needs {need} KV blocks, the cache has {have} usable" if need > have else None
 
     # ----------------------------------------------------------- prefix cache
@@ -152,19 +155,20 @@ class PagedKVCacheManager(SwapMixin):
         return cdiv(num_tokens, self.block_size) - len(hits) + revived
 
     def can_allocate(self, num_tokens: int, keys: BlockKeys | None = None, *,
-                     watermark_blocks: int = 0, max_tokens: int | None = None) -> bool:
+                     watermark_blocks: int = 0, max_tokens: int | None = None,
+                     prompt_tokens: int = 0) -> bool:
         if num_tokens <= 0:
             return False
         hits = self.cached_prefix(num_tokens, keys)
         return self._allocate_need(num_tokens, hits) + watermark_blocks <= self.pool.num_free
 
     def allocate(self, seq_id: int, num_tokens: int, keys: BlockKeys | None = None, *,
-                 max_tokens: int | None = None) -> int:
+                 max_tokens: int | None = None, prompt_tokens: int = 0) -> int:
         """Give a new sequence slots for its first ``num_tokens`` tokens,
         reusing its longest cached prefix. Returns the number of tokens whose
         K/V was found in the cache (the scheduler skips computing them).
-        ``max_tokens`` (final length) is ignored here: paged memory grows on
-        demand; the contiguous baselines need it."""
+        ``max_tokens`` (final length) and ``prompt_tokens`` are ignored here:
+        paged memory grows on demand; the contiguous baselines need them."""
         if seq_id in self.seqs:
             raise InvalidArgument(f"sequence {seq_id} already has a block table")
         if not isinstance(num_tokens, int) or num_tokens <= 0:
@@ -203,6 +207,7 @@ class PagedKVCacheManager(SwapMixin):
             return
         full = s.num_tokens // self.block_size
         keys, cached = s.keys, self.pool.cached
+        dups = self.pool.duplicates if self.pool.cache_duplicates else None
         known = keys.known_blocks if keys is not None else 0
         for i in range(s.num_hashed, full):
             b = s.table[i]
@@ -210,9 +215,12 @@ class PagedKVCacheManager(SwapMixin):
                 continue
             if i < known:
                 h = keys.key(i)
-                # Inlined BlockPool.cache: one entry per content, first block wins.
+                # Inlined BlockPool.cache (see there for duplicates).
                 if h not in cached:
                     cached[h] = b
+                    b.hash = h
+                elif dups is not None:
+                    dups.setdefault(h, []).append(b)
                     b.hash = h
             else:
                 # Unknown content: a unique key nobody can look up, so it
@@ -402,7 +410,7 @@ class PagedKVCacheManager(SwapMixin):
                 self.log.add(seq_id, FREE, b.id)
 
     # ------------------------------------------------------------- accounting
-    def counters(self, pending_tokens: int | None = None) -> tuple:
+    def counters(self, pending_tokens: tuple[int, int] | None = None) -> tuple:
         """Everything ``usage`` depends on besides ``live_tokens``: a cheap
         snapshot the fast engine takes at allocator events."""
         return (self.pool.num_free, self.pool.num_cached_free)
@@ -421,7 +429,7 @@ class PagedKVCacheManager(SwapMixin):
             free=(num_free - num_cached_free) * bs,
         )
 
-    def usage(self, pending_tokens: int | None = None) -> MemorySplit:
+    def usage(self, pending_tokens: tuple[int, int] | None = None) -> MemorySplit:
         """Where the GPU pool's token slots are now (``pending_tokens`` is
         ignored: paged memory has no external fragmentation)."""
         return self.usage_from(self.live_tokens, *self.counters())

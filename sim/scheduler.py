@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 
+from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
@@ -36,12 +37,12 @@ from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import DecodeStretch, StepPlan
 from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
-from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from pagesim.sim.sequence import FINISHED, FINISHING, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
-class Scheduler:
+class Scheduler(AsyncOutput):
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
@@ -67,7 +68,12 @@ class Scheduler:
         self.preemptions = 0
         self.next_seq_id = 0
         self.next_gid = 0
-        self.watermark_blocks = int(config.watermark * kv.num_blocks)
+        self.behaviour = config.behaviour   # the vLLM profile's behaviours (sim/vllm_profile.py)
+        # a fraction of all blocks, the null block included (vLLM)
+        self.watermark_blocks = int(self.behaviour.watermark * kv.num_blocks)
+        #: Groups done at the last commit that keep their blocks until the
+        #: next step is scheduled (async scheduling), with their finish time.
+        self.finishing: list[tuple[Group, float]] = []
         self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
         # forks, frees and finishes since the last step, for the next record
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
@@ -94,16 +100,31 @@ class Scheduler:
     def schedule(self) -> StepPlan | DecodeStretch:
         """The next step, for ``commit`` once it ran: a ``StepPlan``, or in
         fast mode a ``DecodeStretch`` (a pure stretch, or a mixed step whose
-        running phase is the lazy set's bulk decode)."""
+        running phase is the lazy set's bulk decode).
+
+        Under async scheduling the groups that finished at the last commit
+        keep their blocks while this step is scheduled and release them
+        right after. If nothing could be scheduled, vLLM runs no model step:
+        it processes that output and schedules again."""
+        out = self._schedule_step()
+        if self.finishing:
+            self.apply_finishes()
+            if type(out) is StepPlan and not out.seq_ids:
+                self._pending_forks[:0] = out.forks
+                self._pending_freed[:0] = out.freed
+                self._pending_finished[:0] = out.finished
+                out = self._schedule_step()
+        return out
+
+    def _schedule_step(self) -> StepPlan | DecodeStretch:
         stretch = self._stretch_ahead() if self.fast else None
         if stretch is None:
             self.lazy.materialize_all()
-        elif not (self.waiting and self.admissible(self.waiting.head(),
-                                                   self.token_budget - stretch.num_seqs)):
+        elif not self.finishing and not self._head_admissible(self.token_budget - stretch.num_seqs):
             # a pure stretch: nothing waiting can join it
             if self._pending_freed or self._pending_forks:  # (finished ones are freed too)
                 stretch.forks, stretch.freed, stretch.finished = self._take_pending()
-            stretch.live_tokens0 = self.kv.live_tokens + self.lazy.unwritten
+            stretch.live_tokens0 = self.live_tokens()
             return stretch
         forks, freed, finished = self._take_pending()
         plan = StepPlan(step=self.step, forks=forks, freed=freed, finished=finished)
@@ -149,8 +170,12 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
+        finishing = self.finishing
         while i < len(running):
             g = running[i]
+            if finishing and g.status == FINISHING:  # done; its output is not applied yet
+                i += 1
+                continue
             seqs = g.seqs
             if len(seqs) == 1 and seqs[0].known - seqs[0].computed == 1:
                 q = 1 if budget >= 1 else 0  # a plain decode (the common case)
@@ -205,6 +230,9 @@ class Scheduler:
         return self.victim.pick(candidates, self.kv)
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
+        if g.status == FINISHING:
+            self._preempt_finishing(g, plan)
+            return
         self.running.remove_group(g, self.key(g))
         self.preemptions += 1
         g.record.preemptions += 1
@@ -260,6 +288,13 @@ class Scheduler:
             budget -= q * len(ids)
         return budget
 
+    def admission_watermark(self) -> int:
+        """Blocks to keep free when admitting: vLLM 0.33 keeps them only
+        while something runs (an idle engine admits into an empty cache)."""
+        if self.behaviour.watermark_only_while_running and not self.running:
+            return 0
+        return self.watermark_blocks
+
     def admissible(self, g: Group, budget: int) -> tuple[int, int] | None:
         """(cached tokens, query tokens) if waiting group ``g`` can start now."""
         kv, cfg = self.kv, self.cfg
@@ -272,8 +307,11 @@ class Scheduler:
             if not cfg.chunked_prefill:
                 return None
             q = budget
-        if not kv.can_allocate(cached + q, s.keys, watermark_blocks=self.watermark_blocks,
-                               max_tokens=s.prompt_len + s.output_len):
+        # vLLM 0.33 (scheduler_reserve_full_isl) admits a chunked prefill
+        # only if the blocks for all its known tokens fit, not just the chunk's
+        need = s.known if self.behaviour.scheduler_reserve_full_isl else cached + q
+        if not kv.can_allocate(need, s.keys, watermark_blocks=self.admission_watermark(),
+                               max_tokens=s.prompt_len + s.output_len, prompt_tokens=s.prompt_len):
             return None
         return cached, q
 
@@ -290,7 +328,8 @@ class Scheduler:
             cached, q = got
             self.waiting.pop()
             s = g.seqs[0]
-            hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len)
+            hit = kv.allocate(s.seq_id, cached + q, s.keys, max_tokens=s.prompt_len + s.output_len,
+                              prompt_tokens=s.prompt_len)
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
@@ -299,12 +338,13 @@ class Scheduler:
             self._add_to_plan(plan, g, q)
             budget -= q
 
-    def pending_tokens(self) -> int | None:
-        """Final length of the group waiting at the head (for accounting)."""
+    def pending_tokens(self) -> tuple[int, int] | None:
+        """(final length, prompt length) of the group waiting at the head,
+        for the contiguous baselines' accounting."""
         if not self.waiting:
             return None
         s = self.waiting.head().seqs[0]
-        return s.prompt_len + s.output_len
+        return s.prompt_len + s.output_len, s.prompt_len
 
     def _reject_stuck(self, g: Group) -> None:
         self.waiting.pop()
@@ -332,7 +372,8 @@ class Scheduler:
         finish or the first crossing the free blocks cannot cover."""
         lazy = self.lazy
         n = len(lazy)
-        if not n or n != len(self.running) or self.swapped or n > self.token_budget:
+        if (not n or n + len(self.finishing) != len(self.running) or self.swapped
+                or n > self.token_budget):
             return None
         k = lazy.steps_to_first_finish()
         if k and lazy.paged:
@@ -341,7 +382,7 @@ class Scheduler:
             return None
         st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
         if self.stretch_detail:
-            st.seq_ids = [g.seqs[0].seq_id for g in self.running]
+            st.seq_ids = [g.seqs[0].seq_id for g in self.running if g.status != FINISHING]
             st.context_lens0 = lazy.computed_of(st.seq_ids, plus=1)
         return st
 
@@ -364,9 +405,11 @@ class Scheduler:
 
     def _finish_members(self, now: float) -> None:
         lazy = self.lazy
+        done = []
         for m in lazy.finished_by(lazy.D):
             lazy.remove(m.sid)
-            self._finish(m.group, now)
+            done.append(m.group)
+        self.end_groups(done, now)
 
     # ----------------------------------------------------------------- commit
     def commit(self, outcome: StepPlan | DecodeStretch, now: float) -> None:
@@ -393,8 +436,7 @@ class Scheduler:
                 finished.append(g)
         if mixed:
             self._finish_members(now)
-        for g in finished:
-            self._finish(g, now)
+        self.end_groups(finished, now)
         scheduled, self._scheduled = self._scheduled, []
         self.step += 1
         if self.fast:

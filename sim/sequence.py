@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pagesim.sim.block_keys import BlockKeys
 
 WAITING, RUNNING, SWAPPED, FINISHED, REJECTED = "waiting", "running", "swapped", "finished", "rejected"
+#: Done, but under async scheduling still holding its blocks until the next
+#: step has been scheduled (vLLM applies step k's output after scheduling k+1).
+FINISHING = "finishing"
 
 
 @dataclass(slots=True)

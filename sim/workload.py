@@ -39,8 +39,11 @@ def rejection(sched, req) -> str | None:
     total = req.prompt_tokens + req.output_tokens
     if total > cfg.max_model_len:
         return f"longer than max_model_len ({total} > {cfg.max_model_len} tokens)"
+    # vLLM V1 admits into an empty cache whatever its watermark; V0 refuses
+    # for good a request that would eat into the watermark (AllocStatus.NEVER).
+    watermark = sched.watermark_blocks if cfg.generation == "v0" else 0
     return sched.kv.rejection(req.prompt_tokens, req.output_tokens, forks_of(req, cfg.generation),
-                              sched.watermark_blocks)
+                              watermark)
 
 
 def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:

@@ -35,6 +35,11 @@ def trace_of(*rows, **kw):
 
 def config(num_blocks=16, block_size=4, *, caching=False, **sched):
     sched.setdefault("watermark", 0.0)
+    # The exact scenarios of the engine tests were worked out for the classic
+    # V1 profile with every block usable; tests of vLLM 0.33's behaviours
+    # (tests/test_vllm_profiles.py) ask for them explicitly.
+    sched.setdefault("vllm", "0.11")
+    sched.setdefault("null_block", False)
     sched.setdefault("max_model_len", 4096)
     return ReplayConfig(num_gpu_blocks=num_blocks, block_size=block_size, prefix_caching=caching,
                         scheduler=SchedulerConfig(**sched), events=True,

@@ -36,10 +36,12 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.m is None)
     @rule(num_blocks=st.integers(2, 24), block_size=st.sampled_from([1, 2, 3, 4, 16]),
-          caching=st.booleans(), cpu=st.integers(0, 16), null=st.booleans())
-    def init(self, num_blocks, block_size, caching, cpu, null):
+          caching=st.booleans(), cpu=st.integers(0, 16), null=st.booleans(),
+          unhashed_first=st.booleans(), dups=st.booleans())
+    def init(self, num_blocks, block_size, caching, cpu, null, unhashed_first, dups):
         self.m = PagedKVCacheManager(num_blocks, block_size, enable_prefix_caching=caching,
-                                     num_cpu_blocks=cpu, null_block=null, event_log=EventLog())
+                                     num_cpu_blocks=cpu, null_block=null, unhashed_first=unhashed_first,
+                                     cache_duplicates=dups, event_log=EventLog())
 
     def on_gpu(self):
         return sorted(k for k, s in self.m.seqs.items() if not s.on_cpu)

@@ -119,3 +119,14 @@ def test_duplicate_content_is_cached_once():
     assert pool.cache(a, 5) is True
     assert pool.cache(b, 5) is False
     assert b.hash is None and pool.lookup(5) is a
+
+
+def test_free_queue_prepend_goes_before_the_head_in_order_and_empty_pops_take_nothing():
+    blocks = [Block(i) for i in range(6)]
+    q = FreeBlockQueue(blocks[:3])
+    q.prepend([blocks[4], blocks[3]])
+    assert q.ids() == [4, 3, 0, 1, 2] and len(q) == 5
+    assert q.pop_front(0) == [] and q.ids() == [4, 3, 0, 1, 2]
+    assert [b.id for b in q.pop_front(3)] == [4, 3, 0]
+    q.prepend([blocks[5]])
+    assert [b.id for b in q.pop_front(3)] == [5, 1, 2] and len(q) == 0

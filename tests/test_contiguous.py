@@ -64,16 +64,18 @@ def test_buddy_errors():
         b.free(3)
 
 
-@pytest.mark.parametrize("policy,reserved", [("max", 2048), ("pow2", 512), ("oracle", 300)])
-def test_orca_policies_reserve_as_defined(policy, reserved):
-    m = ContiguousKVCacheManager(8192, policy, max_model_len=2048)
-    assert m.reservation(300) == reserved
-    m.allocate(1, 100, max_tokens=300)
+@pytest.mark.parametrize("placement", ["buddy", "first-fit"])
+@pytest.mark.parametrize("policy,reserved", [("max", 2048), ("pow2", 100 + 256), ("oracle", 300)])
+def test_orca_policies_reserve_as_defined(policy, reserved, placement):
+    m = ContiguousKVCacheManager(8192, policy, max_model_len=2048, placement=placement)
+    assert m.reservation(300, 100) == reserved   # 100 prompt + 200 output tokens
+    m.allocate(1, 100, max_tokens=300, prompt_tokens=100)
     u = m.usage()
     assert u.token_states == 100
     assert u.reserved == 200                     # future tokens of the actual length
     assert u.internal_frag == reserved - 300     # over-reservation
-    assert u.external_frag == (1 << order_for(reserved)) - reserved  # buddy rounding
+    rounding = (1 << order_for(reserved)) - reserved if placement == "buddy" else 0
+    assert u.external_frag == rounding  # buddy rounding; first fit places exact sizes
     check_split(u, 8192)
     m.append_slots(1, 200)
     assert m.usage().reserved == 0
@@ -85,7 +87,7 @@ def test_pending_request_makes_small_free_chunks_external():
     m = ContiguousKVCacheManager(3000, "max", max_model_len=2048)  # chunks 2048, 512, 256, ...
     m.allocate(1, 10, max_tokens=20)
     assert not m.can_allocate(10, max_tokens=20)
-    u = m.usage(pending_tokens=20)
+    u = m.usage(pending_tokens=(20, 10))
     assert u.free == 0 and u.external_frag == 3000 - 2048
     check_split(u, 3000)
 
