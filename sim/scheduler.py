@@ -151,6 +151,10 @@ class Scheduler(AsyncOutput):
             return stretch
         return plan
 
+    def _head_admissible(self, budget: int) -> bool:
+        """Whether the head of the queue could start within ``budget``."""
+        return bool(self.waiting) and self.admissible(self.waiting.head(), budget) is not None
+
     def _take_pending(self) -> tuple[list, list, list]:
         """Forks, frees and finishes since the last step (for its record)."""
         out = self._pending_forks, self._pending_freed, self._pending_finished
