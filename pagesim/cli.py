@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
+from pagesim.sim.serving_metrics import parse_goodput, parse_percentiles
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,11 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     a.add_argument("--step-by-step", action="store_true",
                    help="no fast decode stretches (same results, slower; for checking)")
+    m = p.add_argument_group("serving metrics (as vllm bench serve)")
+    m.add_argument("--metric-percentiles", default="99",
+                   help="comma-separated percentiles of TTFT/TPOT/ITL/E2EL in summary.json (default 99)")
+    m.add_argument("--goodput", nargs="+", metavar="NAME:MS",
+                   help="SLOs for request_goodput, e.g. ttft:500 tpot:50 (NAME in ttft, tpot, e2el)")
 
 
 def load_workload(args):
@@ -105,7 +111,8 @@ def replay_config(args, max_len: int):
         num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=args.num_cpu_blocks,
         block_size=args.block_size, allocator=args.allocator, prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
-        events=getattr(args, "events", False), fast=not args.step_by_step)
+        events=getattr(args, "events", False), fast=not args.step_by_step,
+        metric_percentiles=parse_percentiles(args.metric_percentiles), goodput=parse_goodput(args.goodput))
 
 
 def make_executor(args, cfg):

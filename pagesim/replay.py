@@ -16,6 +16,7 @@ from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.gauges import add_gauges
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
 from pagesim.sim.scheduler import Scheduler
 
@@ -40,6 +41,8 @@ class ReplayConfig:
     seed: int = 0
     events: bool = False
     fast: bool = True                      # skip over determined decode stretches
+    metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
+    goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
@@ -99,11 +102,12 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     engine.run()
     _check_drained(sched, kv)
     req_df = requests_dataframe(sched.records)
-    step_df = recorder.to_dataframe()
+    step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
-                        sim_time_s=engine.clock)
+                        sim_time_s=engine.clock, percentiles=cfg.metric_percentiles,
+                        goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
     return ReplayResult(summary, req_df, step_df, sched.log, cfg)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pagesim.sim.accounting import CATEGORIES
+from pagesim.sim.serving_metrics import DEFAULT_PERCENTILES, serving_metrics
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_seqs", "num_tokens", "num_prefill_seqs",
                 "kv_tokens_read", "preemptions") + CATEGORIES
@@ -118,7 +119,7 @@ def requests_dataframe(records) -> pd.DataFrame:
 
 def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: int,
               preemptions: int, hit_tokens: int, queried_tokens: int, wall_s: float,
-              sim_time_s: float) -> dict:
+              sim_time_s: float, percentiles=DEFAULT_PERCENTILES, goodput=()) -> dict:
     """The ``summary.json`` dictionary (see README for each field).
 
     ``memory_split`` averages over engine steps weighted by their duration
@@ -156,4 +157,6 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
         "prefix_cache": {"hit_rate_tokens": hit_tokens / queried_tokens if queried_tokens else 0.0},
         "memory_split": split,
         "sim": {"wall_s": wall_s, "sim_time_s": sim_time_s, "steps": int(len(step_df))},
+        "serving": serving_metrics(req_df, step_df, end_s=sim_time_s, percentiles=percentiles,
+                                   goodput=goodput),
     }
