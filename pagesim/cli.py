@@ -156,27 +156,68 @@ def cmd_replay(args) -> int:
     result = run_replay(trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet)
     print_summary(result.summary)
     if args.out:
-        files = write_outputs(result, args.out, plots=not args.no_plots, table_format=args.table_format)
+        files = write_outputs(result, args.out, plots=not args.no_plots, table_format=args.table_format,
+                              report=args.report)
         print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from pagesim.analysis.compare import compare, format_table
+    from pagesim.compare import run_all
+    runs = compare_runs(args)
+    results = run_all(runs, progress=not args.quiet)
+    from pagesim.analysis.compare import format_table, table
+    tab = table(results)
+    print(format_table(tab))
+    if args.out:
+        from pagesim.compare import write_compare
+        files = write_compare(results, tab, args.out, option=compare_option(args),
+                              plots=not args.no_plots, report=args.report)
+        print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
+    return 0
+
+
+def compare_option(args) -> str:
+    return args.vary.partition("=")[0].replace("-", "_") if args.vary else "allocator"
+
+
+def compare_runs(args) -> list:
+    """(label, trace, config) per compared value: ``--vary OPTION=V1,V2``
+    or, by default, the ``--allocators``."""
+    from pagesim.compare import variants
+    if args.vary:
+        option, sep, values = args.vary.partition("=")
+        values = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not values:
+            raise ValueError(f"--vary: expected OPTION=V1,V2,..., got {args.vary!r}")
+        if option == "rate":
+            runs = []
+            for v in values:
+                args.rate = _positive_float(v, "--vary rate")
+                trace, max_len = load_workload(args)
+                runs.append((f"rate={v}", trace, replay_config(args, max_len)))
+            return runs
+    else:
+        option, values = "allocator", [a.strip() for a in args.allocators.split(",") if a.strip()]
+        for a in values:
+            if a not in ALLOCATORS:
+                raise ValueError(f"unknown allocator {a!r}; choose from {', '.join(ALLOCATORS)}")
     trace, max_len = load_workload(args)
     base = replay_config(args, max_len)
-    names = [a.strip() for a in args.allocators.split(",") if a.strip()]
-    for a in names:
-        if a not in ALLOCATORS:
-            raise ValueError(f"unknown allocator {a!r}; choose from {', '.join(ALLOCATORS)}")
-    table = compare(trace, [replace(base, allocator=a) for a in names], labels=names,
-                    progress=not args.quiet)
-    print(format_table(table))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        table.to_csv(Path(args.out) / "compare.csv")
-        print(f"wrote {args.out}/compare.csv")
-    return 0
+    labelled = variants(base, option, values)
+    if not args.vary:
+        labelled = [(cfg.allocator, cfg) for _, cfg in labelled]
+    return [(label, trace, cfg) for label, cfg in labelled]
+
+
+def _positive_float(v: str, what: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError(f"{what}: {v!r} is not a number") from None
+    if x <= 0:
+        raise ValueError(f"{what}: {v!r} must be positive")
+    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (summary.json, tables, plots)")
     r.add_argument("--table-format", choices=["parquet", "csv"], default="parquet")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the self-contained HTML report (report.html) with --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_replay)
     c = sub.add_parser("compare", help="several allocators on one trace, side by side")
@@ -196,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_options(c)
     c.add_argument("--allocators", default=",".join(ALLOCATORS),
                    help="comma-separated allocators to compare")
-    c.add_argument("--out", help="folder for compare.csv")
+    c.add_argument("--vary", metavar="OPTION=V1,V2",
+                   help="compare values of any option instead of allocators, e.g. block-size=8,16,32, "
+                   "victim=latest,most-blocks, prefix-caching=on,off, rate=10,20,40")
+    c.add_argument("--out", help="folder for compare.csv, compare.png, report.html")
+    c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the self-contained HTML report (report.html)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_compare)
     from pagesim.trace_cli import add_subcommands

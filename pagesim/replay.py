@@ -131,7 +131,7 @@ def config_dict(cfg: ReplayConfig, kv) -> dict:
 
 
 def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
-                  table_format: str = "parquet") -> list[Path]:
+                  table_format: str = "parquet", report: bool = False) -> list[Path]:
     """Write summary.json, requests/steps tables, the event log and plots.
 
     Every file is written under a temporary name and renamed when complete,
@@ -158,9 +158,13 @@ def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
         path = result.events.write(out / f"events.{ext}")
         written.append(path)
     if plots:
-        from pagesim.analysis.plots import latency_cdfs, memory_breakdown
-        atomic("memory.png", lambda p: memory_breakdown(result.steps, result.summary, p))
-        atomic("latency.png", lambda p: latency_cdfs(result.requests, p))
+        from pagesim.analysis.plots import latency_cdfs, memory_over_time
+        atomic("memory.png", lambda p: memory_over_time(result.steps, result.summary, p))
+        atomic("latency.png", lambda p: latency_cdfs(result.requests, result.steps, p,
+                                                     summary=result.summary))
+    if report:
+        from pagesim.analysis.report import replay_report
+        atomic("report.html", lambda p: replay_report(result, p))
     atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
     return written
 

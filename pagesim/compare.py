@@ -1,0 +1,99 @@
+"""Replays side by side (``pagesim compare``), varying any option.
+
+``variants(base, "block_size", ["8", "16", "32"])`` gives one config per value
+of a field of ``ReplayConfig`` or of its ``SchedulerConfig`` (``allocator``,
+``block_size``, ``prefix_caching``, ``victim``, ``preemption``...). The
+arrival rate changes the trace instead, so the CLI builds one trace per rate
+and hands ``run_all`` (label, trace, config) triples.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields, replace
+from pathlib import Path
+
+from pagesim.analysis.compare import table
+from pagesim.analysis.compare_plots import block_size_sweep, overlay, sweep_table
+from pagesim.analysis.report import compare_report
+from pagesim.replay import ReplayConfig, run_replay
+from pagesim.sim.config import SchedulerConfig
+
+
+def run_all(runs, *, progress: bool = False) -> dict:
+    """Replay each (label, trace, config); label -> ReplayResult."""
+    return {label: run_replay(trace, cfg, progress=progress) for label, trace, cfg in runs}
+
+
+def compare(trace, configs, labels=None, *, progress: bool = False) -> pd.DataFrame:
+    """Replay ``trace`` once per config; one column per config."""
+    labels = labels or [c.allocator for c in configs]
+    return table(run_all([(lb, trace, c) for lb, c in zip(labels, configs)], progress=progress))
+
+
+def _field_types(cls) -> dict:
+    defaults = cls()
+    return {f.name: type(getattr(defaults, f.name)) for f in fields(cls)}
+
+
+def variants(base: ReplayConfig, option: str, values) -> list[tuple[str, ReplayConfig]]:
+    """(label, config) per value of ``option`` (dashes or underscores)."""
+    name = option.replace("-", "_")
+    top, sched = _field_types(ReplayConfig), _field_types(SchedulerConfig)
+    if name == "scheduler":  # the CLI's --scheduler is SchedulerConfig.generation
+        name = "generation"
+    if name not in top and name not in sched or name == "scheduler":
+        raise ValueError(f"--vary: unknown option {option!r}; choose a replay option such as "
+                         "allocator, block_size, prefix_caching, victim, preemption, rate")
+    kind = top.get(name) or sched.get(name)
+    out = []
+    for raw in values:
+        value = _convert(raw, kind, option)
+        if name in top:
+            cfg = replace(base, **{name: value})
+        else:
+            cfg = replace(base, scheduler=replace(base.scheduler, **{name: value}))
+        out.append((f"{option}={raw}", cfg))
+    return out
+
+
+def _convert(raw: str, kind, option: str):
+    if kind is type(None):  # optional sizes (num_gpu_blocks, max_model_len...) are ints
+        kind = int
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
+            raise ValueError(f"--vary: {option}={raw!r} is not on/off")
+        return raw.lower() in ("true", "on", "1")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"--vary: {option}={raw!r} is not a{'n int' if kind is int else ' number'}") from None
+    return raw
+
+
+def write_compare(results: dict, tab, out, *, option: str = "allocator", plots: bool = True,
+                  report: bool = True) -> list[Path]:
+    """compare.csv, compare.png (overlay), block_size.png (when the block size
+    varies) and report.html, each written whole under a temporary name."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def atomic(name, write):
+        tmp = out / f".{name}.tmp"
+        write(tmp)
+        os.replace(tmp, out / name)
+        written.append(out / name)
+
+    atomic("compare.csv", lambda p: tab.to_csv(p))
+    if plots:
+        atomic("compare.png", lambda p: overlay(results, p, title=f"pagesim compare: {option}"))
+        if option == "block_size":
+            sizes = [res.config.block_size for res in results.values()]
+            atomic("block_size.png", lambda p: block_size_sweep(sweep_table(results, sizes), p))
+    if report:
+        atomic("report.html", lambda p: compare_report(results, tab, p, option=option))
+    return written
+
+
+__all__ = ["run_all", "compare", "variants", "write_compare"]
