@@ -47,7 +47,7 @@ def overlay(results: dict, path=None, *, title: str | None = None) -> Figure:
               title="KV cache usage (time-weighted)")
     waiting.set(ylabel="num_requests_waiting (peak per bin)", xlabel="simulated time (s)",
                 title="Waiting requests")
-    _split_bars(split, results)
+    memory_split_bars(split, results)
     for ax, name in zip(axes[1], ("TTFT", "TPOT", "E2EL")):
         ax.set(xlabel=f"{name} (ms)", ylabel="fraction", ylim=(0, 1.02), title=f"{name} CDF")
         xs = [line.get_xdata() for line in ax.lines if len(line.get_xdata())]
@@ -61,7 +61,7 @@ def overlay(results: dict, path=None, *, title: str | None = None) -> Figure:
     return fig
 
 
-def _split_bars(ax, results: dict) -> None:
+def memory_split_bars(ax, results: dict) -> None:
     labels = list(results)
     bottom = np.zeros(len(labels))
     for c in CATEGORIES:
@@ -113,4 +113,4 @@ def sweep_table(results: dict, block_sizes) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["overlay", "block_size_sweep", "sweep_table", "binned_mean"]
+__all__ = ["overlay", "memory_split_bars", "block_size_sweep", "sweep_table", "binned_mean"]
