@@ -45,7 +45,11 @@ def run_title(summary) -> str:
     if not summary:
         return ""
     cfg = summary.get("config", {})
-    parts = [cfg.get("allocator"), f"{cfg.get('model')} on {cfg.get('gpu')}" if cfg.get("model") else None,
+    sched = cfg.get("scheduler") or {}
+    policy = None
+    if sched and (sched.get("generation") != "v1" or sched.get("victim") != "latest"):
+        policy = f"{sched.get('generation')} {sched.get('preemption')}, victim {sched.get('victim')}"
+    parts = [cfg.get("allocator"), policy, f"{cfg.get('model')} on {cfg.get('gpu')}" if cfg.get("model") else None,
              f"block {cfg.get('block_size')}" if cfg.get("block_size") else None,
              f"{cfg.get('num_gpu_blocks'):,} blocks" if cfg.get("num_gpu_blocks") else None]
     return " · ".join(str(p) for p in parts if p)
