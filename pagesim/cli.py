@@ -157,7 +157,7 @@ def cmd_replay(args) -> int:
     print_summary(result.summary)
     if args.out:
         files = write_outputs(result, args.out, plots=not args.no_plots, table_format=args.table_format,
-                              report=args.report)
+                              report=args.report, timeline=args.timeline)
         print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
     return 0
 
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                    help="write the self-contained HTML report (report.html) with --out")
+    r.add_argument("--timeline", nargs="?", type=int, const=1000, metavar="MAX_REQUESTS",
+                   help="write timeline.json (Chrome/Perfetto trace: engine steps, one track per "
+                   "request) with --out; at most MAX_REQUESTS request tracks (default 1000)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_replay)
     c = sub.add_parser("compare", help="several allocators on one trace, side by side")

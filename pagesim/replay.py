@@ -131,7 +131,8 @@ def config_dict(cfg: ReplayConfig, kv) -> dict:
 
 
 def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
-                  table_format: str = "parquet", report: bool = False) -> list[Path]:
+                  table_format: str = "parquet", report: bool = False,
+                  timeline: int | None = None) -> list[Path]:
     """Write summary.json, requests/steps tables, the event log and plots.
 
     Every file is written under a temporary name and renamed when complete,
@@ -165,6 +166,10 @@ def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
     if report:
         from pagesim.analysis.report import replay_report
         atomic("report.html", lambda p: replay_report(result, p))
+    if timeline:  # at most that many request tracks
+        from pagesim.analysis.timeline import write_timeline
+        atomic("timeline.json", lambda p: write_timeline(result.requests, result.steps, p,
+                                                         max_requests=timeline))
     atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
     return written
 
