@@ -137,7 +137,10 @@
         g.strokeStyle = m.color || "#9b2226"; g.setLineDash([4, 3]); g.beginPath();
         g.moveTo(sc.px(m.x), PAD.t); g.lineTo(sc.px(m.x), h - PAD.b); g.stroke(); g.setLineDash([]);
         g.fillStyle = m.color || "#9b2226"; g.font = "11px sans-serif";
-        g.fillText(m.label, sc.px(m.x) + 4, PAD.t + 12 + 14 * (m.row || 0));
+        const right = sc.px(m.x) > (PAD.l + w - PAD.r) / 2;   // label on the roomier side
+        g.textAlign = right ? "right" : "left";
+        g.fillText(m.label, sc.px(m.x) + (right ? -4 : 4), PAD.t + 12 + 14 * (m.row || 0));
+        g.textAlign = "left";
       }
       g.restore();
       this.sc = sc; this.w = w; this.h = h;

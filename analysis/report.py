@@ -35,7 +35,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}td:first-child,th:first-child{text-align:left}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:18px}
+.grid{display:grid;align-items:start;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:18px}
 .chart{position:relative}.chart h3{font-size:13px;margin:6px 0}
 .legend{font-size:12px}.legend span{margin-right:12px;white-space:nowrap}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
