@@ -108,7 +108,7 @@ def sweep_table(results: dict, block_sizes) -> pd.DataFrame:
         s = res.summary
         rows.append({"block_size": bs, "internal_frag": s["memory_split"]["internal_frag"],
                      "token_states": s["memory_split"]["token_states"],
-                     "hit_rate": s["prefix_cache"]["hit_rate_tokens"],
+                     "hit_rate": s["prefix_cache"].get("hit_rate_tokens") or 0.0,
                      "preemptions": s["preemptions"]})
     return pd.DataFrame(rows)
 

@@ -132,12 +132,16 @@ def html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _share(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
 def summary_rows(s: dict) -> tuple[list, list]:
     """(run rows, serving rows as vllm bench serve names them)."""
     r, sv = s["requests"], s.get("serving", {})
     rows = [("requests finished / total", f"{r['finished']:,} / {r['total']:,}"),
             ("rejected", r["rejected"]), ("preemptions", s["preemptions"]),
-            ("prefix-cache hit rate", f"{s['prefix_cache']['hit_rate_tokens']:.1%}")]
+            ("prefix-cache hit rate", _share(s["prefix_cache"].get("hit_rate_tokens")))]
     rows += [(f"memory: {LABELS[c]}", f"{v:.1%}") for c, v in s["memory_split"].items()]
     rows += [("simulated time (s)", s["sim"]["sim_time_s"]), ("engine steps", s["sim"]["steps"]),
              ("wall time (s)", s["sim"]["wall_s"])]
