@@ -1,6 +1,10 @@
 # Two entry points for a fresh machine with only Python and pip:
 #   make demo   set up a virtualenv and compare paged vs the Orca baselines under memory pressure
 #   make test   set up a virtualenv with the test extras and run the suite
+# and one more for CI:
+#   make test-triton-latest   the Triton tests (-m triton) again, in a second
+#               virtualenv with the newest Triton release, as a fresh
+#               `pip install .[gpu]` resolves it
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,8 +13,9 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TRITON ?= triton==3.6.0
 PYTEST_ARGS ?=
+LATEST ?= .venv-triton-latest
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-triton-latest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +36,29 @@ demo: $(VENV)/.core
 	$(BIN)/pagesim compare --workload sharegpt --num-requests 400 --rate 25 \
 	  --num-gpu-blocks 1000 --max-model-len 2048 --quiet --out runs/demo
 
+# pytest exits 5 when it collected no test: a wrong selection, never a pass.
+NO_TESTS = if [ $$rc -eq 5 ]; then echo "pytest collected no test (exit 5): check PYTEST_ARGS and markers" >&2; fi; exit $$rc
+
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
+
+# torch stays the pinned CPU build (an unpinned one pulls CUDA, gigabytes);
+# triton is left to the resolver, and upgraded on every run so that a kept
+# virtualenv still tests the newest release.
+$(LATEST)/.test: pyproject.toml
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q -e ".[gpu,test]"
+	touch $@
+
+test-triton-latest: $(LATEST)/.test
+	$(LATEST)/bin/python -m pip install -q --upgrade triton
+	$(LATEST)/bin/python -c 'import torch, triton; print(f"torch {torch.__version__}, triton {triton.__version__}")'
+	$(LATEST)/bin/python -m pytest -n 2 -q -m triton $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 bench: $(VENV)/.core
 	$(BIN)/python bench/bench_allocator.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache .hypothesis

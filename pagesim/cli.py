@@ -69,6 +69,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     a.add_argument("--step-by-step", action="store_true",
                    help="no fast decode stretches (same results, slower; for checking)")
+    a.add_argument("--check-invariants", type=int, default=0, metavar="N",
+                   help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
     m = p.add_argument_group("serving metrics (as vllm bench serve)")
     m.add_argument("--metric-percentiles", default="99",
                    help="comma-separated percentiles of TTFT/TPOT/ITL/E2EL in summary.json (default 99)")
@@ -112,6 +114,7 @@ def replay_config(args, max_len: int):
         block_size=args.block_size, allocator=args.allocator, prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
+        check_invariants=args.check_invariants,
         metric_percentiles=parse_percentiles(args.metric_percentiles), goodput=parse_goodput(args.goodput))
 
 

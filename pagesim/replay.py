@@ -41,12 +41,15 @@ class ReplayConfig:
     seed: int = 0
     events: bool = False
     fast: bool = True                      # skip over determined decode stretches
+    check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
     metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
     goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
+            raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
         if self.scheduler.max_model_len is None:  # the model's own limit
@@ -91,7 +94,8 @@ def build(trace, cfg: ReplayConfig, executor=None):
                                                      cfg.block_size))
     sched.plan_tables = getattr(executor, "needs_plans", False)
     recorder = StepRecorder(kv.usage_from)
-    engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder)
+    engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
+                    check_invariants=cfg.check_invariants)
     return engine, sched, kv, recorder
 
 

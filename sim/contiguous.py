@@ -123,7 +123,7 @@ class ContiguousKVCacheManager:
         self.live_tokens += n
         return []
 
-    def write_in_place(self, seq_ids, counts, *, count_live: bool = True) -> None:
+    def write_in_place(self, seq_ids, counts) -> None:
         """Bulk ``append_slots`` for tokens known to fit (the fast engine)."""
         for sid, n in zip(seq_ids, counts):
             if not n:
@@ -135,8 +135,7 @@ class ContiguousKVCacheManager:
                 r.final = r.num_tokens + n
                 self._account(r, +1)
             r.num_tokens += n
-            if count_live:
-                self.live_tokens += n
+            self.live_tokens += n
 
     def free(self, seq_id: int) -> None:
         r = self.seqs.pop(seq_id, None)

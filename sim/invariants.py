@@ -1,8 +1,10 @@
-"""Invariants of the paged KV-cache manager, checkable at any moment.
+"""Invariants of the paged KV-cache manager and the scheduler.
 
-Used after every step of the property-based tests, and available to users
-who write their own allocator policies. Each failure message names the
-broken invariant.
+The manager's hold at any moment; the scheduler's at every step boundary,
+in both engine modes (``check_scheduler``; ``pagesim replay
+--check-invariants N`` runs it during a real replay). Used after every step
+of the property-based tests, and available to users who write their own
+allocator policies. Each failure message names the broken invariant.
 """
 from __future__ import annotations
 
@@ -78,7 +80,80 @@ def check_manager(m) -> None:
     check_split(m.usage(), m.capacity_tokens)
 
 
+def check_plan(plan, kv) -> None:
+    """A step plan is executable against the allocator's state right after
+    ``schedule``: every scheduled sequence is held on the GPU with the
+    block table the plan lists (if it lists tables), and every
+    copy-on-write destination is a block of a sequence that runs in this
+    step (a copy into a block freed in the same plan is a phantom copy)."""
+    held = set()
+    for i, sid in enumerate(plan.seq_ids):
+        table = kv.block_table(sid)
+        assert not kv.seqs[sid].on_cpu, f"step {plan.step}: scheduled sequence {sid} is swapped out"
+        if plan.block_tables:
+            assert plan.block_tables[i] == table, (
+                f"step {plan.step}: plan lists a stale block table for sequence {sid}")
+        held.update(table)
+    for src, dst in plan.cow:
+        assert dst in held, (
+            f"step {plan.step}: copy-on-write ({src}, {dst}) into a block no running sequence holds")
+
+
 def check_split(split, capacity: int) -> None:
     for k in CATEGORIES:
         assert getattr(split, k) >= 0, f"accounting category {k} is negative: {split}"
     assert split.capacity == capacity, f"accounting categories sum to {split.capacity}, not {capacity}"
+
+
+def check_scheduler(sched) -> None:
+    """The scheduler's state at a step boundary, and the manager's under it.
+
+    The lazy decode set's lag (fast mode) lives on the scheduler side: the
+    manager must be exact on its own, and the tokens the set decoded but has
+    not written must each fit in their member's last block and make up the
+    difference between the manager's count and the scheduler's."""
+    kv = sched.kv
+    running = sched.running
+    assert running.keys == [sched.key(g) for g in running], "running list out of key order"
+    assert running.keys == sorted(running.keys), "running keys not sorted"
+    assert running.num_seqs == sum(len(g.seqs) for g in running), (
+        f"running sequence count {running.num_seqs} != sequences of the running groups")
+    for g in running:
+        assert g.status == "running", f"group {g.gid} in the running list is {g.status}"
+        for s in g.seqs:
+            assert s.seq_id in kv.seqs, f"running sequence {s.seq_id} holds no KV"
+    for _, g in sched.swapped:
+        assert g.status == "swapped", f"group {g.gid} in the swapped heap is {g.status}"
+    check_decode_set(sched.lazy, kv, {g.seqs[0].seq_id for g in running})
+    if getattr(kv, "pool", None) is not None:
+        check_manager(kv)
+    else:  # a contiguous baseline: its live count is what its regions hold
+        held = sum(r.num_tokens for r in kv.seqs.values())
+        assert held == kv.live_tokens, f"live_tokens {kv.live_tokens} != {held} tokens held"
+    live = sched.live_tokens()
+    check_split(kv.usage_from(live, *kv.counters(sched.pending_tokens())), kv.capacity_tokens)
+
+
+def check_decode_set(lazy, kv, running_ids) -> None:
+    """Each member's manager-side tokens plus its unwritten ones equal its
+    up-to-date computed tokens; unwritten tokens fit in its unshared last
+    block; the set's running totals match its members."""
+    unwritten = computed = 0
+    paged = getattr(kv, "pool", None) is not None
+    for sid, m in lazy.members.items():
+        assert sid in running_ids, f"lazy member {sid} is not a running sequence"
+        c = m.seq.computed + lazy.D - m.d0
+        lag = lazy.D - m.kd0
+        assert lag >= 0, f"lazy member {sid} is written ahead of the set ({lag})"
+        assert kv.num_tokens(sid) + lag == c, (
+            f"lazy member {sid}: {kv.num_tokens(sid)} tokens in the manager + {lag} unwritten "
+            f"!= {c} computed")
+        if paged:
+            last = kv.seqs[sid].table[-1]
+            assert last.fill + lag <= lazy.bs and (lag == 0 or last.ref_cnt == 1), (
+                f"lazy member {sid}: {lag} unwritten tokens do not fit its unshared last block")
+            assert (lazy.D - c) % lazy.bs == m.cross, f"lazy member {sid}: stale crossing residue"
+        unwritten += lag
+        computed += c
+    assert unwritten == lazy.unwritten, f"unwritten count {lazy.unwritten} != {unwritten}"
+    assert computed == lazy.sum_computed, f"sum_computed {lazy.sum_computed} != {computed}"

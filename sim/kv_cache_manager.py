@@ -262,10 +262,11 @@ class PagedKVCacheManager(SwapMixin):
             self._hash_full_blocks(s)
         return pairs
 
-    def write_in_place(self, seq_ids, counts, *, count_live: bool = True) -> None:
+    def write_in_place(self, seq_ids, counts) -> None:
         """Append ``counts[i]`` tokens to each sequence when the caller
-        knows they fit in its unshared last block (the fast engine's bulk
-        decode): ``append_slots`` without its per-call checks and branches."""
+        knows they fit in its unshared last block (the fast engine writing a
+        decoding sequence's tokens): ``append_slots`` without its per-call
+        checks and branches. Asserts the precondition."""
         bs, seqs = self.block_size, self.seqs
         caching = self.enable_prefix_caching
         total = 0
@@ -275,28 +276,29 @@ class PagedKVCacheManager(SwapMixin):
             s = seqs[sid]
             b = s.table[-1]
             fill = b.fill + n
-            assert fill <= bs and b.ref_cnt == 1, (
+            assert fill <= bs and b.ref_cnt == 1 and not s.on_cpu, (
                 f"write_in_place: sequence {sid} would overflow or write a shared block")
             b.fill = fill
             s.num_tokens += n
             total += n
             if caching and fill == bs:
                 self._hash_full_blocks(s)
-        if count_live:  # the fast engine adds a whole batch's tokens at once
-            self.live_tokens += total
+        self.live_tokens += total
 
-    def cross_blocks(self, seq_ids, lags) -> None:
+    def cross_blocks(self, seq_ids, lags) -> int:
         """For each sequence in order: write ``lags[i]`` tokens in place,
         which fills its unshared last block exactly, then take one new block
         for one more token. The fast engine's block-boundary crossings, in
-        one call; ``live_tokens`` is left to the caller, who counts the
-        whole batch at once. Only for content without known identities
-        (see ``sim/lazy_decode.py``): their cache keys cannot collide."""
+        one call (the caller checked that enough blocks are free). Only for
+        content without known identities (see ``sim/lazy_decode.py``):
+        their cache keys cannot collide. Returns the tokens written."""
         bs, seqs, log = self.block_size, self.seqs, self.log
         caching = self.enable_prefix_caching
-        if log is None:
+        if log is None:  # raises OutOfBlocks before any change
             new = self.pool.get_new_blocks(len(seq_ids), fill=1)
         else:  # pop one by one so each eviction is logged before its alloc
+            if len(seq_ids) > self.pool.num_free:
+                raise OutOfBlocks(f"cross_blocks: {len(seq_ids)} crossings, {self.pool.num_free} free")
             new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
         for sid, lag, b in zip(seq_ids, lags, new):
             s = seqs[sid]
@@ -304,7 +306,7 @@ class PagedKVCacheManager(SwapMixin):
             last.fill += lag
             # a full last block may be shared (a prefix-cache hit); one that
             # is written into may not
-            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
+            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1) and not s.on_cpu, (
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
             s.table.append(b)
             s.num_tokens += lag + 1
@@ -312,6 +314,9 @@ class PagedKVCacheManager(SwapMixin):
                 log.add(sid, ALLOC, b.id)
             if caching:
                 self._hash_full_blocks(s)
+        written = sum(lags) + len(seq_ids)
+        self.live_tokens += written
+        return written
 
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:

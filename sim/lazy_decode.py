@@ -9,13 +9,19 @@ caching must hash it at that step), or finishes.
 
 A member's ``Sequence.computed`` / ``generated`` lag by ``D - d0`` tokens,
 where ``D`` counts the decode steps the set has taken and ``d0`` is ``D`` when
-the member was last brought up to date (``materialize``); its KV-cache
-manager state (token count, last block's fill) lags by ``D - kd0``, which a
-block-boundary crossing resets without touching the sequence (one object
-less per crossing). The manager's ``live_tokens``
-is kept exact in bulk, so memory accounting never lags. Anything that reads
-or changes a member individually must materialize it first; the scheduler's
-full step materializes everyone.
+the member was last brought up to date (``materialize``); its tokens not yet
+written to the KV-cache manager are the ``D - kd0`` of its last
+block-boundary crossing or materialization (a crossing resets ``kd0``
+without touching the sequence: one object less per crossing).
+
+Where the lag lives: on this side only. The manager's own state is exact
+and self-consistent at every moment (its ``live_tokens`` equals what its
+blocks hold, ``check_manager`` passes); the set counts the decoded tokens
+not yet written (``unwritten``) and the scheduler's accounting adds them
+(``Scheduler.live_tokens``). The unwritten tokens of a member always fit in
+its unshared last block (a crossing writes them first), and they are written
+before anything reads or changes the member individually (``materialize``;
+the scheduler's full step materializes everyone). All of it is O(events).
 
 Crossings are found by residue: a member whose up-to-date token count is
 ``c`` at ``D`` crosses a block boundary at the steps ``j`` with
@@ -29,6 +35,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from operator import attrgetter
+
+from pagesim.sim.sequence import RUNNING
 
 
 @dataclass(slots=True, eq=False)
@@ -63,6 +71,7 @@ class LazyDecodeSet:
         self.cross_count = [0] * self.bs   # members crossing at each residue
         self.num_fill = 0                  # members with known content to hash
         self._sum_c_minus_d0 = 0   # sum over members of (c0 - d0)
+        self._sum_kd0 = 0          # sum over members of kd0
 
     def __len__(self) -> int:
         return len(self.members)
@@ -71,6 +80,37 @@ class LazyDecodeSet:
     def sum_computed(self) -> int:
         """Sum of the members' up-to-date computed tokens."""
         return self._sum_c_minus_d0 + len(self.members) * self.D
+
+    @property
+    def unwritten(self) -> int:
+        """Tokens the members decoded that the KV-cache manager does not
+        hold yet (``D - kd0`` each): what accounting adds to its count."""
+        return len(self.members) * self.D - self._sum_kd0
+
+    def computed_of(self, seq_ids, plus: int = 0) -> list[int]:
+        """Up-to-date computed tokens (``+ plus``) of the given members."""
+        members, D = self.members, self.D
+        return [(m.seq.computed + D - m.d0 + plus) for m in map(members.__getitem__, seq_ids)]
+
+    def steps_ahead(self) -> int:
+        """Decode steps determined from now: until the first member
+        finishes, and (paged) while the free blocks cover the crossings."""
+        k = self.steps_to_first_finish()
+        if self.paged and k:
+            k = self.memory_limit(k, self.kv.pool.num_free)
+        return k
+
+    def adopt(self, groups, key) -> None:
+        """Take over the running groups that are one sequence in plain
+        decode (prompt done, one token to compute per step, no forks);
+        ``key``: the scheduler's keep-order key."""
+        members = self.members
+        for g in groups:
+            if g.status != RUNNING or len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
+                continue
+            s = g.seqs[0]
+            if s.generated >= 1 and s.known - s.computed == 1 and s.seq_id not in members:
+                self.add(g, key(g))
 
     def add(self, group, key) -> None:
         """Take over a running group of one sequence in plain decode."""
@@ -91,6 +131,7 @@ class LazyDecodeSet:
                 self._put(fill, m)
         heapq.heappush(self.finish_heap, (self.D + s.output_len - s.generated, key, s.seq_id))
         self._sum_c_minus_d0 += s.computed - self.D
+        self._sum_kd0 += self.D
 
     def _put(self, r: int, m: Member) -> None:
         last = self._last_key[r]
@@ -111,8 +152,9 @@ class LazyDecodeSet:
             m.d0 = to_d
         lag = to_d - m.kd0
         if lag:
-            self.kv.write_in_place((m.sid,), (lag,), count_live=False)
+            self.kv.write_in_place((m.sid,), (lag,))
             m.kd0 = to_d
+            self._sum_kd0 += lag
 
     def remove(self, seq_id: int) -> Member:
         """Materialize a member and hand it back to explicit scheduling."""
@@ -124,6 +166,7 @@ class LazyDecodeSet:
             self.num_fill -= 1
             self.buckets[m.fill].pop(seq_id, None)
         self._sum_c_minus_d0 -= m.seq.computed - self.D
+        self._sum_kd0 -= m.kd0
         return m
 
     def materialize_all(self) -> None:
@@ -173,6 +216,62 @@ class LazyDecodeSet:
             self._last_key[r] = ordered[-1].key if ordered else None
             return ordered
         return list(bucket.values())
+
+    def run(self, st, pending_tokens, log=None) -> None:
+        """Take the steps of the pure stretch ``st`` (a ``DecodeStretch``):
+        each step's allocator events in order, recording the manager's
+        ``counters(pending_tokens)`` before the first step and after each
+        step with events in ``st``; then ``D`` advances. ``log``: the event
+        log, stamped with steps."""
+        counters = self.kv.counters
+        steps, snaps = st.event_steps, st.event_counters = [-1], [counters(pending_tokens)]
+        if self.paged:
+            buckets, bs, r0 = self.buckets, self.bs, self.D % self.bs
+            for j in range(st.num_steps):
+                if buckets[(r0 + j) % bs]:  # some member needs the allocator at step j
+                    if log is not None:
+                        log.step = st.step + j
+                    self.apply_events(j)
+                    steps.append(j)
+                    snaps.append(counters(pending_tokens))
+        self.D += st.num_steps
+        if log is not None:
+            log.step = st.step + st.num_steps - 1
+
+    def apply_events(self, j: int) -> None:
+        """The allocator calls of the members at step ``j`` (from ``D``), in
+        running order, exactly as the step-by-step engine makes them: each
+        crossing writes the member's unwritten tokens, which fill its last
+        block, then takes a block for this step's token; a fill of known
+        content is written (and hashed) at this step."""
+        if not self.paged:
+            return  # contiguous memory: decodes never need the allocator
+        kv = self.kv
+        events = self.events_at(j)
+        if not events:
+            return
+        at = self.D + j
+        if not self.num_fill or all(m.fill is None for m in events):
+            # Only crossings of content nobody can share: one bulk call.
+            ids, lags = [], []
+            for m in events:
+                ids.append(m.sid)
+                lags.append(at - m.kd0)
+                m.kd0 = at + 1
+            self._sum_kd0 += kv.cross_blocks(ids, lags)  # each kd0 moved by its lag + 1
+            return
+        r = at % self.bs
+        for m in events:
+            self.materialize(m, at)
+            s = m.seq
+            if m.cross == r:
+                kv.append_slots(s.seq_id, 1)
+            else:  # a fill of known content: hashed at this step
+                kv.write_in_place((s.seq_id,), (1,))
+            s.computed += 1
+            s.generated += 1
+            m.d0 = m.kd0 = at + 1
+            self._sum_kd0 += 1
 
     def finished_by(self, d: int) -> list[Member]:
         """Members whose last token is produced by step count ``d``."""

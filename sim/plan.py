@@ -10,11 +10,16 @@ Two views of a step exist on purpose:
   tables, and the copy-on-write / swap block moves the allocator reported.
 * ``StepShapes`` is the few numbers a cost model needs to *price* a step, as
   numpy arrays so that a stretch of many decode steps is priced in one
-  vectorised call. The fast simulator mode never materialises ``StepPlan``
-  objects for the steps it skips over.
+  vectorised call.
+
+The fast simulator mode adds a third, compact record, ``DecodeStretch``:
+steps in which only the scheduler's plainly decoding sequences run (a mixed
+step: one such step that new admissions join). It is priced from its totals,
+and ``plans()`` expands it into the ``StepPlan``s step-by-step mode makes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,37 +46,21 @@ class StepPlan:
     forks: list[tuple[int, int]] = field(default_factory=list)     # (parent seq, child seq)
     freed: list[int] = field(default_factory=list)  # seqs whose KV was released after the last step
     finished: list[int] = field(default_factory=list)  # of those, seqs that are done for good
-    #: Fast mode only: decoding sequences advanced in bulk and not listed
-    #: above (one query token each, ``bulk_decode_ctx`` context tokens in
-    #: all). Executors that need plans (GPU) never see them.
-    bulk_decode_seqs: int = 0
-    bulk_decode_ctx: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return sum(self.query_lens) + self.bulk_decode_seqs
+        return sum(self.query_lens)
 
     def shape_numbers(self) -> tuple:
         """(num_seqs, num_tokens, kv_tokens_read, attn_pairs,
         num_prefill_seqs, copy_blocks, swap_blocks) as plain numbers."""
         q, c = self.query_lens, self.context_lens
-        bn, bc = self.bulk_decode_seqs, self.bulk_decode_ctx
-        # a decode's query-key pairs equal its context length
-        return (len(q) + bn, sum(q) + bn, sum(c) + bc, _attn_pairs(q, c) + bc,
+        return (len(q), sum(q), sum(c), _attn_pairs(q, c),
                 sum(1 for x in q if x > 1), len(self.cow), len(self.swap_out) + len(self.swap_in))
 
     def shapes(self) -> "StepShapes":
         """Price view of this single step (arrays of length 1)."""
-        n_seq, n_tok, kv, pairs, n_pre, copies, swaps = self.shape_numbers()
-        return StepShapes(
-            num_seqs=np.array([n_seq], dtype=np.int64),
-            num_tokens=np.array([n_tok], dtype=np.int64),
-            kv_tokens_read=np.array([kv], dtype=np.int64),
-            attn_pairs=np.array([pairs], dtype=np.float64),
-            num_prefill_seqs=np.array([n_pre], dtype=np.int64),
-            copy_blocks=np.array([copies], dtype=np.int64),
-            swap_blocks=np.array([swaps], dtype=np.int64),
-        )
+        return StepShapes.one(self.shape_numbers())
 
 
 def _attn_pairs(query_lens: list[int], context_lens: list[int]) -> float:
@@ -111,6 +100,20 @@ class StepShapes:
         return len(self.num_seqs)
 
     @staticmethod
+    def one(numbers: tuple) -> "StepShapes":
+        """One step from ``StepPlan.shape_numbers``-ordered plain numbers."""
+        n_seq, n_tok, kv, pairs, n_pre, copies, swaps = numbers
+        return StepShapes(
+            num_seqs=np.array([n_seq], dtype=np.int64),
+            num_tokens=np.array([n_tok], dtype=np.int64),
+            kv_tokens_read=np.array([kv], dtype=np.int64),
+            attn_pairs=np.array([pairs], dtype=np.float64),
+            num_prefill_seqs=np.array([n_pre], dtype=np.int64),
+            copy_blocks=np.array([copies], dtype=np.int64),
+            swap_blocks=np.array([swaps], dtype=np.int64),
+        )
+
+    @staticmethod
     def decode_stretch(num_seqs: int, sum_context0: int, steps: int) -> "StepShapes":
         """``steps`` pure-decode steps of ``num_seqs`` sequences whose summed
         context after the first step is ``sum_context0`` (it grows by
@@ -129,3 +132,84 @@ class StepShapes:
             copy_blocks=zeros,
             swap_blocks=zeros.copy(),
         )
+
+
+@dataclass(slots=True)
+class DecodeStretch:
+    """``num_steps`` consecutive engine steps in which the same ``num_seqs``
+    sequences each decode one token and nothing else runs; or, with
+    ``admitted`` set, one step (a *mixed step*) in which those decodes come
+    first and the groups in ``admitted`` join them.
+
+    The scheduler offers it from ``schedule`` in fast mode and finishes it in
+    ``commit``, like a ``StepPlan``. A pure stretch is offered at its longest
+    determined length (until the first finish or the first block-boundary
+    crossing the free blocks cannot cover); the engine prices it, cuts it at
+    the next arrival (``cut``) and commits what it ran.
+
+    Only totals are kept (O(1) whatever the batch): ``sum_context0`` is the
+    summed context length of the decoding sequences in the first step; it
+    grows by ``num_seqs`` per step. ``seq_ids`` / ``context_lens0`` (running
+    order) are filled only when the scheduler is asked for detail (engine
+    hooks), so that ``plans`` can expand the record. ``forks`` / ``freed`` /
+    ``finished`` are the previous step's, as in ``StepPlan``.
+    """
+
+    step: int
+    num_steps: int
+    num_seqs: int
+    sum_context0: int
+    live_tokens0: int = 0  # live token slots before the first step (recorder)
+    admitted: StepPlan | None = None
+    # (sequences, not lists by default: a stretch is made per engine step)
+    forks: Sequence[tuple[int, int]] = ()
+    freed: Sequence[int] = ()
+    finished: Sequence[int] = ()
+    seq_ids: list[int] | None = None
+    context_lens0: list[int] | None = None
+    #: Filled by ``Scheduler.commit``: relative steps of the allocator events
+    #: (-1: before the first step) and the manager's ``counters()`` after each.
+    event_steps: Sequence[int] = ()
+    event_counters: Sequence[tuple] = ()
+
+    def cut(self, k: int) -> "DecodeStretch":
+        """The first ``k`` steps (a pure stretch only)."""
+        assert self.admitted is None and 0 < k <= self.num_steps, (
+            f"cannot cut a stretch of {self.num_steps} steps (mixed: {self.admitted is not None}) to {k}")
+        self.num_steps = k
+        return self
+
+    def shapes(self) -> StepShapes:
+        """Price view of a pure stretch (one vectorised call)."""
+        return StepShapes.decode_stretch(self.num_seqs, self.sum_context0, self.num_steps)
+
+    def step_numbers(self) -> tuple:
+        """``StepPlan.shape_numbers`` of a one-step record (a mixed step):
+        the decodes' totals plus the admitted plan's."""
+        n, ctx = self.num_seqs, self.sum_context0
+        if self.admitted is None:
+            return (n, n, ctx, float(ctx), 0, 0, 0)
+        n_seq, n_tok, kv, pairs, n_pre, copies, swaps = self.admitted.shape_numbers()
+        # a decode's query-key pairs equal its context length
+        return (n_seq + n, n_tok + n, kv + ctx, pairs + ctx, n_pre, copies, swaps)
+
+    def plans(self):
+        """The ``StepPlan`` of every step, as step-by-step mode makes them
+        (without block tables). Needs the record's detail."""
+        assert self.seq_ids is not None, "stretch recorded without detail (no engine hook)"
+        for j in range(self.num_steps):
+            p = StepPlan(step=self.step + j, seq_ids=list(self.seq_ids),
+                         query_lens=[1] * self.num_seqs,
+                         context_lens=[c + j for c in self.context_lens0])
+            if j == 0:
+                p.forks, p.freed, p.finished = list(self.forks), list(self.freed), list(self.finished)
+                a = self.admitted
+                if a is not None:
+                    p.seq_ids += a.seq_ids
+                    p.query_lens += a.query_lens
+                    p.context_lens += a.context_lens
+                    p.cow, p.swap_out, p.swap_in = list(a.cow), list(a.swap_out), list(a.swap_in)
+                    p.forks += a.forks
+                    p.freed += a.freed
+                    p.finished += a.finished
+            yield p

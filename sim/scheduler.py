@@ -13,16 +13,27 @@ drives it (``schedule`` -> executor -> ``commit``). One step, as in vLLM:
 
 See ``sim/sequence.py`` for the progress rule shared by prefill, decode and
 recompute.
+
+Fast mode (``fast = True``): the scheduler owns a ``LazyDecodeSet``
+(``sim/lazy_decode.py``) of the running groups that are one sequence in plain
+decode. When it holds every running group and nothing is swapped, the steps
+ahead are determined and ``schedule`` returns a ``DecodeStretch``: a pure
+stretch (nothing waiting can be admitted; the engine cuts it at the next
+arrival, ``commit`` makes the allocator calls step-by-step mode would make,
+in the same order) or a mixed step (the set decodes in bulk as this step's
+running phase, then the usual swapped and waiting phases). Results equal
+step-by-step mode bit for bit; work is proportional to events.
 """
 from __future__ import annotations
 
-import bisect
 import heapq
 
+from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
 from pagesim.sim.lazy_decode import LazyDecodeSet
-from pagesim.sim.plan import StepPlan
+from pagesim.sim.plan import DecodeStretch, StepPlan
+from pagesim.sim.running import RunningList
 from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
@@ -31,18 +42,16 @@ from pagesim.sim.workload import admit_request
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
         self.cfg = config
+        self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
         self.kv = kv
         self.rng = rng
         self.log = event_log
         self.waiting = WaitingQueue()       # groups by key, smallest first
-        self.running: list[Group] = []      # keep order: first = kept longest
-        self._running_keys: list[tuple] = []
-        self.num_running_seqs = 0           # kept in step with ``running``
-        #: Plainly decoding sequences the fast engine advances in bulk.
-        self.lazy = LazyDecodeSet(kv)
-        #: Put block tables into step plans (only executors that run the
-        #: step on real tensors need them).
-        self.plan_tables = True
+        self.running = RunningList()        # keep order: first = kept longest
+        self.lazy = LazyDecodeSet(kv)       # plain decoders advanced in bulk (fast mode)
+        self.fast = False                   # offer decode stretches (set by the engine)
+        self.plan_tables = True             # block tables in plans (executors on real tensors)
+        self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
         self.step = 0
@@ -51,10 +60,9 @@ class Scheduler:
         self.next_gid = 0
         num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
         self.watermark_blocks = int(config.watermark * num_blocks)
-        self._scheduled: list[tuple[Group, list[int]]] = []
-        self._pending_forks: list[tuple[int, int]] = []
-        self._pending_freed: list[int] = []
-        self._pending_finished: list[int] = []
+        self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
+        # forks, frees and finishes since the last step, for the next record
+        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
 
     # --------------------------------------------------------------- requests
     def key(self, g: Group) -> tuple:
@@ -72,17 +80,34 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
+    def live_tokens(self) -> int:
+        """Live token slots for accounting: the manager's count plus the
+        tokens decoded in bulk and not written to it yet (fast mode)."""
+        return self.kv.live_tokens + self.lazy.unwritten
+
     # --------------------------------------------------------------- schedule
-    def schedule(self) -> StepPlan:
-        plan = StepPlan(step=self.step, forks=self._pending_forks, freed=self._pending_freed,
-                        finished=self._pending_finished)
-        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+    def schedule(self) -> StepPlan | DecodeStretch:
+        """The next step, for ``commit`` once it ran: a ``StepPlan``, or in
+        fast mode a ``DecodeStretch`` (a pure stretch, or a mixed step whose
+        running phase is the lazy set's bulk decode)."""
+        stretch = self._stretch_ahead() if self.fast else None
+        if stretch is None:
+            self.lazy.materialize_all()
+        elif not self._head_admissible(self.token_budget - stretch.num_seqs):
+            stretch.forks, stretch.freed, stretch.finished = self._take_pending()
+            stretch.live_tokens0 = self.live_tokens()
+            return stretch  # a pure stretch: nothing can join it
+        forks, freed, finished = self._take_pending()
+        plan = StepPlan(step=self.step, forks=forks, freed=freed, finished=finished)
         if self.log is not None:
             self.log.step = self.step
         self._scheduled = []
-        budget = self.cfg.token_budget
+        budget = self.token_budget
         preempted_before = self.preemptions
-        budget = self._schedule_running(plan, budget)
+        if stretch is not None:
+            budget -= self._reserve_decoders()
+        else:
+            budget = self._schedule_running(plan, budget)
         if self.preemptions == preempted_before:
             budget = self._schedule_swapped(plan, budget)
             if not self.swapped:
@@ -92,7 +117,20 @@ class Scheduler:
             # come back (the GPU cannot take it with the watermark): drop its
             # CPU copy and let it recompute, which admission always serves.
             self._requeue_for_recompute(heapq.heappop(self.swapped)[1], plan)
+        if stretch is not None:
+            stretch.num_steps, stretch.admitted = 1, plan
+            return stretch
         return plan
+
+    def _head_admissible(self, budget: int) -> bool:
+        """Whether the head of the queue could start within ``budget``."""
+        return bool(self.waiting) and self.admissible(self.waiting.head(), budget) is not None
+
+    def _take_pending(self) -> tuple[list, list, list]:
+        """Forks, frees and finishes since the last step (for its record)."""
+        out = self._pending_forks, self._pending_freed, self._pending_finished
+        self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+        return out
 
     def _tokens_for(self, g: Group, budget: int) -> int:
         """Query tokens per sequence this step (0 if the budget is too small)."""
@@ -125,7 +163,15 @@ class Scheduler:
         return budget
 
     def _reserve(self, g: Group, q: int, index: int, plan: StepPlan) -> bool:
+        """Slots for ``q`` more tokens of every sequence of ``g``, preempting
+        victims until they fit. False when ``g`` itself was preempted.
+
+        A group's copy-on-write pairs enter the plan only once all its
+        sequences got their slots: a group that copies for one sequence and
+        is then preempted for the next has freed the copy's destination, so
+        an executor must not copy into it."""
         append = self.kv.append_slots
+        cow = []
         for s in g.seqs:
             while True:
                 # append_slots checks before it acts: OutOfBlocks means
@@ -139,7 +185,9 @@ class Scheduler:
                     if victim is g:
                         return False
             if pairs:
-                plan.cow.extend(pairs)
+                cow.extend(pairs)
+        if cow:
+            plan.cow.extend(cow)
         return True
 
     def _pick_victim(self, index: int) -> Group:
@@ -154,26 +202,8 @@ class Scheduler:
             return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
         return self.running[-1]
 
-    def _remove_running(self, g: Group) -> None:
-        # keys are unique (they end with the group id) and stable while running
-        i = bisect.bisect_left(self._running_keys, self.key(g))
-        assert self.running[i] is g, f"group {g.gid} is not where its key sorts in the running list"
-        del self.running[i]
-        del self._running_keys[i]
-        self.num_running_seqs -= len(g.seqs)
-
-    def _insert_running(self, g: Group) -> int:
-        """Insert ``g`` in keep order; returns its index."""
-        k = self.key(g)
-        i = bisect.bisect(self._running_keys, k)
-        self._running_keys.insert(i, k)
-        self.running.insert(i, g)
-        self.num_running_seqs += len(g.seqs)
-        g.status = RUNNING
-        return i
-
     def _preempt(self, g: Group, plan: StepPlan) -> None:
-        self._remove_running(g)
+        self.running.remove_group(g, self.key(g))
         self.preemptions += 1
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
@@ -210,7 +240,7 @@ class Scheduler:
             g = self.swapped[0][1]
             ids = [s.seq_id for s in g.seqs]
             q = self._tokens_for(g, budget)
-            if q == 0 or self.num_running_seqs + len(ids) > self.cfg.max_num_seqs:
+            if q == 0 or self.running.num_seqs + len(ids) > self.cfg.max_num_seqs:
                 break
             # Room for the blocks themselves and for this step's q tokens of
             # every sequence (a group swapped mid-prefill continues with a
@@ -220,7 +250,8 @@ class Scheduler:
                 break
             heapq.heappop(self.swapped)
             plan.swap_in.extend(kv.swap_in(ids))
-            index = self._insert_running(g)
+            index = self.running.insert_group(g, self.key(g))
+            g.status = RUNNING
             if not self._reserve(g, q, index, plan):
                 break  # it was preempted after all: no retry within this step
             self._add_to_plan(plan, g, q)
@@ -230,7 +261,7 @@ class Scheduler:
     def admissible(self, g: Group, budget: int) -> tuple[int, int] | None:
         """(cached tokens, query tokens) if waiting group ``g`` can start now."""
         kv, cfg = self.kv, self.cfg
-        if budget <= 0 or self.num_running_seqs + max(g.fanout, g.beam_width) > cfg.max_num_seqs:
+        if budget <= 0 or self.running.num_seqs + max(g.fanout, g.beam_width) > cfg.max_num_seqs:
             return None
         s = g.seqs[0]
         cached = kv.num_cached_tokens(s.known, s.keys)
@@ -261,7 +292,8 @@ class Scheduler:
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
-            self._insert_running(g)
+            self.running.insert_group(g, self.key(g))
+            g.status = RUNNING
             self._add_to_plan(plan, g, q)
             budget -= q
 
@@ -288,51 +320,81 @@ class Scheduler:
                 plan.block_tables.append(tables(s.seq_id))
         self._scheduled.append((g, q))
 
-    # ----------------------------------------------------------------- commit
-    def commit(self, now: float, before_finish=None) -> list[Group]:
-        """Apply the step's outcome at time ``now``; return finished groups.
+    # ------------------------------------------------------------- fast mode
+    def _stretch_ahead(self) -> DecodeStretch | None:
+        """The determined decode steps ahead, when every running group is a
+        plain decoder in the lazy set (None otherwise): until the first
+        finish or the first crossing the free blocks cannot cover."""
+        lazy = self.lazy
+        n = len(lazy)
+        if not n or n != len(self.running) or self.swapped or n > self.token_budget:
+            return None
+        k = lazy.steps_ahead()
+        if k == 0:
+            return None
+        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
+        if self.stretch_detail:
+            st.seq_ids = [g.seqs[0].seq_id for g in self.running]
+            st.context_lens0 = lazy.computed_of(st.seq_ids, plus=1)
+        return st
 
-        Tokens (and V0 forks) are applied first, then finished groups are
-        freed in scheduling order; ``before_finish`` runs in between (the
-        fast engine finishes its bulk-decoded sequences there, as they come
-        first in scheduling order)."""
+    def _reserve_decoders(self) -> int:
+        """The running phase of a mixed step: the lazy members' decode of
+        this step in bulk (their allocator events, then ``D`` advances).
+        Returns the tokens it takes from the budget."""
+        lazy = self.lazy
+        lazy.apply_events(0)
+        lazy.D += 1
+        return len(lazy)
+
+    def _commit_stretch(self, st: DecodeStretch, now: float) -> None:
+        """Apply a pure stretch's allocator events step by step (recording
+        the counters after each in ``st``), advance the members, and finish
+        those whose last token came in its last step."""
+        self.lazy.run(st, self.pending_tokens(), self.log)
+        self._finish_members(now)
+        self.step += st.num_steps
+
+    def _finish_members(self, now: float) -> None:
+        lazy = self.lazy
+        for m in lazy.finished_by(lazy.D):
+            lazy.remove(m.sid)
+            self._finish(m.group, now)
+
+    # ----------------------------------------------------------------- commit
+    def commit(self, outcome: StepPlan | DecodeStretch, now: float) -> None:
+        """Apply the outcome of what ``schedule`` returned, ending at ``now``.
+
+        A step's tokens (and V0 forks) are applied first, then finished
+        groups are freed in scheduling order (in a mixed step the bulk
+        decoders come first in that order). A pure stretch must have been
+        cut to the steps that ran."""
+        if type(outcome) is DecodeStretch and outcome.admitted is None:
+            self._commit_stretch(outcome, now)
+            return
+        mixed = type(outcome) is DecodeStretch
         finished = []
         for g, q in self._scheduled:
             if g.status != RUNNING:
                 continue
-            sampled = False
-            for s in g.seqs:
-                s.computed += q
-                if s.computed == s.prompt_len + s.generated:
-                    s.generated += 1
-                    sampled = True
+            sampled = g.advance(q)
             if sampled and g.record.first_token_s is None:
                 g.record.first_token_s = now
             if sampled and (g.fanout > 1 or g.beam_width > 1):
                 self._branch(g)
             if all(s.done for s in g.seqs):
                 finished.append(g)
-        if before_finish is not None:
-            before_finish()
+        if mixed:
+            self._finish_members(now)
         for g in finished:
             self._finish(g, now)
-        self._scheduled = []
+        scheduled, self._scheduled = self._scheduled, []
         self.step += 1
-        return finished
-
-    def adopt_decoders(self, groups) -> None:
-        """Hand running groups that are one sequence in plain decode to the
-        lazy decode set (fast mode)."""
-        lazy = self.lazy
-        for g in groups:
-            if g.status != RUNNING or len(g.seqs) != 1 or g.fanout > 1 or g.beam_width > 1:
-                continue
-            s = g.seqs[0]
-            if s.generated >= 1 and s.known - s.computed == 1 and s.seq_id not in lazy.members:
-                lazy.add(g, self.key(g))
+        if self.fast:
+            self.lazy.adopt([g for g, _ in scheduled] if mixed else self.running, self.key)
 
     def _finish(self, g: Group, now: float) -> None:
-        self._remove_running(g)
+        self.running.remove_group(g, self.key(g))
         for s in g.seqs:
             self.kv.free(s.seq_id)
             self._pending_freed.append(s.seq_id)
@@ -343,43 +405,10 @@ class Scheduler:
         if r.open_groups == 0:
             r.finish_s = now
 
-    def _fork(self, g: Group, parent) -> None:
-        from pagesim.sim.sequence import Sequence
-        child = Sequence(self.next_seq_id, parent.prompt_len, parent.output_len, None,
-                         parent.generated, parent.computed)
-        self.next_seq_id += 1
-        self.kv.fork(parent.seq_id, child.seq_id)
-        self._pending_forks.append((parent.seq_id, child.seq_id))
-        g.seqs.append(child)
-        self.num_running_seqs += 1  # forks happen in commit, to running groups
-
     def _branch(self, g: Group) -> None:
-        """V0 sampling: fork the samples/beams after the prefill; beams are
-        then pruned and re-forked every step by a seeded stochastic model
-        (each of the ``w`` next beams picks a parent uniformly)."""
-        if not g.forked:
-            g.forked = True
-            parent = g.seqs[0]
-            for _ in range(max(g.fanout, g.beam_width) - 1):
-                self._fork(g, parent)
-            return
-        if g.beam_width <= 1 or g.seqs[0].done:
-            return
-        w = len(g.seqs)
-        picks = self.rng.integers(0, w, size=g.beam_width)
-        counts = [0] * w
-        for p in picks.tolist():
-            counts[p] += 1
-        survivors = []
-        for s, c in zip(list(g.seqs), counts):
-            if c == 0:
-                self.kv.free(s.seq_id)
-                self._pending_freed.append(s.seq_id)
-                self._pending_finished.append(s.seq_id)
-            else:
-                survivors.append((s, c))
-        g.seqs = [s for s, _ in survivors]
-        self.num_running_seqs -= w - len(g.seqs)
-        for s, c in survivors:
-            for _ in range(c - 1):
-                self._fork(g, s)
+        """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""
+        forks, dropped, self.next_seq_id = apply_branch(g, self.kv, self.rng, self.next_seq_id)
+        self._pending_forks += forks
+        self._pending_freed += dropped
+        self._pending_finished += dropped
+        self.running.num_seqs += len(forks) - len(dropped)  # branching happens to running groups

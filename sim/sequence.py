@@ -78,6 +78,17 @@ class Group:
     order: int = 0           # admission order key, for deterministic victims
     extra: dict = field(default_factory=dict)
 
+    def advance(self, q: int) -> bool:
+        """Apply a step that computed ``q`` tokens of every sequence (the
+        progress rule above); True if the step sampled a token."""
+        sampled = False
+        for s in self.seqs:
+            s.computed += q
+            if s.computed == s.prompt_len + s.generated:
+                s.generated += 1
+                sampled = True
+        return sampled
+
     @property
     def in_prefill(self) -> bool:
         s = self.seqs[0]

@@ -2,6 +2,7 @@
 import numpy as np
 
 from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.event_log import EventLog
 from pagesim.replay import ReplayConfig
 from pagesim.traces import Request, Trace
 
@@ -40,24 +41,34 @@ def config(num_blocks=16, block_size=4, *, caching=False, **sched):
                         num_cpu_blocks=None)
 
 
-class TimeLimit:
-    """Fail (instead of hanging the suite) when a block runs longer than
-    ``seconds``: for regression tests of livelocks. Unix only (SIGALRM)."""
+class EventBudget:
+    """Fail (instead of hanging the suite) once replays in this block log more
+    than ``limit`` allocator events: for regression tests of livelocks.
 
-    def __init__(self, seconds: int) -> None:
-        self.seconds = seconds
+    A livelock moves blocks back and forth forever (swap out, swap in,
+    allocate, free), and every move is an event of the log (replays built by
+    ``config`` keep one), so this bounds the work done, within a step or
+    across steps, whatever the machine's speed. Pick ``limit`` well above
+    the count the fixed code needs (say it beside the call).
+    """
 
-    def _expire(self, *_):
-        raise TimeoutError(f"still running after {self.seconds} s: livelock?")
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
 
     def __enter__(self):
-        import signal
-        self._old = signal.signal(signal.SIGALRM, self._expire)
-        signal.alarm(self.seconds)
+        budget, add = self, EventLog.add
+
+        def counted(log, *args, **kwargs):
+            budget.count += 1
+            if budget.count > budget.limit:
+                raise AssertionError(f"more than {budget.limit} allocator events: livelock?")
+            return add(log, *args, **kwargs)
+
+        self._original = add
+        EventLog.add = counted
         return self
 
     def __exit__(self, *exc):
-        import signal
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, self._old)
+        EventLog.add = self._original
         return False

@@ -82,6 +82,52 @@ class AllocatorMachine(RuleBasedStateMachine):
             except OutOfBlocks:
                 assert snapshot(self.m) == before, "a failed append changed state"
 
+    def _writable(self, sid):
+        """Room left in the sequence's last block, if it is unshared."""
+        s = self.m.seqs[sid]
+        last = s.table[-1]
+        return self.m.block_size - last.fill if last.ref_cnt == 1 else 0
+
+    @precondition(lambda self: self.m is not None)
+    @rule(data=st.data())
+    def write_in_place(self, data):
+        # The fast path's bulk write: tokens known to fit in unshared last blocks.
+        seqs = [sid for sid in self.on_gpu() if self._writable(sid)]
+        if not seqs:
+            return
+        picked = data.draw(st.lists(st.sampled_from(seqs), min_size=1, max_size=3, unique=True))
+        counts = [data.draw(st.integers(0, self._writable(sid))) for sid in picked]
+        tokens = {sid: self.m.num_tokens(sid) for sid in picked}
+        self.m.write_in_place(picked, counts)
+        for sid, n in zip(picked, counts):
+            assert self.m.num_tokens(sid) == tokens[sid] + n
+
+    @precondition(lambda self: self.m is not None)
+    @rule(data=st.data())
+    def cross_blocks(self, data):
+        # The fast path's block-boundary crossings: fill each last block
+        # exactly (unshared if written into), then one token in a new block.
+        bs = self.m.block_size
+        seqs = [sid for sid in self.on_gpu()
+                if self._writable(sid) or self.m.seqs[sid].table[-1].fill == bs]
+        if not seqs:
+            return
+        picked = data.draw(st.lists(st.sampled_from(seqs), min_size=1, max_size=3, unique=True))
+        lags = [bs - self.m.seqs[sid].table[-1].fill for sid in picked]
+        before = snapshot(self.m)
+        if len(picked) > self.m.num_free_blocks:
+            try:
+                self.m.cross_blocks(picked, lags)
+                raise AssertionError("cross_blocks succeeded without enough free blocks")
+            except OutOfBlocks:
+                assert snapshot(self.m) == before, "a failed cross_blocks changed state"
+            return
+        tokens = {sid: self.m.num_tokens(sid) for sid in picked}
+        self.m.cross_blocks(picked, lags)
+        for sid, lag in zip(picked, lags):
+            s = self.m.seqs[sid]
+            assert s.num_tokens == tokens[sid] + lag + 1 and s.table[-1].fill == 1
+
     @precondition(lambda self: self.m is not None)
     @rule(data=st.data())
     def fork(self, data):

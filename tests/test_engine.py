@@ -2,6 +2,7 @@
 import pytest
 
 from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.plan import DecodeStretch
 from pagesim.replay import build, replace, run_replay
 from tests.simhelpers import LinearCost, config, trace_of
 
@@ -142,3 +143,85 @@ def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
         del a, b
     gc.collect()
     assert probe() is None, "garbage made while the collector was paused was never collected"
+
+
+def expanded_steps(trace, cfg, **kw):
+    """Every step an ``on_step`` hook reports, as plain tuples (explicit
+    plans as they are, decode stretches expanded with ``plans()``), and the
+    kinds of records seen."""
+    out, kinds = [], []
+
+    def hook(record, start, dt):
+        if isinstance(record, DecodeStretch):
+            assert len(start) == len(dt) == record.num_steps
+            kinds.append("mixed" if record.admitted is not None else "stretch")
+            plans = list(record.plans())
+        else:
+            kinds.append("plan")
+            plans, start, dt = [record], [start], [dt]
+        for p, t, d in zip(plans, start, dt):
+            out.append((p.step, p.seq_ids, p.query_lens, p.context_lens, p.cow, p.swap_in,
+                        p.swap_out, p.forks, sorted(p.freed), sorted(p.finished), t, d))
+    engine, *_ = build(trace, cfg, CostModelExecutor(LinearCost()))
+    engine.on_step = hook
+    engine.run()
+    return out, kinds
+
+
+@pytest.mark.parametrize("caching", [False, True])
+def test_hooks_see_every_step_in_both_modes(caching):
+    # Staggered arrivals and long outputs: fast mode runs pure stretches and
+    # mixed steps, which the hook must report as the same steps.
+    rows = [(0.0, 6, 40), (0.0, 9, 25), (3.0, 5, 30), (9.5, 17, 12), (30.0, 3, 20)]
+    cfg = config(num_blocks=40, block_size=4, caching=caching)
+    fast, kinds = expanded_steps(trace_of(*rows), cfg)
+    slow, slow_kinds = expanded_steps(trace_of(*rows), replace(cfg, fast=False))
+    assert "stretch" in kinds and "mixed" in kinds and set(slow_kinds) == {"plan"}
+    assert [s[0] for s in slow] == list(range(len(slow)))
+    assert fast == slow
+
+
+def test_check_invariants_runs_every_n_steps_in_both_modes(monkeypatch):
+    import pagesim.sim.engine.engine as engine_mod
+    from pagesim.sim.invariants import check_scheduler
+    seen = []
+
+    def spy(sched):
+        check_scheduler(sched)
+        seen.append(sched.step)
+    monkeypatch.setattr(engine_mod, "check_scheduler", spy)
+    rows = [(0.0, 6, 40), (0.0, 9, 25), (3.0, 5, 30), (9.5, 17, 12)]
+    for fast in (True, False):
+        seen.clear()
+        bounds = []
+        engine, *_ = build(trace_of(*rows), replace(config(num_blocks=30), fast=fast, check_invariants=7),
+                           CostModelExecutor(LinearCost()))
+        engine.on_step = lambda r, start, dt: bounds.append(
+            r.step + (r.num_steps if isinstance(r, DecodeStretch) else 1))
+        engine.run()
+        # at the first step boundary at or after each multiple of 7
+        expected = sorted({min(b for b in bounds if b >= m) for m in range(7, bounds[-1] + 1, 7)})
+        assert seen == expected and len(seen) >= 3
+        if not fast:
+            assert seen == list(range(7, bounds[-1] + 1, 7))
+
+
+def test_cli_check_invariants_runs_the_checks_in_both_modes(monkeypatch, capsys):
+    import pagesim.sim.engine.engine as engine_mod
+    from pagesim.cli import main
+    from pagesim.sim.invariants import check_scheduler
+    calls = []
+
+    def spy(sched):
+        check_scheduler(sched)
+        calls.append(sched.step)
+    monkeypatch.setattr(engine_mod, "check_scheduler", spy)
+    args = ["replay", "--workload", "sharegpt", "--num-requests", "40", "--num-gpu-blocks", "80",
+            "--quiet", "--check-invariants", "25"]
+    assert main(args) == 0
+    fast = list(calls)
+    calls.clear()
+    assert main(args + ["--step-by-step"]) == 0
+    assert fast and calls and calls == list(range(25, calls[-1] + 1, 25))
+    assert main(args[:-1] + ["-1"]) == 2
+    assert "invariants" in capsys.readouterr().err  # the option is named

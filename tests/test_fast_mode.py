@@ -3,13 +3,17 @@ are deterministic; nothing leaks; overload never livelocks."""
 import os
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from pagesim.sim.costmodel import make_cost_model
 from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.plan import StepPlan
 from pagesim.replay import ReplayConfig, replace, run_replay
-from tests.simhelpers import LinearCost, ScalarLinearCost, TimeLimit, config, trace_of
+from tests.simhelpers import EventBudget, LinearCost, ScalarLinearCost, config, trace_of
 from pagesim.traces import Request, Trace, synthetic
+from tests.token_ledger import TokenLedger
 
 
 def same(a, b):
@@ -63,9 +67,14 @@ def test_fast_mode_equals_step_by_step(run):
     note(repr([(r.arrival_s, r.prompt_tokens, r.output_tokens, r.n, r.block_hashes) for r in trace]))
     note(repr(cfg))
     ex = CostModelExecutor(cost()) if cost else None  # None: the preset's roofline model
-    fast = run_replay(trace, replace(cfg, fast=True), executor=ex)
-    slow = run_replay(trace, replace(cfg, fast=False), executor=ex)
+    # allocator and scheduler invariants at every step boundary, both modes
+    fast = run_replay(trace, replace(cfg, fast=True, check_invariants=1), executor=ex)
+    with TokenLedger(ex or preset_executor(cfg)) as ledger:  # step by step: it needs plans
+        slow = run_replay(trace, replace(cfg, fast=False, check_invariants=1), executor=ledger)
     same(fast, slow)
+    ledger.check(slow, fast)
+    # each preemption is counted in the step that made it
+    assert fast.steps["preemptions"].sum() == fast.summary["preemptions"]
     # conservation: every request finished or was rejected with a reason
     r = fast.requests
     assert (r["finish_s"].notna() | r["rejected"].notna()).all()
@@ -86,23 +95,62 @@ def test_same_seed_same_outputs_and_seed_matters_for_beams():
     assert not a.events.to_dataframe().equals(c.events.to_dataframe())
 
 
-def test_every_token_of_every_finished_request_was_computed():
-    trace = synthetic("sharegpt", num_requests=120, rate=50, seed=2)
-    res = run_replay(trace, replace(ReplayConfig(num_gpu_blocks=200), fast=False))
-    s = res.steps
-    r = res.requests
-    # each finished request computed its prompt and all but its last output
-    # token at least once (recompute after preemption adds more)
-    needed = int((r["prompt_tokens"] + r["output_tokens"] - 1).sum())
-    assert s["num_tokens"].sum() >= needed
-    if res.summary["preemptions"] == 0:
-        assert s["num_tokens"].sum() == needed
+def preset_executor(cfg):
+    """The executor ``run_replay`` builds when given none."""
+    return CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model, cfg.gpu, cfg.tp, cfg.block_size))
+
+
+CONSERVATION_RUNS = {
+    # name: () -> (trace, config); each paged pool is tight enough to preempt
+    "v1-recompute": lambda: (synthetic("sharegpt", num_requests=120, rate=50, seed=2),
+                             ReplayConfig(num_gpu_blocks=200, events=True)),
+    "v1-n2-prefix-cache": lambda: (synthetic("sharegpt", num_requests=80, rate=20, n=2, seed=1,
+                                             system_prompt_tokens=64),
+                                   ReplayConfig(num_gpu_blocks=150, events=True)),
+    "v0-beams-recompute": lambda: (synthetic("alpaca", num_requests=40, rate=20, beam_width=4, seed=1),
+                                   ReplayConfig(num_gpu_blocks=40, block_size=8, events=True,
+                                                scheduler=config(generation="v0").scheduler)),
+    "v0-samples-swap": lambda: (synthetic("alpaca", num_requests=40, rate=20, n=3, seed=1),
+                                ReplayConfig(num_gpu_blocks=60, block_size=8, num_cpu_blocks=64, events=True,
+                                             scheduler=config(generation="v0", preemption="swap").scheduler)),
+    "v0-beams-swap": lambda: (synthetic("alpaca", num_requests=40, rate=20, beam_width=3, seed=1),
+                              ReplayConfig(num_gpu_blocks=40, block_size=8, num_cpu_blocks=64, events=True,
+                                           scheduler=config(generation="v0", preemption="swap").scheduler)),
+    # contiguous reservations never preempt; some requests are rejected
+    "orca-pow2-rejects": lambda: (synthetic("sharegpt", num_requests=60, rate=20, n=2, seed=3),
+                                  ReplayConfig(num_gpu_blocks=100, allocator="orca-pow2")),
+}
+
+
+@pytest.mark.parametrize("name", list(CONSERVATION_RUNS))
+def test_tokens_are_conserved_through_preemptions_swaps_forks_and_beams(name):
+    trace, cfg = CONSERVATION_RUNS[name]()
+    with TokenLedger(preset_executor(cfg)) as ledger:
+        slow = run_replay(trace, replace(cfg, fast=False), executor=ledger)
+    fast = run_replay(trace, cfg)
+    ledger.check(slow, fast)
+    if cfg.allocator != "paged":
+        assert slow.requests["rejected"].notna().any() and slow.summary["preemptions"] == 0
+    elif cfg.scheduler.preemption == "swap":
+        assert (slow.events.to_dataframe()["kind"] == "swap_out").any(), "the case must swap"
+    else:
+        assert slow.summary["preemptions"] > 0, "the case must preempt to test conservation under it"
+        assert ledger.lost > 0, "recompute preemptions must lose (and redo) work"
+
+
+def test_the_ledger_catches_a_token_computed_twice():
+    ledger = TokenLedger(CostModelExecutor(LinearCost()))
+    ledger.starting[0] = 0
+    ledger.execute(StepPlan(step=0, seq_ids=[0], query_lens=[4], context_lens=[4]))
+    with pytest.raises(AssertionError, match="computed twice or skipped"):
+        ledger.execute(StepPlan(step=1, seq_ids=[0], query_lens=[1], context_lens=[4]))
 
 
 def test_overload_ends_without_livelock():
     rows = [Request(id=i, arrival_s=0.0, prompt_tokens=60, output_tokens=200) for i in range(200)]
-    res = run_replay(Trace(rows, source="overload"), config(num_blocks=30, block_size=16),
-                     executor=CostModelExecutor(LinearCost()))
+    with EventBudget(100_000):  # the run logs 11,394 events
+        res = run_replay(Trace(rows, source="overload"), config(num_blocks=30, block_size=16),
+                         executor=CostModelExecutor(LinearCost()))
     assert res.summary["requests"]["finished"] == 200
     assert res.summary["preemptions"] > 0
 
@@ -142,9 +190,20 @@ def test_most_blocks_victim_never_livelocks_restarting_sample_groups():
                          chunked_prefill=False, max_num_batched_tokens=16, max_num_seqs=8,
                          max_model_len=128), num_cpu_blocks=0)
     ex = CostModelExecutor(LinearCost())
-    fast = run_replay(trace, cfg, executor=ex)
+    with EventBudget(4000):  # the fixed code logs 157 events a run, in either mode
+        fast = run_replay(trace, cfg, executor=ex)
+        slow = run_replay(trace, replace(cfg, fast=False), executor=ex)
     assert fast.summary["requests"]["finished"] == 4
-    same(fast, run_replay(trace, replace(cfg, fast=False), executor=ex))
+    same(fast, slow)
+
+
+def test_event_budget_stops_a_run_that_exceeds_it():
+    rows = [(0.0, 1, 6), (0.0, 31, 1)]
+    with EventBudget(10), pytest.raises(AssertionError, match="more than 10 allocator events"):
+        run_replay(trace_of(*rows), config(num_blocks=40, block_size=1),
+                   executor=CostModelExecutor(LinearCost()))
+    run_replay(trace_of(*rows), config(num_blocks=40, block_size=1),
+               executor=CostModelExecutor(LinearCost()))  # and leaves EventLog as it was
 
 
 def test_fast_mode_crosses_from_a_shared_full_block():
@@ -170,7 +229,8 @@ def test_group_swapped_mid_prefill_does_not_swap_itself_in_and_out_forever():
                  max_model_len=128)
     cfg = replace(cfg, num_cpu_blocks=16)
     ex = CostModelExecutor(LinearCost())
-    with TimeLimit(30):
+    with EventBudget(4000):  # the fixed code logs 180 events a run, in either mode
         fast = run_replay(trace_of(*rows), cfg, executor=ex)
+        slow = run_replay(trace_of(*rows), replace(cfg, fast=False), executor=ex)
     assert fast.summary["requests"]["finished"] == 10
-    same(fast, run_replay(trace_of(*rows), replace(cfg, fast=False), executor=ex))
+    same(fast, slow)

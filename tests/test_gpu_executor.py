@@ -27,6 +27,7 @@ from pagesim.replay import replace, run_replay  # noqa: E402
 from tests.simhelpers import LinearCost, config, trace_of  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.triton
 
 
 def tiny(cfg, **kw):
@@ -66,6 +67,10 @@ class PlanRecorder:
 
 
 def replay_checked(trace, cfg, **kw):
+    """Replay with every step checked. Step times come from ``LinearCost``
+    (the kernels still run and are timed): measured times would make which
+    arrivals join which step depend on the machine's load."""
+    kw.setdefault("time_from", LinearCost())
     ex = executor_for_replay(cfg, check_every=1, **kw)
     rec = PlanRecorder(ex)
     result = run_replay(trace, cfg, executor=rec)
@@ -241,7 +246,7 @@ def test_prefix_hits_adopt_cached_blocks_and_corruption_is_caught():
     trace, cfg = shared_prefix_requests(), tiny(config(num_blocks=16, block_size=4, caching=True))
     result, ex, _ = replay_checked(trace, cfg)
     assert result.requests["cached_tokens"].sum() >= 16
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = executor_for_replay(cfg, check_every=1, time_from=LinearCost())
     execute = ex.execute
 
     def poison_cached_free_blocks(plan):
@@ -262,6 +267,16 @@ def test_price_refuses_and_config_checks():
         executor_for_replay(tiny(config(), allocator="orca-max"))
     with pytest.raises(ValueError, match="time_from"):
         GPUExecutor("tiny", 4, 0, 4, time_from="roofline")
+
+
+def test_cli_replay_with_the_gpu_executor(tmp_path, capsys):
+    from pagesim.cli import main
+    out = tmp_path / "run"
+    assert main(["replay", "--executor", "gpu", "--model", "tiny", "--workload", "alpaca",
+                 "--num-requests", "3", "--rate", "100", "--num-gpu-blocks", "64", "--block-size", "4",
+                 "--quiet", "--no-plots", "--out", str(out)]) == 0
+    requests = pd.read_parquet(out / "requests.parquet")
+    assert len(requests) == 3 and requests["finish_s"].notna().all()
 
 
 # -------------------------------------------------------------- (f) on a GPU

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 from pagesim.gpu import kernels as K  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.triton
 HERE = "cuda" if HAS_CUDA else "cpu"  # where launchers accept tensors in this process
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(not _env.interpreting(), reason="CPU tensors need the interpreter")),

@@ -1,6 +1,7 @@
 """The notebooks run top to bottom under a real Jupyter kernel, on the small
-inputs they are committed with, and every cell tagged ``figure`` shows an
-image. They are committed without outputs."""
+inputs they are committed with, every cell tagged ``figure`` shows an image,
+and a check cell appended to each asserts what its text says it shows.
+They are committed without outputs."""
 import os
 from pathlib import Path
 
@@ -14,8 +15,43 @@ NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 CONVERSATION = Path(__file__).resolve().parents[2] / "shared" / "traces" / "raw" / "conversation_trace.jsonl"
 
 
+# Run in the notebook's kernel after its last cell: the claims of its text.
+CHECKS = {
+    "fragmentation": """
+assert list(results) == ["orca-max", "orca-pow2", "orca-oracle", "paged"]
+for name, res in results.items():
+    assert abs(sum(res.summary["memory_split"].values()) - 1) < 1e-9, name
+    assert res.summary["requests"]["finished"] == REQUESTS, name
+# the vLLM paper's point: paging keeps more KV memory for token states
+paged = results["paged"].summary["memory_split"]["token_states"]
+assert all(paged > results[a].summary["memory_split"]["token_states"] for a in ["orca-max", "orca-pow2", "orca-oracle"])
+# the ablation: internal fragmentation grows with the block size
+frag = ablation["internal_frag"].to_numpy()
+assert (frag[1:] > frag[:-1]).all(), frag
+""",
+    "preemption": """
+for name, res in results.items():
+    assert res.summary["requests"]["finished"] == REQUESTS, name
+    assert res.summary["preemptions"] > 0, f"{name}: the workload must overload the cache"
+# most-blocks frees the most memory per victim, so it preempts less often
+assert results["recompute · most-blocks"].summary["preemptions"] < results["recompute · latest"].summary["preemptions"]
+""",
+    "prefix_caching": """
+assert len(trace) == SLICE
+unlimited = offline[offline["cache_tokens"].isna()]
+assert (unlimited["token_reuse"] > 0).all()
+limited = offline.dropna(subset=["cache_tokens"])
+for bs, g in limited.groupby("block_size"):
+    reuse = g.sort_values("cache_tokens")["token_reuse"].to_numpy()
+    assert (reuse[1:] >= reuse[:-1] - 1e-12).all(), f"LRU reuse must grow with the cache (block {bs})"
+    assert reuse[-1] <= unlimited.set_index("block_size").loc[bs, "token_reuse"] + 1e-12
+""",
+}
+
+
 def run_notebook(path: Path, env: dict) -> object:
     nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(CHECKS[path.stem]))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

@@ -5,7 +5,6 @@ state; the length means and burstiness are what this reader measured on the
 same byte-identical files (recorded here so that a change shows up)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,7 @@ def raw(name: str) -> Path:
     ("AzureLLMInferenceTrace_code.csv", 8_819, 2047.85, 27.88, 13.15),
 ])
 def test_azure(name, rows, prompt_mean, output_mean, cv):
-    start = time.perf_counter()
-    t = load_trace(raw(name))
-    assert time.perf_counter() - start < 3
+    t = load_trace(raw(name))  # its speed: bench/bench_traces.py
     assert len(t) == rows and t.meta["format"] == "azure"
     assert t.meta["time_origin"].startswith("2023-11-16 18:1")   # 18:15 to 19:14
     assert 3400 < t.duration_s < 3600

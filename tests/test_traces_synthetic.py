@@ -2,8 +2,6 @@
 and burstiness, with the sharing structure they promise."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -156,16 +154,19 @@ def test_default_workload():
     assert [r.id for r in t] == list(range(len(t)))
 
 
-def test_a_million_requests_in_a_few_seconds(tmp_path):
-    start = time.perf_counter()
-    t = synthetic(num_requests=1_000_000, rate=100.0, seed=0)
-    assert time.perf_counter() - start < 8
-    assert len(t) == 1_000_000
+def test_a_large_trace_round_trips_through_parquet(tmp_path):
+    # Speed at a million requests (a budget of 8 s each way) is measured by
+    # bench/bench_traces.py; here the size only has to leave sampling noise
+    # below the tolerance of the mean.
+    t = synthetic(num_requests=100_000, rate=100.0, seed=0)
+    assert len(t) == 100_000
     assert t.prompt_tokens.mean() == pytest.approx(161.31, rel=0.01)
     t.save(tmp_path / "big.parquet")
-    start = time.perf_counter()
-    assert len(traces.load_trace(tmp_path / "big.parquet")) == 1_000_000
-    assert time.perf_counter() - start < 8
+    back = traces.load_trace(tmp_path / "big.parquet")
+    assert len(back) == 100_000
+    assert np.array_equal(back.prompt_tokens, t.prompt_tokens)
+    assert np.array_equal(back.output_tokens, t.output_tokens)
+    assert np.array_equal(back.arrival_s, t.arrival_s)
 
 
 def test_a_custom_arrival_callable_is_checked():

@@ -26,7 +26,12 @@ def _store_kv_kernel(
     slot = tl.load(slot_ptr + t).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
-    mask = (h[:, None] < NUM_HEADS) & (d[None, :] < HEAD_DIM) & (slot >= 0)
+    # Padding is tested on a block of copies of the slot, not as a scalar
+    # comparison broadcast into the mask: Triton 3.9's interpreter keeps the
+    # int64 operand type on a scalar comparison's result, so its broadcast is
+    # no boolean and loads reject the mask ("mask has unsupported dtype").
+    valid = (tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.int64) + slot) >= 0
+    mask = (h[:, None] < NUM_HEADS) & (d[None, :] < HEAD_DIM) & valid
     dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs + h[:, None] * stride_ch + d[None, :]
     k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
     v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)

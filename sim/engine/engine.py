@@ -7,6 +7,23 @@ Two processes tell the story:
 * ``engine`` repeatedly asks the scheduler for a step, asks the executor how
   long it takes (``yield env.timeout(...)``) and commits the step.
 
+The scheduler offers either a ``StepPlan`` (one step, executed by the
+executor) or, in fast mode, a ``DecodeStretch`` (determined decode steps,
+priced from their totals and cut at the next arrival); the engine commits
+what ran either way.
+
+Hook contract: ``on_step(record, start_s, duration_s)`` is called for every
+engine step before it is committed. ``record`` is a ``StepPlan`` with
+``start_s`` and ``duration_s`` floats, or a ``DecodeStretch`` of ``k >= 1``
+steps with ``start_s`` and ``duration_s`` sequences of length ``k``; its
+``plans()`` expands it into the ``StepPlan``s step-by-step mode makes (the
+engine asks the scheduler for that detail only when a hook is set). Both
+modes thus report the same steps.
+
+``check_invariants = N`` runs ``sim/invariants.py``'s checks of the
+allocator and scheduler at the first step boundary at or after every
+multiple of ``N`` steps (stretches are not cut for it).
+
 The engine keeps its own clock (a float advanced by exactly the executor's
 durations) and admits every request with ``arrival_s <= clock`` before each
 step, so that tie-breaking between an arrival and a step ending at the same
@@ -22,16 +39,21 @@ import time
 
 import simpy
 
-from pagesim.sim.stretch import fast_step
+from pagesim.sim.engine.pricing import price_step, price_stretch
+from pagesim.sim.invariants import check_scheduler
+from pagesim.sim.plan import StepPlan
 
 
 class Engine:
     def __init__(self, trace, scheduler, executor, *, fast: bool = True, recorder=None,
-                 progress: bool = False, on_step=None) -> None:
+                 progress: bool = False, on_step=None, check_invariants: int = 0) -> None:
         self.requests = list(trace)
         self.sched = scheduler
         self.executor = executor
         self.fast = fast and not getattr(executor, "needs_plans", False)
+        scheduler.fast = self.fast
+        self.check_invariants = check_invariants
+        self._next_check = check_invariants
         self.recorder = recorder
         self.progress = progress
         self.on_step = on_step
@@ -72,17 +94,16 @@ class Engine:
                 self._idle = None
                 self.clock = max(self.clock, self.requests[self._next].arrival_s)
                 continue
-            done_before = sched.step
-            new_clock = None
-            if self.fast:
-                new_clock = fast_step(sched, self.executor, self.clock, self._next_arrival(),
-                                      self.recorder)
-            if new_clock is None:
-                sched.lazy.materialize_all()
-                new_clock = self._one_step()
-                if self.fast:
-                    sched.adopt_decoders(sched.running)
+            done_before, preempted = sched.step, sched.preemptions
+            outcome = sched.schedule()
+            if type(outcome) is StepPlan:
+                new_clock = self._run_plan(outcome, sched.preemptions - preempted)
+            else:
+                new_clock = self._run_stretch(outcome)
             self.clock = new_clock
+            if self.check_invariants and sched.step >= self._next_check:
+                check_scheduler(sched)
+                self._next_check = (sched.step // self.check_invariants + 1) * self.check_invariants
             if new_clock > env.now:
                 yield env.timeout(new_clock - env.now)
             if bar is not None:
@@ -90,24 +111,49 @@ class Engine:
         if bar is not None:
             bar.close()
 
-    def _one_step(self) -> float:
+    def _run_plan(self, plan: StepPlan, preemptions: int) -> float:
         sched, kv = self.sched, self.sched.kv
-        preempted = sched.preemptions
-        plan = sched.schedule()
         counters = kv.counters(sched.pending_tokens())
-        live = kv.live_tokens
+        live = sched.live_tokens()
         dt = self.executor.execute(plan)
         start = self.clock
         end = start + dt
         if self.recorder is not None:
-            shape = plan.shapes()
-            self.recorder.add(plan.step, start, dt,
-                              (len(plan.seq_ids), plan.num_tokens, int(shape.num_prefill_seqs[0]),
-                               int(shape.kv_tokens_read[0])),
-                              sched.preemptions - preempted, live, counters)
+            n_seq, n_tok, kv_read, _, n_pre, _, _ = plan.shape_numbers()
+            self.recorder.add(plan.step, start, dt, (n_seq, n_tok, n_pre, kv_read),
+                              preemptions, live, counters)
         if self.on_step is not None:
             self.on_step(plan, start, dt)
-        sched.commit(end)
+        sched.commit(plan, end)
+        return end
+
+    def _run_stretch(self, st) -> float:
+        """A mixed step (priced as one step) or a pure stretch (priced in
+        bulk, cut at the next arrival)."""
+        sched, start = self.sched, self.clock
+        if st.admitted is not None:
+            counters = sched.kv.counters(sched.pending_tokens())
+            numbers = st.step_numbers()
+            dt = price_step(self.executor, numbers)
+            end = start + dt
+            if self.recorder is not None:
+                n_seq, n_tok, kv_read, _, n_pre, _, _ = numbers
+                self.recorder.add(st.step, start, dt, (n_seq, n_tok, n_pre, kv_read), 0,
+                                  sched.live_tokens(), counters)
+            if self.on_step is not None:
+                self.on_step(st, [start], [dt])
+            sched.commit(st, end)
+            return end
+        times, dts, k = price_stretch(self.executor, st.num_seqs, st.sum_context0, st.num_steps,
+                                      start, self._next_arrival())
+        st.cut(k)
+        if self.on_step is not None:
+            self.on_step(st, times[:k], dts[:k])
+        end = float(times[k])
+        sched.commit(st, end)
+        if self.recorder is not None:
+            self.recorder.add_stretch(st.step, k, st.num_seqs, st.sum_context0, st.live_tokens0,
+                                      times, dts, st.event_steps, st.event_counters)
         return end
 
     def _progress_bar(self):
@@ -122,6 +168,7 @@ class Engine:
     # -------------------------------------------------------------------- run
     def run(self) -> None:
         t0 = time.perf_counter()
+        self.sched.stretch_detail = self.on_step is not None
         self.env.process(self.arrivals())
         proc = self.env.process(self.engine())
         with cyclic_gc_paused():
