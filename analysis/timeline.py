@@ -5,16 +5,17 @@ Open ``timeline.json`` in ui.perfetto.dev or chrome://tracing. Two processes:
 * **engine**: one track of engine steps (a slice per step: batch size, tokens,
   prefill sequences, preemptions) and counters under vLLM's names
   (``kv_cache_usage_perc``, ``num_requests_running``, ``num_requests_waiting``);
-* **requests**: one track per request: ``queued + prefill`` from arrival to
-  its first token, ``decode`` from the first token to the finish, a
-  ``finished`` or ``rejected`` instant, and the request's preemption count
-  in the slice arguments.
+* **requests**: one track per request with its states: ``queued`` (arrival
+  to admission), ``prefill`` (to the first token), ``decode``, ``preempted``
+  (waiting to recompute), ``swapped`` (KV in the CPU pool), ``recompute +
+  decode`` (re-admitted after a preemption), a ``finished`` or ``rejected``
+  instant, and the request's token counts and preemptions as arguments.
 
-It is derived from the replay's tables (requests, steps). They do not say
-when a request was admitted or preempted, so the wait and the prefill share
-one slice, and a preempted request's stalls lie inside its slices (its
-``preemptions`` argument says how many); per-request scheduling events need
-an engine hook that does not exist yet.
+Admissions, preemptions and swaps come from the scheduler's optional
+``request_events`` record (``run_replay(record_requests=True)``, which
+``--timeline`` turns on), at the start of the step where they happen; the
+rest from the requests and steps tables. Without that record the wait and
+the prefill share one ``queued + prefill`` slice.
 
 Size is bounded: at most ``max_requests`` request tracks (evenly spaced by
 arrival, always including the slowest ones by E2E latency), and at most
@@ -43,7 +44,50 @@ def sample_requests(requests, max_requests: int):
     return requests.iloc[idx]
 
 
-def request_events(requests) -> list[dict]:
+def _slice(name, tid, t0, t1, args=None) -> dict:
+    e = {"ph": "X", "name": name, "pid": REQUESTS, "tid": tid, "ts": t0 * US, "dur": (t1 - t0) * US}
+    if args:
+        e["args"] = args
+    return e
+
+
+def _phases(r, marks) -> list[tuple[str, float, float]]:
+    """(state, start, end) of one request from its scheduling marks
+    ``[(time, kind)]`` (admit, preempt, swap_out, swap_in), first token and finish."""
+    points = sorted(list(marks) + [(r.first_token_s, "first_token"), (r.finish_s, "finish")],
+                    key=lambda p: p[0])
+    out, state, t = [], "queued", r.arrival_s
+    started = False
+    for when, kind in points:
+        if not np.isfinite(when):
+            continue
+        if when > t:
+            out.append((state, t, when))
+        t = max(t, when)
+        if kind == "admit":
+            state = "recompute + decode" if started else "prefill"
+        elif kind == "first_token":
+            started, state = True, "decode"
+        elif kind == "preempt":
+            state = "preempted"
+        elif kind == "swap_out":
+            state = "swapped"
+        elif kind == "swap_in":
+            state = "decode" if started else "prefill"
+        elif kind == "finish":
+            break
+    return out
+
+
+def request_events(requests, steps=None, marks=None) -> list[dict]:
+    """Per request track: with ``marks`` (``run_replay(record_requests=True)``
+    events) its states queued / prefill / decode / preempted / swapped /
+    recompute + decode; without, ``queued + prefill`` and ``decode``."""
+    by_request = {}
+    if marks is not None and len(marks):
+        start = dict(zip(steps["step"].tolist(), steps["start_s"].tolist()))
+        for step, rid, kind in marks.itertuples(index=False):
+            by_request.setdefault(int(rid), []).append((start[int(step)], kind))
     out = []
     for r in requests.itertuples(index=False):
         tid = int(r.id)
@@ -55,12 +99,14 @@ def request_events(requests) -> list[dict]:
             out.append({"ph": "i", "s": "t", "name": "rejected", "pid": REQUESTS, "tid": tid,
                         "ts": r.arrival_s * US, "args": {"reason": r.rejected}})
             continue
-        if np.isfinite(r.first_token_s):
-            out.append({"ph": "X", "name": "queued + prefill", "pid": REQUESTS, "tid": tid,
-                        "ts": r.arrival_s * US, "dur": (r.first_token_s - r.arrival_s) * US, "args": args})
+        if marks is not None:
+            out.extend(_slice(name, tid, a, b, args) for name, a, b in _phases(r, by_request.get(tid, ())))
+        else:
+            if np.isfinite(r.first_token_s):
+                out.append(_slice("queued + prefill", tid, r.arrival_s, r.first_token_s, args))
+            if np.isfinite(r.finish_s):
+                out.append(_slice("decode", tid, r.first_token_s, r.finish_s, args))
         if np.isfinite(r.finish_s):
-            out.append({"ph": "X", "name": "decode", "pid": REQUESTS, "tid": tid,
-                        "ts": r.first_token_s * US, "dur": (r.finish_s - r.first_token_s) * US, "args": args})
             out.append({"ph": "i", "s": "t", "name": "finished", "pid": REQUESTS, "tid": tid,
                         "ts": r.finish_s * US})
     return out
@@ -94,20 +140,21 @@ def step_events(steps, max_steps: int) -> list[dict]:
     return out
 
 
-def timeline(requests, steps, *, max_requests: int = 1000, max_steps: int = 50_000) -> dict:
-    """The trace as a dict (``json.dump`` it, or use ``write_timeline``)."""
+def timeline(requests, steps, marks=None, *, max_requests: int = 1000, max_steps: int = 50_000) -> dict:
+    """The trace as a dict (``json.dump`` it, or use ``write_timeline``);
+    ``marks``: the replay's ``request_events`` table, if recorded."""
     meta = [{"ph": "M", "name": "process_name", "pid": ENGINE, "args": {"name": "engine"}},
             {"ph": "M", "name": "process_name", "pid": REQUESTS, "args": {"name": "requests"}}]
     picked = sample_requests(requests, max_requests)
-    events = meta + step_events(steps, max_steps) + request_events(picked)
+    events = meta + step_events(steps, max_steps) + request_events(picked, steps, marks)
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"requests_shown": int(len(picked)), "requests_total": int(len(requests)),
                           "steps_total": int(len(steps))}}
 
 
-def write_timeline(requests, steps, path, **kw) -> Path:
+def write_timeline(requests, steps, path, marks=None, **kw) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(timeline(requests, steps, **kw), separators=(",", ":")))
+    path.write_text(json.dumps(timeline(requests, steps, marks, **kw), separators=(",", ":")))
     return path
 
 

@@ -156,7 +156,8 @@ def cmd_replay(args) -> int:
     cfg = replay_config(args, max_len)
     print(f"replaying {len(trace)} requests from {trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
-    result = run_replay(trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet)
+    result = run_replay(trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
+                        record_requests=bool(args.timeline))
     print_summary(result.summary)
     if args.out:
         files = write_outputs(result, args.out, plots=not args.no_plots, table_format=args.table_format,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pagesim.sim.allocators import make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
@@ -77,6 +78,7 @@ class ReplayResult:
     steps: object      # pandas DataFrame, one row per engine step
     events: EventLog | None
     config: ReplayConfig
+    request_events: object = None  # DataFrame (step, request, kind) with record_requests=True
 
 
 def build(trace, cfg: ReplayConfig, executor=None):
@@ -100,9 +102,13 @@ def build(trace, cfg: ReplayConfig, executor=None):
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
-               progress: bool = False) -> ReplayResult:
+               progress: bool = False, record_requests: bool = False) -> ReplayResult:
+    """``record_requests``: keep each request's admissions, preemptions and
+    swaps (for ``--timeline``; one small row per event)."""
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
+    if record_requests:
+        sched.request_events = []
     engine.run()
     _check_drained(sched, kv)
     req_df = requests_dataframe(sched.records)
@@ -113,7 +119,10 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                         sim_time_s=engine.clock, percentiles=cfg.metric_percentiles,
                         goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
-    return ReplayResult(summary, req_df, step_df, sched.log, cfg)
+    events = None
+    if record_requests:
+        events = pd.DataFrame(sched.request_events, columns=["step", "request", "kind"])
+    return ReplayResult(summary, req_df, step_df, sched.log, cfg, events)
 
 
 def _check_drained(sched, kv) -> None:
@@ -173,7 +182,7 @@ def write_outputs(result: ReplayResult, out: str | Path, *, plots: bool = True,
     if timeline:  # at most that many request tracks
         from pagesim.analysis.timeline import write_timeline
         atomic("timeline.json", lambda p: write_timeline(result.requests, result.steps, p,
-                                                         max_requests=timeline))
+                                                         result.request_events, max_requests=timeline))
     atomic("summary.json", lambda p: p.write_text(json.dumps(result.summary, indent=2, default=str)))
     return written
 

@@ -54,6 +54,9 @@ class Scheduler:
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
+        #: Per-request scheduling events ``(step, request id, kind)`` with kind
+        #: admit / preempt / swap_out / swap_in, for the timeline; None: not kept.
+        self.request_events: list[tuple[int, int, str]] | None = None
         self.step = 0
         self.preemptions = 0
         self.next_seq_id = 0
@@ -202,6 +205,10 @@ class Scheduler:
             return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
         return self.running[-1]
 
+    def _note(self, g: Group, kind: str) -> None:
+        if self.request_events is not None:
+            self.request_events.append((self.step, g.record.id, kind))
+
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         self.running.remove_group(g, self.key(g))
         self.preemptions += 1
@@ -210,6 +217,7 @@ class Scheduler:
         kv = self.kv
         if self.cfg.preemption == "swap" and kv.cpu_pool is not None and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
+            self._note(g, "swap_out")
             g.status = SWAPPED
             heapq.heappush(self.swapped, (self.key(g), g))
             return
@@ -230,6 +238,7 @@ class Scheduler:
             g.forked = False
         for s in g.seqs:
             s.computed = 0
+        self._note(g, "preempt")
         g.status = WAITING
         self.waiting.push(self.key(g), g)
 
@@ -250,6 +259,7 @@ class Scheduler:
                 break
             heapq.heappop(self.swapped)
             plan.swap_in.extend(kv.swap_in(ids))
+            self._note(g, "swap_in")
             index = self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             if not self._reserve(g, q, index, plan):
@@ -292,6 +302,7 @@ class Scheduler:
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
+            self._note(g, "admit")
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             self._add_to_plan(plan, g, q)

@@ -61,3 +61,44 @@ def test_cli_writes_valid_json(tmp_path):
     data = json.loads((out / "timeline.json").read_text())
     assert data["otherData"]["requests_shown"] <= 10
     assert {e["ph"] for e in data["traceEvents"]} >= {"M", "X", "C", "i"}
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_states_from_the_scheduler_record(preemption):
+    from pagesim.sim.config import SchedulerConfig
+    trace = traces.synthetic("sharegpt", num_requests=100, rate=40, seed=2)
+    cfg = ReplayConfig(num_gpu_blocks=400, scheduler=SchedulerConfig(generation="v0", preemption=preemption))
+    run = run_replay(trace, cfg, record_requests=True)
+    slow = run_replay(trace, replace_fast(cfg), record_requests=True)
+    assert run.request_events.equals(slow.request_events), "fast and step-by-step record the same events"
+    marks = run.request_events
+    assert run.summary["preemptions"] > 0
+    kinds = marks["kind"].value_counts()
+    assert kinds.get("preempt", 0) + kinds.get("swap_out", 0) == run.summary["preemptions"]
+    if preemption == "swap":
+        assert kinds["swap_out"] > 0 and kinds["swap_in"] > 0
+    ev = timeline(run.requests, run.steps, marks)["traceEvents"]
+    req = run.requests.set_index("id")
+    tracks = {}
+    for e in ev:
+        if e["ph"] == "X" and e["pid"] == 2:
+            tracks.setdefault(e["tid"], []).append(e)
+    for rid, es in tracks.items():
+        es.sort(key=lambda e: e["ts"])
+        r = req.loc[rid]
+        assert es[0]["ts"] == pytest.approx(r["arrival_s"] * 1e6)
+        assert es[-1]["ts"] + es[-1]["dur"] == pytest.approx(r["finish_s"] * 1e6)
+        for a, b in zip(es, es[1:]):
+            assert a["ts"] + a["dur"] == pytest.approx(b["ts"]), f"request {rid}: gap in its track"
+        names = [e["name"] for e in es]
+        stalls = sum(n in ("preempted", "swapped") for n in names)
+        assert stalls <= r["preemptions"]
+        if r["preemptions"] == 0:
+            assert names in (["queued", "prefill", "decode"], ["prefill", "decode"]), names
+        decode = next(e for e in es if e["name"] == "decode")
+        assert decode["ts"] == pytest.approx(r["first_token_s"] * 1e6) or r["preemptions"] > 0
+
+
+def replace_fast(cfg):
+    from dataclasses import replace
+    return replace(cfg, fast=False)
