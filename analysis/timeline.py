@@ -86,7 +86,7 @@ def request_events(requests, steps=None, marks=None) -> list[dict]:
     by_request = {}
     if marks is not None and len(marks):
         start = dict(zip(steps["step"].tolist(), steps["start_s"].tolist()))
-        for step, rid, kind in marks.itertuples(index=False):
+        for step, rid, kind in zip(marks["step"].tolist(), marks["request"].tolist(), marks["kind"].tolist()):
             by_request.setdefault(int(rid), []).append((start[int(step)], kind))
     out = []
     for r in requests.itertuples(index=False):

@@ -78,7 +78,7 @@ class ReplayResult:
     steps: object      # pandas DataFrame, one row per engine step
     events: EventLog | None
     config: ReplayConfig
-    request_events: object = None  # DataFrame (step, request, kind) with record_requests=True
+    request_events: object = None  # DataFrame (step, request, kind, queried, cached)
 
 
 def build(trace, cfg: ReplayConfig, executor=None):
@@ -103,26 +103,26 @@ def build(trace, cfg: ReplayConfig, executor=None):
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                progress: bool = False, record_requests: bool = False) -> ReplayResult:
-    """``record_requests``: keep each request's admissions, preemptions and
-    swaps (for ``--timeline``; one small row per event)."""
+    """``record_requests``: return each request's admissions, preemptions and
+    swaps as ``request_events`` (for ``--timeline``). They are always
+    recorded (one small row per admission or preemption, fewer than the
+    requests table's rows times two plus the preemptions): the per-step
+    prefix-cache counters are summed from them."""
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
-    if record_requests:
-        sched.request_events = []
+    sched.request_events = []
     engine.run()
     _check_drained(sched, kv)
     req_df = requests_dataframe(sched.records)
-    step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens)
+    marks = pd.DataFrame(sched.request_events, columns=["step", "request", "kind", "queried", "cached"])
+    step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens, marks)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
                         sim_time_s=engine.clock, percentiles=cfg.metric_percentiles,
                         goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
-    events = None
-    if record_requests:
-        events = pd.DataFrame(sched.request_events, columns=["step", "request", "kind"])
-    return ReplayResult(summary, req_df, step_df, sched.log, cfg, events)
+    return ReplayResult(summary, req_df, step_df, sched.log, cfg, marks if record_requests else None)
 
 
 def _check_drained(sched, kv) -> None:

@@ -18,18 +18,23 @@ pagesim's own memory split, so dashboards and habits carry over:
                              been rejected, minus the running ones: queued,
                              preempted or swapped.
 ``num_preemptions``          preemptions so far (a counter, cumulative).
+``prefix_cache_queries``     tokens looked up in the prefix cache so far
+                             (counter): each admission queries all the tokens
+                             its sequence knows (prompt, plus output when it
+                             recomputes), as vLLM counts them.
+``prefix_cache_hits``        of those, tokens found cached (counter).
 ============================ =================================================
 
-These are derived from the step and request tables after the run; the
-prefix-cache counters (``prefix_cache_queries``, ``prefix_cache_hits``) need
-per-step counts from the engine and are not derived here.
+These are derived after the run from the step and request tables and the
+scheduler's per-request record (``Scheduler.request_events``).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-GAUGES = ("kv_cache_usage_perc", "num_requests_running", "num_requests_waiting", "num_preemptions")
+GAUGES = ("kv_cache_usage_perc", "num_requests_running", "num_requests_waiting", "num_preemptions",
+          "prefix_cache_queries", "prefix_cache_hits")
 
 
 def _seqs_per_request(requests: pd.DataFrame) -> np.ndarray:
@@ -37,8 +42,10 @@ def _seqs_per_request(requests: pd.DataFrame) -> np.ndarray:
                       requests["beam_width"].to_numpy(dtype=np.int64))
 
 
-def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int) -> pd.DataFrame:
-    """``steps`` with the gauge columns added (a new frame)."""
+def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int,
+               marks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``steps`` with the gauge columns added (a new frame); the prefix-cache
+    counters need ``marks``, the scheduler's request events."""
     out = steps.copy()
     free = steps["free"].to_numpy(dtype=np.float64) + steps["cached_free"].to_numpy(dtype=np.float64)
     out["kv_cache_usage_perc"] = 1.0 - free / capacity_tokens if capacity_tokens else 0.0
@@ -57,6 +64,12 @@ def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int
     finished = np.concatenate(([0], np.cumsum(fin_seqs)))[np.searchsorted(fin_t, t, side="right")]
     out["num_requests_waiting"] = np.maximum(arrived - finished - running, 0)
     out["num_preemptions"] = np.cumsum(steps["preemptions"].to_numpy(dtype=np.int64))
+    if marks is not None:
+        admits = marks[marks["kind"] == "admit"]
+        at = np.searchsorted(steps["step"].to_numpy(), admits["step"].to_numpy())
+        for col, name in (("queried", "prefix_cache_queries"), ("cached", "prefix_cache_hits")):
+            per_step = np.bincount(at, weights=admits[col].to_numpy(dtype=np.float64), minlength=len(steps))
+            out[name] = np.cumsum(per_step[: len(steps)]).astype(np.int64)
     return out
 
 

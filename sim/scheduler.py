@@ -54,9 +54,11 @@ class Scheduler:
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
-        #: Per-request scheduling events ``(step, request id, kind)`` with kind
-        #: admit / preempt / swap_out / swap_in, for the timeline; None: not kept.
-        self.request_events: list[tuple[int, int, str]] | None = None
+        #: Per-request scheduling events ``(step, request id, kind, queried
+        #: tokens, cached tokens)`` with kind admit / preempt / swap_out /
+        #: swap_in (the token counts are the prefix-cache lookup of an admit,
+        #: as vLLM counts prefix_cache_queries/hits); None: not kept.
+        self.request_events: list[tuple[int, int, str, int, int]] | None = None
         self.step = 0
         self.preemptions = 0
         self.next_seq_id = 0
@@ -205,9 +207,9 @@ class Scheduler:
             return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
         return self.running[-1]
 
-    def _note(self, g: Group, kind: str) -> None:
+    def _note(self, g: Group, kind: str, queried: int = 0, cached: int = 0) -> None:
         if self.request_events is not None:
-            self.request_events.append((self.step, g.record.id, kind))
+            self.request_events.append((self.step, g.record.id, kind, queried, cached))
 
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         self.running.remove_group(g, self.key(g))
@@ -302,7 +304,7 @@ class Scheduler:
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
-            self._note(g, "admit")
+            self._note(g, "admit", s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             self._add_to_plan(plan, g, q)

@@ -21,7 +21,8 @@ CHECKS = {
 assert list(results) == ["orca-max", "orca-pow2", "orca-oracle", "paged"]
 for name, res in results.items():
     assert abs(sum(res.summary["memory_split"].values()) - 1) < 1e-9, name
-    assert res.summary["requests"]["finished"] == REQUESTS, name
+    r = res.summary["requests"]
+    assert r["finished"] + r["rejected"] == REQUESTS and r["rejected"] <= 0.05 * REQUESTS, (name, r)
 # the vLLM paper's point: paging keeps more KV memory for token states
 paged = results["paged"].summary["memory_split"]["token_states"]
 assert all(paged > results[a].summary["memory_split"]["token_states"] for a in ["orca-max", "orca-pow2", "orca-oracle"])
@@ -31,7 +32,8 @@ assert (frag[1:] > frag[:-1]).all(), frag
 """,
     "preemption": """
 for name, res in results.items():
-    assert res.summary["requests"]["finished"] == REQUESTS, name
+    r = res.summary["requests"]
+    assert r["finished"] + r["rejected"] == REQUESTS and r["rejected"] <= 0.05 * REQUESTS, (name, r)
     assert res.summary["preemptions"] > 0, f"{name}: the workload must overload the cache"
 # most-blocks frees the most memory per victim, so it preempts less often
 assert results["recompute · most-blocks"].summary["preemptions"] < results["recompute · latest"].summary["preemptions"]

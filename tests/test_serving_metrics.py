@@ -120,6 +120,17 @@ def test_gauges_follow_vllm_meanings():
     assert st_["num_requests_waiting"].iloc[-1] == 0
 
 
+def test_prefix_cache_counters_add_up():
+    trace = traces.synthetic("sharegpt", num_requests=100, rate=20, seed=2, system_prompt_tokens=200)
+    res = run_replay(trace, ReplayConfig(num_gpu_blocks=400))
+    st_, req = res.steps, res.requests
+    q, h = st_["prefix_cache_queries"], st_["prefix_cache_hits"]
+    assert q.is_monotonic_increasing and h.is_monotonic_increasing and (h <= q).all()
+    assert h.iloc[-1] == req["cached_tokens"].sum() > 0
+    # every admission queries at least its prompt; re-admissions query again
+    assert q.iloc[-1] >= req["prompt_tokens"].sum()
+
+
 @pytest.mark.parametrize("bad", [["ttft"], ["foo:1"], ["ttft:x"], ["tpot:-1"]])
 def test_bad_goodput_names_the_option(bad):
     with pytest.raises(ValueError, match="--goodput"):
