@@ -88,10 +88,15 @@ class SyntheticDecoder:
         for layer, w in enumerate(self.layers):
             qkv = F.rms_norm(x, (x.shape[-1],), w["norm1"]) @ w["wqkv"]
             attn = self._attention_block(layer, qkv, cos, sin, cache, batch, hook)
-            x = x + attn.reshape(x.shape[0], -1) @ w["wo"]
-            x = x + self._mlp(F.rms_norm(x, (x.shape[-1],), w["norm2"]), w)
+            x = x + self.reduce(attn.reshape(x.shape[0], -1) @ w["wo"])
+            x = x + self.reduce(self._mlp(F.rms_norm(x, (x.shape[-1],), w["norm2"]), w))
         last = F.rms_norm(x[d["last_rows"]], (x.shape[-1],), self.final_norm)
         return last @ self.lm_head
+
+    def reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """Sum of a row-parallel GEMM's partial outputs over the tensor-
+        parallel group: nothing to do on one GPU (see ``gpu/tp.py``)."""
+        return partial
 
     def _mlp(self, h: torch.Tensor, w: dict) -> torch.Tensor:
         up = h @ w["wup"]

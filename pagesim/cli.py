@@ -10,6 +10,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from pagesim.calibrate_cli import add_subcommands as add_calibration_commands
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import VICTIM_POLICIES, SchedulerConfig, config_help
 from pagesim.sim.serving_metrics import parse_goodput, parse_percentiles
@@ -45,7 +46,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of GPU memory vLLM may use (sizes the KV cache)")
     g.add_argument("--num-gpu-blocks", type=int, help="KV blocks, overriding the size derived from memory")
     g.add_argument("--num-cpu-blocks", type=int, help="CPU swap blocks (default 4 GiB with --preemption swap)")
-    g.add_argument("--cost-model", default="roofline", help="'roofline' or a calibration file")
+    g.add_argument("--cost-model", default="auto",
+                   help="'auto' (a shipped calibration matching --model/--gpu/--tp/--block-size, "
+                   "else roofline; the summary says which), 'roofline', or a calibration file")
     g.add_argument("--executor", choices=["sim", "gpu"], default="sim",
                    help="sim: cost model; gpu: run every step on the GPU (gpu extra)")
     a = p.add_argument_group("allocator and scheduler")
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     from pagesim.trace_cli import add_subcommands
     add_subcommands(sub)
+    add_calibration_commands(sub)
     return p
 
 

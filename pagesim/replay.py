@@ -13,7 +13,9 @@ import pandas as pd
 
 from pagesim.sim.allocators import make_kv_cache_manager
 from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.costmodel import get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model
+from pagesim.sim.costmodel import (
+    describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
+)
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
@@ -37,11 +39,13 @@ class ReplayConfig:
     block_size: int = 16
     allocator: str = "paged"
     prefix_caching: bool = True
-    cost_model: str = "roofline"           # or the path of a calibration file
+    cost_model: str = "auto"               # a shipped calibration if one matches, else roofline; or "roofline" or a file
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
     events: bool = False
     fast: bool = True                      # skip over determined decode stretches
+    replicas: int = 1                      # serving replicas behind a router
+    router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
     metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
     goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
@@ -49,6 +53,8 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
             raise ValueError(f"block_size must be in 1..256, got {self.block_size}")
+        if not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ValueError(f"replicas must be an int >= 1, got {self.replicas!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
@@ -81,8 +87,9 @@ class ReplayResult:
     request_events: object = None  # DataFrame (step, request, kind, queried, cached)
 
 
-def build(trace, cfg: ReplayConfig, executor=None):
-    """(engine, scheduler, kv manager, recorder) ready to run."""
+def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
+    """(engine, scheduler, kv manager, recorder) ready to run (one replica;
+    ``env`` and ``source`` put it in a cluster, see ``pagesim/cluster.py``)."""
     sched_cfg = cfg.scheduler
     log = EventLog() if cfg.events else None
     kv = make_kv_cache_manager(cfg.allocator, num_blocks=cfg.gpu_blocks(), block_size=cfg.block_size,
@@ -97,7 +104,7 @@ def build(trace, cfg: ReplayConfig, executor=None):
     sched.plan_tables = getattr(executor, "needs_plans", False)
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
-                    check_invariants=cfg.check_invariants)
+                    check_invariants=cfg.check_invariants, env=env, source=source)
     return engine, sched, kv, recorder
 
 
@@ -108,6 +115,9 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     recorded (one small row per admission or preemption, fewer than the
     requests table's rows times two plus the preemptions): the per-step
     prefix-cache counters are summed from them."""
+    if cfg.replicas > 1:
+        from pagesim.cluster import run_cluster  # the cluster path builds on this module
+        return run_cluster(trace, cfg, executor=executor, progress=progress)
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
     sched.request_events = []
@@ -123,6 +133,9 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                         goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
     return ReplayResult(summary, req_df, step_df, sched.log, cfg, marks if record_requests else None)
+    summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
+                                                                       "name": type(engine.executor).__name__}
+    return ReplayResult(summary, req_df, step_df, sched.log, cfg)
 
 
 def _check_drained(sched, kv) -> None:

@@ -64,3 +64,33 @@ class CostModelExecutor:
         """The model's pricing of a run of plain decode steps, if any (see
         ``RooflineCostModel.decode_run``)."""
         return getattr(self.model, "decode_run", None)
+
+
+class ReplayedExecutor:
+    """Returns recorded step durations, step by step.
+
+    Feeding a simulated replay the durations a GPU replay measured gives the
+    engine the same clock, so the scheduler sees the same arrivals at the
+    same steps and must make exactly the same plans and allocator calls:
+    ``pagesim validate`` checks memory that way, independently of any cost
+    model. It executes every step (``needs_plans``) because its durations
+    are per step, not per shape.
+    """
+
+    needs_plans = True
+
+    def __init__(self, durations) -> None:
+        self.durations = [float(d) for d in durations]
+        self.steps = 0
+
+    def execute(self, plan: StepPlan) -> float:
+        assert plan.step == self.steps, (
+            f"replayed durations out of step: plan {plan.step}, expected {self.steps}")
+        if plan.step >= len(self.durations):
+            raise IndexError(f"the recorded run had {len(self.durations)} steps; the replay asks "
+                             f"for step {plan.step}: the schedules diverged")
+        self.steps += 1
+        return self.durations[plan.step]
+
+    def price(self, shapes: StepShapes) -> np.ndarray:
+        raise NotImplementedError("ReplayedExecutor knows durations by step, not by shape")

@@ -54,6 +54,9 @@ class Scheduler:
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
+        #: Prompt + output tokens of the requests added and not finished or
+        #: rejected yet (a router's measure of outstanding work).
+        self.open_tokens = 0
         #: Per-request scheduling events ``(step, request id, kind, queried
         #: tokens, cached tokens)`` with kind admit / preempt / swap_out /
         #: swap_in (the token counts are the prefix-cache lookup of an admit,
@@ -79,6 +82,8 @@ class Scheduler:
         """Turn a trace request into groups, or reject it with a reason."""
         record, groups = admit_request(self, req)
         self.records.append(record)
+        if groups:
+            self.open_tokens += req.prompt_tokens + req.output_tokens
         for g in groups:
             self.waiting.push(self.key(g), g)
 
@@ -320,8 +325,11 @@ class Scheduler:
     def _reject_stuck(self, g: Group) -> None:
         self.waiting.pop()
         g.status = REJECTED
-        g.record.rejected = "does not fit in an empty KV cache"
-        g.record.open_groups -= 1
+        r = g.record
+        r.rejected = "does not fit in an empty KV cache"
+        r.open_groups -= 1
+        if r.open_groups == 0:
+            self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
         tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
@@ -417,6 +425,7 @@ class Scheduler:
         r.open_groups -= 1
         if r.open_groups == 0:
             r.finish_s = now
+            self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""

@@ -153,3 +153,94 @@ def test_make_cost_model(tmp_path):
         make_cost_model(path, block_size=32)
     with pytest.raises(ValueError, match="model='llama-3-8b'.*model='opt-13b'"):
         make_cost_model(path, "opt-13b")
+
+
+def test_fit_keeps_summed_time_unbiased_on_noisy_rows():
+    """Relative least squares alone sits low on noisy data (it prefers
+    under-predicting slow steps); the fit's total-time constraint removes
+    that bias, which a simulator summing step times would inherit."""
+    from pagesim.sim.costmodel.fit import constrained_lstsq
+
+    df = synthetic_rows(n=400, seed=3)
+    noise = np.exp(np.random.default_rng(7).normal(0, 0.3, len(df)))
+    df["measured_s"] = df["measured_s"] * noise
+    table = fit_table(df, META)
+    s = as_shapes(df)
+    for name, sel in (("decode", df.num_prefill_seqs == 0), ("mixed", df.num_prefill_seqs > 0)):
+        pred = table.price(as_shapes(df[sel]))
+        y = df[sel]["measured_s"].to_numpy()
+        assert pred.sum() / y.sum() == pytest.approx(1.0, abs=1e-9), name
+        assert table.regimes[name].fit["sum_pred_over_sum_measured"] == pytest.approx(1.0, abs=1e-9)
+        # the unconstrained relative fit on the same rows is biased low
+        feats = table.regimes[name].features
+        x = np.column_stack([np.ones(sel.sum()) if f == "const" else df[sel][f].to_numpy(float)
+                             for f in feats])
+        plain = np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)[0]
+        assert (x @ plain).sum() / y.sum() < 0.97
+        # and the constraint costs little relative accuracy
+        coef, rank = constrained_lstsq(x, y)
+        assert rank == len(feats)
+        assert np.median(np.abs(x @ coef / y - 1)) < 1.2 * np.median(np.abs(x @ plain / y - 1))
+    assert len(table.price(s)) == len(df)
+
+
+def test_version_1_files_still_load_and_refit_needs_samples(tmp_path):
+    from pagesim.sim.costmodel import refit
+
+    data = fit_table(synthetic_rows(), META).to_dict()
+    data["version"] = 1
+    data.pop("samples")
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    old = TableCostModel.from_file(path)
+    assert old.samples is None
+    with pytest.raises(CalibrationError, match="holds no samples"):
+        refit([old])
+    new = fit_table(synthetic_rows(), META)
+    other = fit_table(synthetic_rows(seed=2), {**META, "block_size": 32})
+    with pytest.raises(CalibrationError, match="different settings"):
+        refit([new, other])
+    pooled = refit([new, fit_table(synthetic_rows(seed=5), META)])
+    assert len(pooled.samples) == 160 and pooled.meta["pooled_runs"] == 2
+
+
+def test_decode_run_is_bit_identical_to_price():
+    table = fit_table(synthetic_rows(), META)
+    n, ctx0, k = 7, 1234, 50
+    times, dts, done = table.decode_run(n, ctx0, k, 10.0, None)
+    shapes = StepShapes.decode_stretch(n, ctx0, k)
+    assert done == k and dts == table.price(shapes).tolist()
+    t = 10.0
+    for j, d in enumerate(dts):
+        t = t + d
+        assert times[j + 1] == t
+    _, cut, j = table.decode_run(n, ctx0, k, 10.0, times[5])
+    assert j == 5 and cut == dts[:5]  # stops after the step that reaches stop_at
+    table.regimes["decode"] = type(table.regimes["decode"])(("const",), (-1.0,))
+    assert table.decode_run(1, 1, 1, 0.0, None)[1] == [table.floor_s]
+
+
+def test_auto_picks_the_matching_calibration_or_roofline(tmp_path, monkeypatch):
+    from pagesim.sim.costmodel import calibrations, describe, find_calibration
+
+    old = fit_table(synthetic_rows(), {**META, "date": "2026-01-01"})
+    new = fit_table(synthetic_rows(seed=4), {**META, "date": "2026-06-01"})
+    other = fit_table(synthetic_rows(), {**META, "block_size": 32})
+    for name, t in (("a.json", old), ("b.json", new), ("c.json", other)):
+        t.save(tmp_path / name)
+    (tmp_path / "broken.json").write_text("{")
+    assert find_calibration("llama-3-8b", "h100-80gb", 1, 16, tmp_path).name == "b.json"  # newest
+    assert find_calibration("llama-3-8b", "h100-80gb", 1, 32, tmp_path).name == "c.json"
+    assert find_calibration("llama-3-8b", "h200", 1, 16, tmp_path) is None
+    monkeypatch.setattr(calibrations, "calibration_dir", lambda: tmp_path)
+    got = make_cost_model("auto", "llama-3-8b", "h100-80gb", 1, 16)
+    assert isinstance(got, TableCostModel) and got.source.endswith("b.json")
+    assert describe(got)["kind"] == "table" and describe(got)["date"] == "2026-06-01"
+    roof = make_cost_model("auto", "llama-3-8b", "h200", 1, 16)
+    assert isinstance(roof, RooflineCostModel) and describe(roof) == {"kind": "roofline"}
+
+
+def test_shipped_calibration_files_are_found():
+    from pagesim.sim.costmodel import find_calibration
+    path = find_calibration("llama-3-8b", "h100-80gb", 1, 16)
+    assert path is not None and path.name == "llama-3-8b_h100-80gb.json"

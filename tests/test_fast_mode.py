@@ -21,8 +21,8 @@ def same(a, b):
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
     if a.events is not None:
         pd.testing.assert_frame_equal(a.events.to_dataframe(), b.events.to_dataframe())
-    sa = {k: v for k, v in a.summary.items() if k not in ("sim", "config")}
-    sb = {k: v for k, v in b.summary.items() if k not in ("sim", "config")}
+    sa = {k: v for k, v in a.summary.items() if k not in ("sim", "config", "cost_model")}  # run metadata
+    sb = {k: v for k, v in b.summary.items() if k not in ("sim", "config", "cost_model")}  # run metadata
     assert sa == sb
     assert a.summary["sim"]["steps"] == b.summary["sim"]["steps"]
     assert a.summary["sim"]["sim_time_s"] == b.summary["sim"]["sim_time_s"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "pagesim", "sim", "gpu", "traces", "analysis")
+SOURCES = ("pyproject.toml", "README.md", "pagesim", "sim", "gpu", "traces", "analysis", "calibration")
 
 pytestmark = pytest.mark.slow
 

@@ -21,13 +21,15 @@ from pagesim.sim.costmodel.presets import (
     weight_bytes,
 )
 from pagesim.sim.costmodel.roofline import RooflineCostModel
-from pagesim.sim.costmodel.table import CalibrationError, TableCostModel, fit_table
+from pagesim.sim.costmodel.calibrations import describe, find_calibration
+from pagesim.sim.costmodel.fit import fit_table, refit
+from pagesim.sim.costmodel.table import CalibrationError, TableCostModel
 
 __all__ = [
     "ModelSpec", "GPUSpec", "MODELS", "GPUS", "get_model", "get_gpu", "kv_bytes_per_token",
     "kv_heads_per_gpu", "weight_bytes", "kv_cache_blocks", "kv_cache_bytes", "kv_cache_tokens",
     "default_activation_reserve", "RooflineCostModel", "TableCostModel", "CalibrationError",
-    "fit_table", "make_cost_model",
+    "fit_table", "refit", "make_cost_model", "find_calibration", "describe",
 ]
 
 
@@ -41,13 +43,21 @@ def make_cost_model(
 ):
     """Build a cost model from a config value.
 
-    ``kind="roofline"`` needs ``model`` and ``gpu`` (names or specs; ``tp``
+    ``kind="auto"``: the shipped calibration file matching ``model``, ``gpu``,
+    ``tp`` and ``block_size`` if there is one (``calibrations.py``), the
+    roofline model otherwise. ``kind="roofline"`` needs ``model`` and
+    ``gpu`` (names or specs; ``tp``
     defaults to 1, ``block_size`` to 16, extra keyword arguments go to
     ``RooflineCostModel``). Anything else is the path of a calibration file;
     ``model``/``gpu``/``tp``/``block_size``, when given, must match its
     metadata, because a calibration measured for one setting silently
     misprices another.
     """
+    if str(kind) == "auto":
+        if model is None or gpu is None:
+            raise ValueError("the auto cost model needs a model and a gpu")
+        found = find_calibration(model, gpu, tp or 1, block_size or 16)
+        kind = found if found is not None and not roofline_kwargs else "roofline"
     if str(kind) == "roofline":
         if model is None or gpu is None:
             raise ValueError("the roofline cost model needs a model and a gpu")

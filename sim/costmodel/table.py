@@ -14,10 +14,9 @@ copies and swaps add ``copy_blocks * copy_block_s + swap_blocks *
 swap_block_s``, and the result is clamped below at ``floor_s`` so that an
 extrapolated line never prices a step at zero or less.
 
-Coefficients are fitted by least squares on *relative* residuals
-(``(pred - measured) / measured``): step times span three orders of
-magnitude and a 10% miss on a 5 ms decode step matters as much as on a
-500 ms prefill.
+Coefficients are fitted in ``fit.py`` (relative least squares with the
+summed time held unbiased; the reasons are there). The file keeps the raw
+measured steps (``samples``), so that runs can be pooled and refitted.
 
 Calibration file (JSON)::
 
@@ -29,7 +28,8 @@ Calibration file (JSON)::
        "decode": {"features": ["const", "num_tokens", "kv_tokens_read"],
                   "coef": [0.005, 1.2e-5, 4.9e-8],
                   "fit": {"rows": 120, "median_rel_err": 0.01, "max_rel_err": 0.04}},
-       "mixed":  {...}}}
+       "mixed":  {...}},
+     "samples": {"num_seqs": [...], ..., "measured_s": [...]}}
 """
 from __future__ import annotations
 
@@ -40,10 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pagesim.sim.costmodel.roofline import RooflineCostModel
 from pagesim.sim.plan import StepShapes
 
 FORMAT = "pagesim.table_cost_model"
-VERSION = 1
+VERSION = 2
+#: Versions this reader accepts: 1 had no samples, no provenance block.
+READABLE_VERSIONS = (1, 2)
 #: Features a regime may use: ``const`` (1) or a ``StepShapes`` field.
 FEATURES = ("const", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs")
 REGIMES = ("decode", "mixed")
@@ -83,8 +86,12 @@ class TableCostModel:
     """Prices steps with per-regime linear models fitted to measurements."""
 
     def __init__(self, regimes: dict[str, Regime], copy_block_s: float, swap_block_s: float,
-                 floor_s: float, meta: dict) -> None:
+                 floor_s: float, meta: dict, samples: pd.DataFrame | None = None) -> None:
         self.regimes, self.meta = regimes, dict(meta)
+        #: The measured steps the model was fitted to (None for version-1 files).
+        self.samples = samples
+        #: The file it was read from, if any.
+        self.source: str | None = None
         self.copy_block_s, self.swap_block_s, self.floor_s = copy_block_s, swap_block_s, floor_s
 
     def price(self, shapes: StepShapes) -> np.ndarray:
@@ -96,6 +103,35 @@ class TableCostModel:
         t = t + np.asarray(shapes.copy_blocks, dtype=np.float64) * self.copy_block_s
         return t + np.asarray(shapes.swap_blocks, dtype=np.float64) * self.swap_block_s
 
+    def decode_run(self, n: int, ctx0: int, k: int, clock: float, stop_at) -> tuple:
+        """Start times and durations of up to ``k`` plain decode steps of
+        ``n`` sequences, contexts ``ctx0, ctx0 + n, ...``, stopping after the
+        first step that ends at or after ``stop_at``: ``(times, dts, k)``.
+
+        The fast engine prices decode stretches this way. The float
+        operations are those of ``price`` on one step, in the same order
+        (adding zero copy and swap terms is exact), so the times are
+        bit-identical to pricing the steps one by one."""
+        reg = self.regimes["decode"]
+        nf = float(n)
+        fixed = {"const": 1.0, "num_seqs": nf, "num_tokens": nf, "num_prefill_seqs": 0.0}
+        terms = [(c, fixed.get(f)) for f, c in zip(reg.features, reg.coef)]
+        floor, stop = self.floor_s, (float("inf") if stop_at is None else stop_at)
+        times, dts, t, ctx = [clock], [], clock, ctx0
+        for j in range(k):
+            c_ctx = float(ctx)
+            dt = 0.0
+            for c, x in terms:
+                dt = dt + c * (c_ctx if x is None else x)
+            dt = dt if dt >= floor else floor
+            t = t + dt
+            dts.append(dt)
+            times.append(t)
+            if t >= stop:
+                return times, dts, j + 1
+            ctx += n
+        return times, dts, k
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "meta": self.meta,
@@ -103,6 +139,7 @@ class TableCostModel:
             "swap_block_s": self.swap_block_s,
             "regimes": {name: {"features": list(r.features), "coef": list(r.coef), "fit": r.fit}
                         for name, r in self.regimes.items()},
+            **({} if self.samples is None else {"samples": _columns(self.samples)}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -121,7 +158,9 @@ class TableCostModel:
         except json.JSONDecodeError as e:
             raise CalibrationError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): "
                                    f"{e.msg}") from e
-        return cls.from_dict(data, source=str(path))
+        table = cls.from_dict(data, source=str(path))
+        table.source = str(path)
+        return table
 
     @classmethod
     def from_dict(cls, data, source: str = "<dict>") -> "TableCostModel":
@@ -133,8 +172,9 @@ class TableCostModel:
             raise bad("top level must be a JSON object")
         if data.get("format") != FORMAT:
             raise bad(f"'format' must be {FORMAT!r}, got {data.get('format')!r}")
-        if data.get("version") != VERSION:
-            raise bad(f"unsupported version {data.get('version')!r} (this reader knows {VERSION})")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise bad(f"unsupported version {data.get('version')!r} (this reader knows "
+                      f"{', '.join(map(str, READABLE_VERSIONS))})")
         meta = data.get("meta")
         if not isinstance(meta, dict) or any(k not in meta for k in META_REQUIRED):
             raise bad(f"'meta' must be an object with keys {', '.join(META_REQUIRED)}")
@@ -146,8 +186,9 @@ class TableCostModel:
         if not isinstance(regimes, dict) or sorted(regimes) != sorted(REGIMES):
             raise bad(f"'regimes' must be an object with exactly the keys {', '.join(REGIMES)}")
         parsed = {name: _parse_regime(name, regimes[name], bad) for name in REGIMES}
+        samples = _parse_samples(data.get("samples"), bad)
         return cls(parsed, scalars["copy_block_s"], scalars["swap_block_s"], scalars["floor_s"],
-                   meta)
+                   meta, samples)
 
     def __repr__(self) -> str:
         m = self.meta
@@ -159,6 +200,22 @@ def _number(obj: dict, key: str, bad) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
         raise bad(f"{key!r} must be a finite number >= 0, got {v!r}")
     return float(v)
+
+
+def _columns(df: pd.DataFrame) -> dict:
+    """A DataFrame as JSON columns (numpy scalars to Python numbers)."""
+    return {c: df[c].tolist() for c in df.columns}
+
+
+def _parse_samples(samples, bad) -> pd.DataFrame | None:
+    if samples is None:
+        return None
+    if not isinstance(samples, dict) or any(c not in samples for c in ROW_COLUMNS):
+        raise bad(f"'samples' must be an object of columns including {', '.join(ROW_COLUMNS)}")
+    lengths = {len(v) if isinstance(v, list) else -1 for v in samples.values()}
+    if len(lengths) != 1 or -1 in lengths:
+        raise bad("'samples' columns must be lists of one length")
+    return pd.DataFrame(samples)
 
 
 def _parse_regime(name: str, r, bad) -> Regime:
@@ -182,13 +239,11 @@ def _parse_regime(name: str, r, bad) -> Regime:
     return Regime(tuple(feats), tuple(float(c) for c in coef), fit)
 
 
-def _per_block_costs(meta: dict) -> tuple[float, float]:
+def per_block_costs(meta: dict) -> tuple[float, float]:
     """copy/swap seconds per block: from ``meta`` or, failing that, from the
     roofline model of the meta's model, GPU, tp and block size."""
     if "copy_block_s" in meta and "swap_block_s" in meta:
         return float(meta["copy_block_s"]), float(meta["swap_block_s"])
-    from pagesim.sim.costmodel.roofline import RooflineCostModel
-
     try:
         rl = RooflineCostModel(meta["model"], meta["gpu"], meta.get("tp", 1),
                                block_size=int(meta["block_size"]))
@@ -197,57 +252,3 @@ def _per_block_costs(meta: dict) -> tuple[float, float]:
                                f"model and gpu to derive them ({e})") from e
     return (float(meta.get("copy_block_s", rl.copy_block_s)),
             float(meta.get("swap_block_s", rl.swap_block_s)))
-
-
-def _fit_regime(name: str, rows: pd.DataFrame, y: np.ndarray, features) -> Regime:
-    """Least squares on relative residuals; refuses too few or collinear rows."""
-    feats = tuple(features)
-    if len(rows) < len(feats):
-        raise CalibrationError(f"{name}: {len(rows)} rows cannot fit {len(feats)} coefficients "
-                               f"({', '.join(feats)})")
-    x = np.column_stack([np.ones(len(rows)) if f == "const" else rows[f].to_numpy(np.float64)
-                         for f in feats])
-    w = 1.0 / y
-    coef, _, rank, _ = np.linalg.lstsq(x * w[:, None], np.ones(len(y)), rcond=None)
-    if rank < len(feats):
-        raise CalibrationError(f"{name}: features {', '.join(feats)} are collinear in the rows "
-                               f"(rank {rank}); vary the shapes more or drop a feature")
-    rel = np.abs(x @ coef - y) / y
-    fit = {"rows": int(len(rows)), "median_rel_err": float(np.median(rel)),
-           "max_rel_err": float(rel.max())}
-    return Regime(feats, tuple(float(c) for c in coef), fit)
-
-
-def fit_table(rows: pd.DataFrame, meta: dict, features: dict | None = None) -> TableCostModel:
-    """Fit a TableCostModel to measured steps.
-
-    ``rows`` has one row per measured step with columns ``ROW_COLUMNS``
-    (``measured_s`` in seconds); optional ``copy_blocks``/``swap_blocks``
-    columns have their per-block cost subtracted before fitting. ``meta``
-    needs ``model``, ``gpu`` and ``block_size`` (and ``tp``, default 1) and
-    is stored in the file; ``copy_block_s``/``swap_block_s`` in it override
-    the roofline's per-block costs. ``features`` maps a regime to its feature
-    list (default ``DEFAULT_FEATURES``).
-    """
-    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
-    if missing:
-        raise CalibrationError(f"rows lack columns {', '.join(missing)}")
-    if any(k not in meta for k in META_REQUIRED):
-        raise CalibrationError(f"meta needs keys {', '.join(META_REQUIRED)}")
-    copy_s, swap_s = _per_block_costs(meta)
-    y = rows["measured_s"].to_numpy(np.float64)
-    for col, per_block in (("copy_blocks", copy_s), ("swap_blocks", swap_s)):
-        if col in rows.columns:
-            y = y - rows[col].to_numpy(np.float64) * per_block
-    if not np.all(np.isfinite(y)) or np.any(y <= 0):
-        raise CalibrationError("measured_s must be finite and exceed the copy/swap time of each row")
-    features = {**DEFAULT_FEATURES, **(features or {})}
-    for name, feats in features.items():
-        unknown = [f for f in feats if f not in FEATURES or (f != "const" and f not in rows.columns)]
-        if name not in REGIMES or unknown:
-            raise CalibrationError(f"features[{name!r}]: regime must be one of {REGIMES} and "
-                                   f"features columns of the rows; bad: {unknown}")
-    mixed = rows["num_prefill_seqs"].to_numpy() > 0
-    regimes = {name: _fit_regime(name, rows[sel], y[sel], features[name])
-               for name, sel in (("decode", ~mixed), ("mixed", mixed))}
-    return TableCostModel(regimes, copy_s, swap_s, floor_s=0.5 * float(y.min()), meta=meta)

@@ -44,10 +44,36 @@ from pagesim.sim.invariants import check_scheduler
 from pagesim.sim.plan import StepPlan
 
 
+class TraceSource:
+    """A trace's requests, handed to the engine in arrival order."""
+
+    def __init__(self, trace) -> None:
+        self.requests = list(trace)
+        self._next = 0           # next request not yet handed out
+
+    def take_until(self, t: float) -> list:
+        """Requests arriving at or before ``t`` not handed out yet."""
+        reqs, i = self.requests, self._next
+        while i < len(reqs) and reqs[i].arrival_s <= t:
+            i += 1
+        out, self._next = reqs[self._next:i], i
+        return out
+
+    def next_arrival(self) -> float | None:
+        return self.requests[self._next].arrival_s if self._next < len(self.requests) else None
+
+    def exhausted(self) -> bool:
+        return self._next >= len(self.requests)
+
+
 class Engine:
     def __init__(self, trace, scheduler, executor, *, fast: bool = True, recorder=None,
-                 progress: bool = False, on_step=None, check_invariants: int = 0) -> None:
-        self.requests = list(trace)
+                 progress: bool = False, on_step=None, check_invariants: int = 0,
+                 env: simpy.Environment | None = None, source=None) -> None:
+        #: Where requests come from: the trace itself, or a replica's inbox
+        #: (``sim/engine/cluster.py``), which a router fills.
+        self.source = source if source is not None else TraceSource(trace)
+        self.requests = getattr(self.source, "requests", [])
         self.sched = scheduler
         self.executor = executor
         self.fast = fast and not getattr(executor, "needs_plans", False)
@@ -57,9 +83,8 @@ class Engine:
         self.recorder = recorder
         self.progress = progress
         self.on_step = on_step
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
         self.clock = 0.0
-        self._next = 0           # next request not yet handed to the scheduler
         self._idle: simpy.Event | None = None
         self.wall_s = 0.0
 
@@ -69,17 +94,19 @@ class Engine:
         for req in self.requests:
             if req.arrival_s > env.now:
                 yield env.timeout(req.arrival_s - env.now)
-            if self._idle is not None and not self._idle.triggered:
-                self._idle.succeed()
+            self.wake()
+
+    def wake(self) -> None:
+        """End an idle wait (an arrival for this engine)."""
+        if self._idle is not None and not self._idle.triggered:
+            self._idle.succeed()
 
     def _admit_arrivals(self) -> None:
-        reqs, sched = self.requests, self.sched
-        while self._next < len(reqs) and reqs[self._next].arrival_s <= self.clock:
-            sched.add_request(reqs[self._next])
-            self._next += 1
+        for req in self.source.take_until(self.clock):
+            self.sched.add_request(req)
 
     def _next_arrival(self) -> float | None:
-        return self.requests[self._next].arrival_s if self._next < len(self.requests) else None
+        return self.source.next_arrival()
 
     def engine(self):
         env, sched = self.env, self.sched
@@ -87,12 +114,13 @@ class Engine:
         while True:
             self._admit_arrivals()
             if not sched.has_work():
-                if self._next >= len(self.requests):
+                if self.source.exhausted():
                     break
                 self._idle = env.event()
                 yield self._idle
                 self._idle = None
-                self.clock = max(self.clock, self.requests[self._next].arrival_s)
+                woken_at = self.source.next_arrival()
+                self.clock = max(self.clock, env.now if woken_at is None else woken_at)
                 continue
             done_before, preempted = sched.step, sched.preemptions
             outcome = sched.schedule()

@@ -1,0 +1,201 @@
+"""``pagesim calibrate`` and ``pagesim validate``: the GPU-side commands.
+
+Both need the ``gpu`` extra (torch, triton) and, to mean anything, a CUDA
+device; without one they run under the Triton interpreter as a dry run
+(small shapes via ``--scale``), which is how the tests exercise them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from pagesim.calibrate import calibrate, default_base, fit_report, refit_files
+from pagesim.replay import ReplayConfig
+from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
+
+GPU_HINT = "needs the gpu extra: pip install 'pagesim[gpu]' (torch and triton)"
+
+
+class CommandError(ValueError):
+    """A problem with the command's input: printed as one line, exit 2."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def _gpu_modules():
+    """torch and the GPU executor, or a CommandError with the install hint."""
+    try:
+        import torch
+
+        from pagesim.gpu.calibrate import gpu_preset_name
+        from pagesim.gpu.executor import GPUExecutor
+    except ImportError as e:
+        raise CommandError(f"{GPU_HINT} ({e})") from None
+    return torch, GPUExecutor, gpu_preset_name
+
+
+def _device(torch, gpu_preset_name) -> tuple[str, str]:
+    """(device name, GPU preset) of the device the executor will use."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return name, gpu_preset_name(name, torch.cuda.get_device_properties(0).total_memory)
+    print("pagesim: no CUDA device: running under the Triton interpreter (a dry run; its "
+          "timings mean nothing)", file=sys.stderr)
+    return "cpu", "cpu"
+
+
+def cmd_calibrate(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CommandError(f"--out {out}: exists (give --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise CommandError(f"--out {out}: folder {out.parent} does not exist")
+    if args.refit:
+        table = refit_files(args.refit)
+    else:
+        torch, GPUExecutor, preset_of = _gpu_modules()
+        _, preset = _device(torch, preset_of)
+        base = default_base(args.model, preset, args.block_size, args.gpu_memory_utilization,
+                            args.num_gpu_blocks, args.max_num_seqs, args.seed)
+        swap = replace(base, scheduler=replace(base.scheduler, generation="v0", preemption="swap"))
+        ex = GPUExecutor(get_model(args.model), base.gpu_blocks(), swap.cpu_blocks(),
+                         args.block_size, mode=args.mode, seed=args.seed)
+        table = calibrate(base, ex, gpu_preset=preset, scale=args.scale, progress=not args.quiet)
+    _write_atomically(out, lambda p: table.save(p))
+    print(fit_report(table))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pagesim import traces
+    from pagesim.validate import format_table, validate
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CommandError(f"--out {out}: exists (give --overwrite to replace it)")
+    table = TableCostModel.from_file(args.calibration)
+    torch, GPUExecutor, preset_of = _gpu_modules()
+    _, preset = _device(torch, preset_of)
+    meta = table.meta
+    trace = traces.load_trace(args.trace) if args.trace else traces.default_workload(args.seed)
+    if args.limit:
+        trace = trace[: args.limit]
+    if args.duration_s:
+        trace = trace.select(trace.arrival_s < trace.arrival_s[0] + args.duration_s)
+    sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, generation=args.scheduler,
+                            preemption=args.preemption)
+    cfg = ReplayConfig(model=meta["model"], gpu=meta["gpu"] if preset != "cpu" else "h100-80gb",
+                       block_size=int(meta["block_size"]), num_gpu_blocks=args.num_gpu_blocks,
+                       scheduler=sched, seed=args.seed, cost_model=args.calibration)
+    ex = GPUExecutor(get_model(cfg.model), cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size,
+                     mode=meta.get("mode", "model"), seed=args.seed)
+    if args.warmup:
+        validate(trace[: args.warmup], cfg, table, ex)  # compiles kernels, captures graphs
+    record = validate(trace, cfg, table, ex)
+    write_validation(record, out)
+    print(format_table(record))
+    print(f"wrote {out}/")
+    return 0
+
+
+def write_validation(record: dict, out: Path) -> None:
+    """validation.json, validation.md and the figures, as one folder."""
+    from pagesim.analysis.validation_plots import FIGURES
+    from pagesim.validate import format_table, public
+
+    def fill(tmp: Path) -> None:
+        (tmp / "validation.json").write_text(json.dumps(public(record), indent=2, allow_nan=False,
+                                                        default=_jsonable) + "\n")
+        (tmp / "validation.md").write_text(format_table(record) + "\n")
+        for name, draw in FIGURES.items():
+            draw(record).savefig(tmp / name, dpi=110)
+
+    _write_dir_atomically(out, fill)
+
+
+def _jsonable(x):
+    return None if isinstance(x, float) else str(x)
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_dir_atomically(path: Path, fill) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_subcommands(sub) -> None:
+    c = sub.add_parser("calibrate", help="profile step shapes on a GPU and fit the table cost model")
+    c.add_argument("--model", default="llama-3-8b", help="model preset")
+    c.add_argument("--gpu-memory-utilization", type=_positive_float, default=0.9,
+                   help="fraction of GPU memory for weights + KV (sizes the cache, as vLLM)")
+    c.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
+    c.add_argument("--num-gpu-blocks", type=_positive_int, help="KV blocks (default: from memory)")
+    c.add_argument("--max-num-seqs", type=_positive_int, default=256, help="largest decode batch")
+    c.add_argument("--mode", choices=["model", "attention"], default="model",
+                   help="synthetic decoder (model) or attention only")
+    c.add_argument("--scale", type=_positive_float, default=1.0,
+                   help="shrink the grid's lengths and counts (dry runs on a CPU)")
+    c.add_argument("--from", dest="refit", nargs="+", metavar="FILE",
+                   help="refit the pooled samples of these calibration files (no GPU needed)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_calibrate)
+    v = sub.add_parser("validate", help="a trace on the GPU against the same trace simulated")
+    v.add_argument("trace", nargs="?", help="trace file (default: the built-in workload)")
+    v.add_argument("--calibration", required=True, help="calibration file (pagesim calibrate)")
+    v.add_argument("--limit", type=_positive_int, help="first N requests only")
+    v.add_argument("--duration-s", type=float, help="requests arriving in the first S seconds only")
+    v.add_argument("--scheduler", choices=["v1", "v0"], default="v1")
+    v.add_argument("--preemption", choices=["recompute", "swap"], default="recompute")
+    v.add_argument("--max-num-seqs", type=_positive_int, default=256)
+    v.add_argument("--num-gpu-blocks", type=_positive_int, help="KV blocks (default: from memory)")
+    v.add_argument("--warmup", type=int, default=16, help="requests replayed first, unrecorded")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default="validation", help="output folder")
+    v.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    v.set_defaults(func=cmd_validate)
+
+
+__all__ = ["add_subcommands", "cmd_calibrate", "cmd_validate", "CommandError", "CalibrationError"]

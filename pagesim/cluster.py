@@ -1,0 +1,84 @@
+"""Replaying a trace on several replicas behind a router (``--replicas N``).
+
+Each replica is built exactly as ``run_replay`` builds its one engine (own
+KV-cache manager, scheduler, executor, step recorder, event log), over one
+shared SimPy environment (``sim/engine/cluster.py``). Outputs: the requests
+table gains a ``replica`` column (trace order kept), the steps table one
+row per replica step with a ``replica`` column, and ``summary.json`` the
+cluster's numbers plus one summary per replica under ``replicas``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pagesim.replay import ReplayResult, _check_drained, build, config_dict
+from pagesim.sim.engine.cluster import Cluster
+from pagesim.sim.event_log import EventLog
+from pagesim.sim.metrics import requests_dataframe, summarize
+from pagesim.sim.router import make_router
+
+
+def run_cluster(trace, cfg, *, executor=None, progress: bool = False) -> ReplayResult:
+    if executor is not None and executor.needs_plans:
+        raise ValueError("--replicas > 1 prices steps with a cost model: an executor that runs "
+                         "steps (e.g. --executor gpu) drives one replica only")
+    parts = {}
+
+    def make_engine(env, replica):  # a cost-model executor is stateless: replicas share it
+        engine, sched, kv, recorder = build(trace, cfg, executor, env=env, source=replica)
+        parts[replica.index] = (sched, kv, recorder)
+        return engine
+
+    cluster = Cluster(trace, make_router(cfg.router), make_engine, cfg.replicas)
+    cluster.run()
+    reqs, steps, per_replica = [], [], []
+    for i in range(cfg.replicas):
+        sched, kv, recorder = parts[i]
+        _check_drained(sched, kv)
+        rq = requests_dataframe(sched.records).assign(replica=i)
+        st = recorder.to_dataframe().assign(replica=i)
+        per_replica.append(_summary(rq, st, sched, kv, cluster.engines[i].clock, 0.0))
+        reqs.append(rq)
+        steps.append(st)
+    req_df = _trace_order(reqs, cluster.dispatcher.order)
+    step_df = pd.concat(steps, ignore_index=True)
+    kv0 = parts[0][1]
+    summary = summarize(req_df, step_df, capacity_tokens=kv0.capacity_tokens,
+                        preemptions=sum(p[0].preemptions for p in parts.values()),
+                        hit_tokens=sum(p[1].hit_tokens for p in parts.values()),
+                        queried_tokens=sum(p[1].queried_tokens for p in parts.values()),
+                        wall_s=cluster.wall_s, sim_time_s=cluster.clock)
+    summary["config"] = config_dict(cfg, kv0)
+    summary["replicas"] = per_replica
+    return ReplayResult(summary, req_df, step_df, _merged_events(parts, cfg), cfg)
+
+
+def _summary(rq, st, sched, kv, clock, wall) -> dict:
+    return summarize(rq, st, capacity_tokens=kv.capacity_tokens, preemptions=sched.preemptions,
+                     hit_tokens=kv.hit_tokens, queried_tokens=kv.queried_tokens, wall_s=wall,
+                     sim_time_s=clock)
+
+
+def _trace_order(frames: list[pd.DataFrame], order: list[int]) -> pd.DataFrame:
+    """Rows back in trace order: request ``j`` is the next row of replica ``order[j]``."""
+    order_arr = np.asarray(order, dtype=np.int64)
+    pos = np.empty(len(order_arr), dtype=np.int64)
+    for i, df in enumerate(frames):
+        where = np.flatnonzero(order_arr == i)
+        assert len(where) == len(df), f"replica {i} has {len(df)} request rows, {len(where)} routed"
+        pos[where] = np.arange(len(df)) + sum(len(f) for f in frames[:i])
+    return pd.concat(frames, ignore_index=True).iloc[pos].reset_index(drop=True)
+
+
+def _merged_events(parts, cfg) -> EventLog | None:
+    """One event log per replica, tagged: ``replica_logs`` on the merged log."""
+    logs = [parts[i][0].log for i in range(cfg.replicas)]
+    if logs[0] is None:
+        return None
+    merged = EventLog()
+    for name in ("steps", "seqs", "kinds", "blocks", "srcs"):
+        setattr(merged, name, [x for log in logs for x in getattr(log, name)])
+    merged.replicas = [i for i, log in enumerate(logs) for _ in range(len(log))]
+    merged.replica_logs = logs
+    return merged

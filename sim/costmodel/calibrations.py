@@ -1,0 +1,46 @@
+"""Finding the committed calibration file that matches a replay's presets.
+
+``--cost-model auto`` (the default) prices steps with a calibration measured
+on the preset's card for the preset's model, tp and block size when pagesim
+ships one, and with the roofline model otherwise; the summary says which.
+A calibration measured for another setting is never used silently.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from pagesim.sim.costmodel.presets import get_gpu, get_model
+
+
+def calibration_dir() -> Path:
+    """Where the shipped calibration files live (``calibration/`` in a
+    checkout, ``pagesim/calibration`` when installed)."""
+    return Path(str(resources.files("pagesim.calibration")))
+
+
+def find_calibration(model, gpu, tp: int = 1, block_size: int = 16,
+                     folder: Path | None = None) -> Path | None:
+    """The newest shipped file calibrated for exactly this setting, or None."""
+    want = (get_model(model).name.lower(), get_gpu(gpu).name.lower(), int(tp), int(block_size))
+    best = None
+    for path in sorted((folder or calibration_dir()).glob("*.json")):
+        try:
+            meta = json.loads(path.read_text()).get("meta", {})
+        except (OSError, ValueError):
+            continue  # not ours to judge here: an explicit --cost-model FILE reports it
+        have = (str(meta.get("model", "")).lower(), str(meta.get("gpu", "")).lower(),
+                int(meta.get("tp", 1)), int(meta.get("block_size", 0)))
+        if have == want and (best is None or str(meta.get("date", "")) >= best[0]):
+            best = (str(meta.get("date", "")), path)
+    return None if best is None else best[1]
+
+
+def describe(model) -> dict:
+    """What priced the steps, for ``summary.json``."""
+    meta = getattr(model, "meta", None)
+    if meta is None:
+        return {"kind": "roofline"}
+    return {"kind": "table", "file": getattr(model, "source", None),
+            "device_name": meta.get("device_name"), "date": meta.get("date")}
