@@ -34,7 +34,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 # preempts, the contiguous baselines queue; report in runs/demo/report.html.
 demo: $(VENV)/.core
 	$(BIN)/pagesim compare --workload sharegpt --num-requests 400 --rate 25 \
-	  --num-gpu-blocks 1000 --max-model-len 2048 --quiet --out runs/demo
+	  --num-gpu-blocks 1000 --max-model-len 2048 --quiet --out runs/demo --overwrite
 
 # pytest exits 5 when it collected no test: a wrong selection, never a pass.
 NO_TESTS = if [ $$rc -eq 5 ]; then echo "pytest collected no test (exit 5): check PYTEST_ARGS and markers" >&2; fi; exit $$rc

@@ -64,21 +64,37 @@ def time_bins(steps, bins: int = 600):
     return edges, np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
 
 
+#: Rows per block in ``binned_memory``: its temporaries stay a few MB even
+#: for tables of millions of steps (the table itself is the memory budget).
+BIN_BLOCK_ROWS = 1 << 16
+
+
 def binned_memory(steps, bins: int = 600):
     """Time-weighted memory fractions in ``bins`` equal time bins (so a
-    million-step run plots as fast as a small one)."""
-    if len(steps) == 0:
+    million-step run plots as fast as a small one).
+
+    Rows are taken in blocks; ``np.add.at`` accumulates in row order, so the
+    sums equal one ``bincount`` over the whole table bit for bit."""
+    t = steps["start_s"].to_numpy()
+    dur = steps["duration_s"].to_numpy()
+    if len(t) == 0:
         return np.array([]), {c: np.array([]) for c in CATEGORIES}
-    cap = steps[list(CATEGORIES)].sum(axis=1).to_numpy(dtype=float)
-    edges, idx = time_bins(steps, bins)
-    dur = steps["duration_s"].to_numpy(dtype=float)
-    w = np.bincount(idx, weights=dur, minlength=bins)
+    edges = np.linspace(t[0], t[-1] + dur[-1], bins + 1)
+    cols = {c: steps[c].to_numpy() for c in CATEGORIES}
+    w = np.zeros(bins)
+    sums = {c: np.zeros(bins) for c in CATEGORIES}
+    for i in range(0, len(t), BIN_BLOCK_ROWS):
+        rows = slice(i, i + BIN_BLOCK_ROWS)
+        idx = np.clip(np.searchsorted(edges, t[rows], side="right") - 1, 0, bins - 1)
+        d = dur[rows]
+        np.add.at(w, idx, d)
+        cap = sum(v[rows] for v in cols.values()).astype(float)
+        for c, v in cols.items():
+            np.add.at(sums[c], idx, v[rows] / cap * d)
     keep = w > 0
-    out = {}
-    for c in CATEGORIES:
-        frac = steps[c].to_numpy(dtype=float) / cap
-        out[c] = np.bincount(idx, weights=frac * dur, minlength=bins)[keep] / w[keep]
-    return 0.5 * (edges[:-1] + edges[1:])[keep], out
+    out = {c: sums[c][keep] / w[keep] for c in CATEGORIES}
+    centers = 0.5 * (edges[:-1] + edges[1:])[keep]
+    return centers, out
 
 
 def binned_max(steps, column: str, bins: int = 600):

@@ -1,42 +1,56 @@
-"""Step times through the GPU executor: whole model vs attention only.
+"""Step times through the GPU executor against the memory floor; graphs vs eager.
 
-    PYTHONPATH=. python3 bench/bench_gpu_executor.py [--model llama-3-8b] [--batch 1 8 32 128]
+    PYTHONPATH=. python3 bench/bench_gpu_executor.py [--model llama-3-8b] [--batch 1 8 32 64 128]
+        [--prompt 2048] [--output 24] [--eager-batch 1 32] [--modes model attention] [--results F]
 
 For each mode and batch size B, B requests (``--prompt`` tokens in,
 ``--output`` out) arrive together and are replayed through the executor.
-Per run: the prefill step's time, the median decode step's device time
-(CUDA events, what the engine is given) and host wall time (the executor's
-whole ``execute``: bookkeeping, metadata, launches, the final sync), and
-for decode the K/V bytes attention reads per second of device time. The
-gap between wall and device time is the harness's host overhead; in
-attention mode the device time is what the memory manager's layout costs.
+Decode steps replay CUDA graphs (the step that captures its bucket is left
+out); ``--eager-batch`` sizes are replayed again with graphs off. Per run:
+the median decode step's GPU time (``measured_s``), host preparation
+(``prep_s``) and whole ``execute`` (``wall_s``), the K/V bytes attention
+reads, and the floor:
+
+    floor = (weight bytes + KV bytes read) / copy bandwidth (measured here)
+
+with weight bytes = 2 * num_params (the issue's definition: embeddings
+included, though a step reads only B rows of them) and, stricter, the bytes
+a step actually reads (every layer, the final norm and the LM head). In
+attention mode the floor is the KV bytes alone. Prefill steps run eagerly.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from pagesim.gpu.calibrate import measure
-from pagesim.gpu.executor import GPUExecutor
-from pagesim.gpu.model import SyntheticDecoder
-from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.costmodel import get_model, kv_bytes_per_token
-from pagesim.replay import ReplayConfig
-from pagesim.traces import Request, Trace
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pagesim.gpu.calibrate import measure  # noqa: E402
+from pagesim.gpu.executor import GPUExecutor  # noqa: E402
+from pagesim.gpu.model import SyntheticDecoder  # noqa: E402
+from pagesim.sim.config import SchedulerConfig  # noqa: E402
+from pagesim.sim.costmodel import get_model, kv_bytes_per_token  # noqa: E402
+from pagesim.replay import ReplayConfig  # noqa: E402
+from pagesim.traces import Request, Trace  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama-3-8b")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--prompt", type=int, default=512)
-    p.add_argument("--output", type=int, default=32)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    p.add_argument("--eager-batch", type=int, nargs="*", default=[1, 32])
+    p.add_argument("--prompt", type=int, default=2048)
+    p.add_argument("--output", type=int, default=40)
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--num-gpu-blocks", type=int, default=8192)
     p.add_argument("--modes", nargs="+", default=["attention", "model"])
+    p.add_argument("--layouts", nargs="+", default=["out_in"], help="model-mode weight layouts to time")
+    p.add_argument("--copy-gbs", type=float, help="copy bandwidth (default: measured here)")
     p.add_argument("--results", help="write the rows here (JSON)")
     return p.parse_args(argv)
 
@@ -46,45 +60,95 @@ def together(batch: int, prompt: int, output: int) -> Trace:
                   for i in range(batch)], source=f"bench:{batch}x{prompt}+{output}")
 
 
-def bench_mode(args, spec, mode: str, device, dtype) -> list[dict]:
-    model = SyntheticDecoder(spec, device=device, dtype=dtype, mode=mode)
-    ex = GPUExecutor(spec, args.num_gpu_blocks, 0, args.block_size, device=device, dtype=dtype,
-                     mode=mode, model=model)
-    cfg = ReplayConfig(model=spec.name, num_gpu_blocks=args.num_gpu_blocks, num_cpu_blocks=0,
-                       block_size=args.block_size, prefix_caching=False,
-                       scheduler=SchedulerConfig(max_num_seqs=max(args.batch)))
-    measure(together(max(args.batch), args.prompt, 4), cfg, ex)  # compile the kernel variants
+def weight_bytes_read(model: SyntheticDecoder) -> int:
+    """Bytes of the weights a decode step reads (all but the embedding table)."""
+    if model.mode != "model":
+        return 0
+    layers = sum(t.numel() * t.element_size() for w in model.layers for t in w.values())
+    return layers + model.lm_head.numel() * model.lm_head.element_size() + model.final_norm.numel() * 2
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (median of do_bench)."""
+    import triton
+
+    a = torch.randn(1 << 29, device="cuda", dtype=torch.bfloat16)
+    b = torch.empty_like(a)
+    t = triton.testing.do_bench(lambda: b.copy_(a), return_mode="median") / 1e3
+    return 2 * a.numel() * 2 / t
+
+
+def summarize(rec, spec, dtype, batch, graphs, model, copy_bps) -> dict:
+    """Medians over the decode steps that ran all ``batch`` sequences (sequences
+    prefilled early finish early, so the last decode steps run fewer); each
+    step's ratio is its own time over its own floor."""
+    dec = rec[rec["num_prefill_seqs"] == 0]
+    if graphs:
+        dec = dec[(dec["graph_bucket"] > 0) & (dec["captures"] == 0)]
+    full = dec[dec["num_seqs"] == batch]
+    sel = full if len(full) else dec
+    kv = sel["kv_tokens_read"].to_numpy() * kv_bytes_per_token(spec) * dtype.itemsize / 2
+    t = sel["measured_s"].to_numpy()
+    issue_w = 2 * spec.num_params if model.mode == "model" else 0
+    read_w = weight_bytes_read(model)
+    floor, floor_read = (issue_w + kv) / copy_bps, (read_w + kv) / copy_bps
+    med = lambda a: float(np.median(a))  # noqa: E731
+    return {"mode": model.mode, "layout": getattr(model, "layout", ""), "batch": batch, "graphs": graphs,
+            "steps": int(len(sel)), "steps_all_decode": int(len(dec)),
+            "prefill_ms": float(rec["measured_s"].iloc[0]) * 1e3, "decode_ms": med(t) * 1e3,
+            "prep_ms": float(sel["prep_s"].median()) * 1e3, "wall_ms": float(sel["wall_s"].median()) * 1e3,
+            "kv_GB": med(kv) / 1e9, "floor_ms": med(floor) * 1e3, "ratio": med(t / floor),
+            "ratio_read": med(t / floor_read), "ratio_max": float((t / floor).max()),
+            "ratio_all_decode": float(np.median(dec["measured_s"].to_numpy() / (
+                issue_w + dec["kv_tokens_read"].to_numpy() * kv_bytes_per_token(spec) * dtype.itemsize / 2)
+                * copy_bps))}
+
+
+def bench_mode(args, spec, mode: str, copy_bps: float, layout: str = "out_in") -> list[dict]:
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    model = SyntheticDecoder(spec, device=device, dtype=dtype, mode=mode, layout=layout)
+    top = max(args.batch)
+    blocks = top * (-(-(args.prompt + args.output) // args.block_size) + 1) + 64
+    ex = GPUExecutor(spec, blocks, 0, args.block_size, device=device, dtype=dtype, mode=mode, model=model,
+                     graph_max_batch=top)
+    graphs = ex.graphs
+    cfg = ReplayConfig(model=spec.name, num_gpu_blocks=blocks, num_cpu_blocks=0, block_size=args.block_size,
+                       prefix_caching=False, scheduler=SchedulerConfig(max_num_seqs=top))
+    measure(together(top, args.prompt, 4), cfg, ex)  # compile the kernel variants
     rows = []
-    for b in args.batch:
+    eager = args.eager_batch if layout == args.layouts[0] else []
+    runs = [(b, True) for b in args.batch] + [(b, False) for b in eager]
+    for b, use_graphs in runs:
+        ex.graphs = graphs if use_graphs else None
         _, rec = measure(together(b, args.prompt, args.output), cfg, ex)
-        dec = rec[rec["num_prefill_seqs"] == 0]
-        t = float(dec["measured_s"].median())
-        kv = float(dec["kv_tokens_read"].median()) * kv_bytes_per_token(spec) * dtype.itemsize / 2
-        rows.append({"mode": mode, "batch": b, "prefill_ms": float(rec["measured_s"].iloc[0]) * 1e3,
-                     "decode_ms": t * 1e3, "decode_wall_ms": float(dec["wall_s"].median()) * 1e3,
-                     "kv_GBps": kv / t / 1e9, "steps": int(len(rec))})
-        print(rows[-1], flush=True)
-    del ex, model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        rows.append(summarize(rec, spec, dtype, b, use_graphs, model, copy_bps))
+        print(json.dumps(rows[-1]), flush=True)
+    ex.graphs = graphs
+    del ex, model, graphs
+    torch.cuda.empty_cache()
     return rows
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
     spec = get_model(args.model)
-    rows = [r for mode in args.modes for r in bench_mode(args, spec, mode, device, dtype)]
+    copy_bps = args.copy_gbs * 1e9 if args.copy_gbs else copy_bandwidth()
+    rows = []
+    for mode in args.modes:
+        for layout in (args.layouts if mode == "model" else args.layouts[:1]):
+            rows += bench_mode(args, spec, mode, copy_bps, layout)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bps / 1e9,
+            "model": spec.name, "prompt": args.prompt, "output": args.output, "block_size": args.block_size}
     if args.results:
-        Path(args.results).write_text(json.dumps(rows, indent=2))
-    name = torch.cuda.get_device_name() if cuda else "cpu (interpreter)"
-    print(f"{name}, {spec.name}, prompt {args.prompt}, output {args.output}, block {args.block_size}")
-    print(f"{'mode':9} {'batch':>5} {'prefill ms':>10} {'decode ms':>9} {'wall ms':>8} {'KV GB/s':>8}")
+        Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(json.dumps(meta))
+    print(f"{'mode':9} {'layout':6} {'B':>4} {'graph':>5} {'steps':>5} {'decode ms':>9} {'prep ms':>7} "
+          f"{'wall ms':>8} {'KV GB':>6} {'floor ms':>8} {'x floor':>7} {'x read':>6} {'max':>5} {'prefill ms':>10}")
     for r in rows:
-        print(f"{r['mode']:9} {r['batch']:5d} {r['prefill_ms']:10.2f} {r['decode_ms']:9.3f} "
-              f"{r['decode_wall_ms']:8.3f} {r['kv_GBps']:8.1f}")
+        print(f"{r['mode']:9} {r['layout']:6} {r['batch']:4d} {str(r['graphs']):>5} {r['steps']:5d} "
+              f"{r['decode_ms']:9.3f} {r['prep_ms']:7.3f} {r['wall_ms']:8.3f} {r['kv_GB']:6.2f} "
+              f"{r['floor_ms']:8.3f} {r['ratio']:7.2f} {r['ratio_read']:6.2f} {r['ratio_max']:5.2f} "
+              f"{r['prefill_ms']:10.1f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Kernel benchmarks on one CUDA GPU: paged decode / prefill vs dense SDPA.
 
-    python bench/bench_kernels.py [--sweep] [--blocks] [--prefill] [--flex] [--out DIR]
+    python bench/bench_kernels.py [--tune] [--sweep] [--blocks] [--prefill] [--ops] [--out DIR]
+
+``--ops`` runs bench/bench_moves.py (store_kv, copy_blocks, swaps); ``--tune`` first
+tunes and caches the decode split depth of this device (gpu/kernels/decode_tuner.py).
 
 Timing: every variant runs over several input sets (enough that one pass
 touches >= 256 MB, so nothing stays in the 50 MB L2), captured as one CUDA
@@ -20,11 +23,10 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -32,7 +34,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import pagesim.gpu.kernels as K  # noqa: E402
+from bench_moves import bench_ops  # noqa: E402
 from pagesim.gpu.kernels._common import num_sms  # noqa: E402
+from pagesim.gpu.kernels.decode_tuner import graph_time, tune  # noqa: E402
 from pagesim.gpu.kernels.paged_decode import decode_config, num_splits_for  # noqa: E402
 
 SHAPES = [(1, 4096), (1, 32768), (8, 4096), (32, 2048), (64, 4096), (128, 1024), (256, 512)]
@@ -40,45 +44,7 @@ HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 ROTATE_BYTES = 256 << 20
 PREFILL_Q, PREFILL_PREFIXES = 4096, (0, 4096)
 BLOCK_SWEEP = [(32, 2048), (1, 32768)]
-OPS_LAYERS, OPS_BLOCKS = 32, 2048
 DEVICE = "cuda"  # a CPU smoke test of this script may set "cpu" (with the interpreter)
-
-
-def graph_time(fns, min_ms: float = 2.0, samples: int = 15) -> float:
-    """Median seconds per call of ``fns`` (one per input set), replayed from a CUDA graph."""
-    for f in fns:
-        f()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for f in fns:
-        f()
-    end.record()
-    torch.cuda.synchronize()
-    est = start.elapsed_time(end) / len(fns)  # ms, with launch gaps: an upper bound
-    rounds = max(1, min(2000 // len(fns), math.ceil(min_ms / max(est, 1e-3) / len(fns))))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:  # warm the allocator on the capture stream
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(rounds):
-            for f in fns:
-                f()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(samples):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / (rounds * len(fns)))
-    del graph
-    return statistics.median(times)
 
 
 @triton.jit
@@ -164,8 +130,11 @@ class DecodeCase:
 
 
 def decode_variants(case: DecodeCase, sweep: bool):
-    """(name, kwargs) of the paged variants to time on one shape; the default twice (spread)."""
+    """(name, kwargs) of the paged variants to time on one shape; the default twice (spread);
+    ``paged(graph)``: as the executor's decode graphs launch it (grid sized by a table twice as wide
+    as the context, every sequence splitting its own context)."""
     yield "paged", {}
+    yield "paged(graph)", dict(max_context_len=2 * case.ctx, split_by_context=True)
     groups = case.batch * KV_HEADS
     sms = num_sms(torch.device(DEVICE))
     if sweep and groups < 2 * sms:  # larger batches: t64 w4 s3, one split, settled by run 2
@@ -253,7 +222,10 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
         ref = sdpa[0]()[0].transpose(0, 1).float()
         row = dict(q=q_len, prefix=prefix, gflop=flops / 1e9)
         row["sdpa_tflops"] = flops / graph_time(sdpa) / 1e12
-        configs = [("paged", {})]
+        configs = [("paged", {}), ("paged heavy-first", dict(heavy_first=True)),
+                   ("m128 n64 w8 s3 heavy", dict(block_m=128, block_n=64, num_warps=8, num_stages=3, heavy_first=True)),
+                   ("m128 n128 w8 s3 heavy", dict(block_m=128, block_n=128, num_warps=8, num_stages=3,
+                                                  heavy_first=True))]
         if sweep:
             configs += [(f"m{m} n{n} w{w} s{st}", dict(block_m=m, block_n=n, num_warps=w, num_stages=st))
                         for m, n, w, st in ((128, 64, 8, 3), (128, 64, 8, 5), (128, 128, 8, 3), (64, 64, 4, 3))]
@@ -276,41 +248,6 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
         log(json.dumps({k: v for k, v in row.items() if k != "sweep"}))
         rows.append(row)
     return rows
-
-
-def bench_ops(log) -> dict:
-    """store_kv (graph-timed), copy_blocks (eager) and swap (host-timed, GPU <-> pinned CPU) bandwidths."""
-    layers, nb, bs = OPS_LAYERS, OPS_BLOCKS, 16
-    block_bytes = bs * KV_HEADS * HEAD_DIM * 2
-    res = {}
-    kc = torch.randn(nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
-    vc = torch.randn_like(kc)
-    n_tok = nb * bs // 4
-    slots = [torch.randperm(nb * bs, device=DEVICE)[:n_tok] for _ in range(4)]
-    k, v = (torch.randn(n_tok, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2))
-    t = graph_time([lambda s=s: K.store_kv(k, v, kc, vc, s) for s in slots])
-    res["store_kv_gbs"] = 2 * 2 * k.numel() * 2 / t / 1e9  # K and V, read + written
-    caches = [torch.randn(nb, bs, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2 * layers)]
-    n_pairs = nb // 8
-    pair_sets = [torch.randperm(nb, device=DEVICE)[: 2 * n_pairs].view(2, -1).t().contiguous() for _ in range(4)]
-    # not graph-capturable (per-call host->device copy of the cache offsets): eager, launch overhead included
-    t = triton.testing.do_bench(lambda: K.copy_blocks(caches, pair_sets[0]), return_mode="median") / 1e3
-    res["copy_blocks_gbs"] = 2 * n_pairs * len(caches) * block_bytes / t / 1e9
-    pool = [K.pinned_pool_like(c, n_pairs) for c in caches]
-    perm = torch.randperm(nb).tolist()
-    for name, dst in (("runs", list(range(n_pairs))), ("scattered", torch.randperm(n_pairs).tolist())):
-        pairs = list(zip(sorted(perm[:n_pairs]) if name == "runs" else perm[:n_pairs], dst))
-        for direction, (src, to) in (("out", (caches, pool)), ("in", (pool, caches))):
-            p = pairs if direction == "out" else [(d, s) for s, d in pairs]
-            K.swap_blocks(src, to, p).synchronize()
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                K.swap_blocks(src, to, p).synchronize()
-                times.append(time.perf_counter() - t0)
-            res[f"swap_{direction}_{name}_gbs"] = n_pairs * len(caches) * block_bytes / statistics.median(times) / 1e9
-    log("ops " + json.dumps(res))
-    return res
 
 
 def kernel_report(log) -> list[dict]:
@@ -339,6 +276,7 @@ def main() -> None:
     ap.add_argument("--blocks", action="store_true", help="block size sweep 1..256")
     ap.add_argument("--prefill", action="store_true", help="prefill 4096 tokens with/without a 4096 prefix")
     ap.add_argument("--ops", action="store_true", help="store_kv / copy_blocks / swap bandwidths")
+    ap.add_argument("--tune", action="store_true", help="tune the decode split depth for this device first")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for results.json")
     args = ap.parse_args()
     lines = []
@@ -351,6 +289,9 @@ def main() -> None:
                torch=torch.__version__, triton=triton.__version__)
     res["ceilings"] = ceilings()
     log(json.dumps(res))
+    if args.tune:
+        res["tuning"] = tune(torch.device(DEVICE))
+        log("tuning " + json.dumps(res["tuning"]))
     res["decode"] = bench_decode(args.sweep, log)
     if args.blocks:
         res["blocks"] = bench_blocks(log)

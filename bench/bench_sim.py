@@ -56,10 +56,10 @@ def main() -> None:
         load = time.perf_counter() - t
         for pc in (False, True):
             c = replace(cfg, prefix_caching=pc)
-            row(f"azure conv, prefix caching {'on' if pc else 'off'}", run_replay(trace, c), load)
+            row(f"azure conv, prefix caching {'on' if pc else 'off'}", run_replay(trace, c, pause_gc=True), load)
             if a.step_by_step:
                 row(f"azure conv, prefix caching {'on' if pc else 'off'}, step-by-step",
-                    run_replay(trace, replace(c, fast=False)), load)
+                    run_replay(trace, replace(c, fast=False), pause_gc=True), load)
     else:
         print(f"(no {AZURE}: skipping the Azure trace)")
     if not a.skip_large:
@@ -67,7 +67,7 @@ def main() -> None:
         trace = traces.synthetic("sharegpt", num_requests=a.requests, rate=a.rate, seed=0)
         load = time.perf_counter() - t
         sched = replace(cfg.scheduler, max_num_seqs=a.max_num_seqs)
-        res = run_replay(trace, replace(cfg, prefix_caching=False, scheduler=sched))
+        res = run_replay(trace, replace(cfg, prefix_caching=False, scheduler=sched), pause_gc=True)
         row(f"sharegpt x{a.requests:,} @ {a.rate:g}/s, {a.max_num_seqs} seqs", res, load)
         m = res.summary["memory_split"]
         print(f"  memory: token states {m['token_states']:.1%}, free {m['free']:.1%}; "

@@ -44,6 +44,7 @@ class StepBatch:
     dev: dict = field(default_factory=dict)  # device views, see ``to_device``
     dec_max_ctx: int = 0
     pre_max_q: int = 0
+    graph: bool = False           # views into a graph's static buffers (gpu/graphs.py)
 
     @property
     def num_tokens(self) -> int:
@@ -51,6 +52,11 @@ class StepBatch:
 
     def to_device(self, device: torch.device) -> None:
         """Pack the metadata, copy it once, and keep named device views."""
+        self.pack(device)
+        self.upload()
+
+    def pack(self, device: torch.device) -> None:
+        """Host side of ``to_device``: the metadata in one (pinned) int32 buffer."""
         nd = self.num_decode
         q, ctx, starts = self.query_lens, self.context_lens, self.starts
         positions = np.concatenate([np.arange(s, c) for s, c in zip(starts, ctx)]) \
@@ -71,11 +77,17 @@ class StepBatch:
         host = torch.from_numpy(flat)
         if device.type == "cuda":
             host = host.pin_memory()
-        buf = host.to(device, non_blocking=True)
-        for name, a, off in zip(parts, arrays, offsets.tolist()):
-            self.dev[name] = buf[off:off + a.size].view(a.shape)
+        self._packed = (device, host, [(name, a.shape, off) for name, a, off in zip(parts, arrays, offsets.tolist())])
         self.dec_max_ctx = int(ctx[:nd].max()) if nd else 0
         self.pre_max_q = int(pre_q.max()) if len(pre_q) else 0
+
+    def upload(self) -> None:
+        """Device side of ``to_device``: one copy, then the named views."""
+        device, host, layout = self._packed
+        buf = host.to(device, non_blocking=True)
+        for name, shape, off in layout:
+            n = int(np.prod(shape))
+            self.dev[name] = buf[off:off + n].view(shape)
 
 
 def _pad(tables: list[list[int]]) -> np.ndarray:

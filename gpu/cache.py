@@ -10,23 +10,35 @@ is one launch over all layers::
 ``kv[l, 0]`` and ``kv[l, 1]`` are layer ``l``'s K and V caches in the
 layout the kernels take. New caches are filled with NaN, so a kernel that
 reads a slot nobody wrote poisons its output instead of passing silently.
+
+Swaps (``swap_mode``):
+
+    zero_copy   one kernel moves every layer's blocks between the GPU cache and
+                the pinned pool, reading / writing host memory directly over
+                PCIe: scattered pool ids cost nothing extra (default)
+    staged      swap out: one gather on the GPU into a staging tensor, one
+                pinned transfer, one host scatter into the pool; swap in: one
+                host gather, one transfer, one scatter on the GPU
 """
 from __future__ import annotations
 
 import torch
 
-from pagesim.gpu.kernels import copy_blocks, swap_blocks
+from pagesim.gpu.kernels import copy_blocks, move_blocks
 from pagesim.sim.costmodel import ModelSpec
 
 
 class PagedCache:
     def __init__(self, spec: ModelSpec, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
-                 *, device: torch.device, dtype: torch.dtype) -> None:
+                 *, device: torch.device, dtype: torch.dtype, swap_mode: str = "zero_copy") -> None:
         if num_gpu_blocks <= 0 or num_cpu_blocks < 0:
             raise ValueError(f"need num_gpu_blocks > 0 and num_cpu_blocks >= 0, got "
                              f"{num_gpu_blocks} and {num_cpu_blocks}")
+        if swap_mode not in ("zero_copy", "staged"):
+            raise ValueError(f"swap_mode must be 'zero_copy' or 'staged', got {swap_mode!r}")
         self.block_size = block_size
         self.dtype = dtype
+        self.swap_mode = swap_mode
         shape = (spec.num_layers, 2, num_gpu_blocks, block_size, spec.num_kv_heads, spec.head_dim)
         self.kv = torch.full(shape, float("nan"), dtype=dtype, device=device)
         self.cpu_kv = None
@@ -48,38 +60,47 @@ class PagedCache:
         idx = torch.as_tensor(list(ids), dtype=torch.long, device=self.kv.device)
         return self.kv.index_select(2, idx)
 
-    def _lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        g = [self.kv[l, i] for l in range(self.kv.shape[0]) for i in (0, 1)]
-        c = [self.cpu_kv[l, i] for l in range(self.kv.shape[0]) for i in (0, 1)]
-        return g, c
-
     def copy(self, pairs: list[tuple[int, int]]) -> None:
         """Copy-on-write: block dst = block src, all layers, one launch."""
         if pairs:
             copy_blocks(self.kv, pairs)
 
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
-        """CPU -> GPU; the current stream waits for the copies (the step reads them)."""
+        """CPU -> GPU, ordered on the current stream (the step reads the blocks)."""
         if pairs:
             self._need_pool()
-            g, c = self._lists()
-            swap_blocks(c, g, pairs).wait()
+            self._transfer(self.cpu_kv, self.kv, pairs)
 
     def swap_out(self, pairs: list[tuple[int, int]]) -> None:
-        """GPU -> CPU. The current stream waits for the gather, since this
-        step may write into the freed GPU blocks; the CPU side is complete
-        after ``finish_swaps``."""
+        """GPU -> CPU, ordered on the current stream before this step's writes
+        (it may reuse the freed GPU blocks); the pool holds the blocks after
+        ``finish_swaps``."""
         if pairs:
             self._need_pool()
-            g, c = self._lists()
-            handle = swap_blocks(g, c, pairs)
-            handle.wait()
-            self._pending.append(handle)
+            self._transfer(self.kv, self.cpu_kv, pairs)
+
+    def _transfer(self, src: torch.Tensor, dst: torch.Tensor, pairs) -> None:
+        if self.swap_mode == "zero_copy" or self.kv.device.type == "cpu":
+            move_blocks(src, dst, pairs)
+            return
+        s_ids = torch.tensor([a for a, _ in pairs])
+        d_ids = torch.tensor([b for _, b in pairs])
+        if src.device.type == "cuda":  # out: gather on the GPU, one transfer, scatter on the host
+            staged = src.index_select(2, s_ids.to(src.device))
+            host = torch.empty(staged.shape, dtype=staged.dtype, pin_memory=True)
+            host.copy_(staged, non_blocking=True)
+            self._pending.append((dst, d_ids, host))
+        else:                          # in: gather on the host, one transfer, scatter on the GPU
+            host = torch.empty((*src.shape[:2], len(pairs), *src.shape[3:]), dtype=src.dtype, pin_memory=True)
+            torch.index_select(src, 2, s_ids, out=host)
+            dst.index_copy_(2, d_ids.to(dst.device), host.to(dst.device, non_blocking=True))
 
     def finish_swaps(self) -> None:
         """Block until swapped-out blocks are in the CPU pool (between steps)."""
-        for h in self._pending:
-            h.synchronize()
+        if self._pending:
+            torch.cuda.current_stream(self.kv.device).synchronize()
+        for dst, ids, host in self._pending:
+            dst.index_copy_(2, ids, host)
         self._pending = []
 
     def _need_pool(self) -> None:

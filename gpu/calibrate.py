@@ -97,8 +97,13 @@ def fit(rows: pd.DataFrame, executor, cfg, trace=None, *, meta: dict | None = No
 
 def gpu_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Steps that measured the GPU: a step during which Triton compiled a
-    kernel variant measures the compiler (hundreds of ms), once per process."""
-    return rows[rows["compiles"] == 0] if "compiles" in rows.columns else rows
+    kernel variant measures the compiler (hundreds of ms), once per process;
+    a step that captured a CUDA graph ran eagerly, unlike its bucket's others."""
+    keep = pd.Series(True, index=rows.index)
+    for col in ("compiles", "captures"):
+        if col in rows.columns:
+            keep &= rows[col] == 0
+    return rows[keep]
 
 
 def shapes_of(rows: pd.DataFrame) -> StepShapes:

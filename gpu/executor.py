@@ -10,16 +10,29 @@ step, in the order the plan prescribes::
     copy-on-write           copy_blocks   (all layers, one launch)
     forward                 store_kv + paged_decode / paged_prefill per layer
 
-The step's duration is measured around everything from the block moves to
-the end of the forward: CUDA events on a GPU, ``time.perf_counter`` on the
-CPU (where everything is synchronous). With ``time_from`` set to a cost
-model the step still runs, but the cost model's price is returned, so the
-schedule is exactly a simulated replay's (tests compare them).
+On a GPU, decode-only steps replay CUDA graphs captured per batch-size
+bucket (``gpu/graphs.py``, ``cuda_graphs=True``); steps with prefill rows
+run eagerly (one launch per kernel; at thousands of tokens the GEMMs
+dominate). The CPU has no graphs: everything runs eagerly there.
+
+The step's duration (``measured_s``) is GPU time from the block moves to the
+end of the forward: CUDA events around them on a GPU, ``time.perf_counter``
+on the CPU (where everything is synchronous). Before a graph step's first
+event the GPU is held in a short spin, so the host's enqueueing of the moves
+and the replay is not billed as idle GPU time. The host's preparation of the
+step (bookkeeping, tokens, metadata, filling the graph's input buffers) is
+``prep_s``; ``wall_s`` is the whole ``execute``. With ``time_from`` set to a
+cost model the step still runs, but the cost model's price is returned, so
+the schedule is exactly a simulated replay's (tests compare them).
 
 Steps with checks (``check_every``) time the checks too; their records say
-``checked``. Calibrate with ``check_every=0``. Records also count the Triton
-compilations a step triggered (``compiles``): such a step measures the
-compiler. The garbage collector is held off during the timed region.
+``checked`` (a graph step then also copies each layer's q/k/v/output out of
+the graph for the shadow). Calibrate with ``check_every=0``. Records also
+count the Triton compilations a step triggered (``compiles``) and the graph
+it captured (``captures``; that step runs eagerly): such steps measure the
+compiler, and calibration leaves them out. ``graph_bucket`` is the batch
+size the step was padded to (0: eager). The garbage collector is held off
+during the timed region.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import torch
 
 from pagesim.gpu.batch import build_batch
 from pagesim.gpu.cache import PagedCache
+from pagesim.gpu.graphs import SPIN_CYCLES, DecodeGraphs
 from pagesim.gpu.model import MODES, SyntheticDecoder
 from pagesim.gpu.shadow import Shadow
 from pagesim.gpu.tokens import TokenBook
@@ -40,7 +54,8 @@ from pagesim.sim.costmodel import get_model
 from pagesim.sim.plan import StepPlan, StepShapes
 
 RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
-                  "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s")
+                  "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s",
+                  "prep_s", "graph_bucket", "captures")
 _compiles = [0]  # Triton compilations in this process so far (see _watch_compiles)
 
 
@@ -67,6 +82,8 @@ class GPUExecutor:
 
     ``model`` reuses another executor's weights (same spec, device, dtype
     and mode), which saves the seconds a large model takes to initialise.
+    ``graph_max_batch``: the largest decode batch replayed from a graph
+    (the scheduler's ``max_num_seqs``); larger decode steps run eagerly.
     """
 
     needs_plans = True
@@ -74,7 +91,8 @@ class GPUExecutor:
     def __init__(self, model_spec, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int, *,
                  device=None, dtype: torch.dtype | None = None, mode: str = "model",
                  check_every: int = 0, time_from="measured", seed: int = 0,
-                 model: SyntheticDecoder | None = None) -> None:
+                 model: SyntheticDecoder | None = None, cuda_graphs: bool = True,
+                 graph_max_batch: int = 256) -> None:
         spec = get_model(model_spec)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
@@ -96,6 +114,10 @@ class GPUExecutor:
                                 device=self.device, dtype=self.dtype)
         self.seed = seed
         self.records: list[tuple] = []
+        self.graphs = None
+        if cuda_graphs and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(self.model, self.cache, block_size, graph_max_batch,
+                                       taps=check_every > 0)
         _watch_compiles()
         self.reset()
 
@@ -117,21 +139,38 @@ class GPUExecutor:
         shadow = self.shadow
         if shadow is not None:
             shadow.begin(batch)
+        hook = shadow.layer_hook if shadow is not None else None
+        graphs = self.graphs if self.graphs is not None and self.graphs.fits(batch) else None
+        bucket = graphs.fill(batch) if graphs is not None else 0
+        capture = graphs is not None and not graphs.captured(bucket)
+        if graphs is None:
+            batch.pack(self.device)
+        prep = time.perf_counter() - t0
         gc_on = gc.isenabled()
         gc.disable()  # a collection inside the timed region would be billed to the step
         try:
-            timer = _Timer(self.device)
+            timer = _Timer(self.device, spin=graphs is not None and not capture)
             self._move_blocks(plan)
-            batch.to_device(self.device)
-            self.model.forward(self.cache, batch, shadow.layer_hook if shadow is not None else None)
+            if graphs is None:
+                batch.upload()
+                self.model.forward(self.cache, batch, hook)
+            elif capture:
+                graphs.eager(bucket, plan.step, _first_rows(hook, len(batch.seq_ids)))
+            else:
+                graphs.replay(bucket)
             measured = timer.stop()
         finally:
             if gc_on:
                 gc.enable()
+        if capture:
+            graphs.capture(bucket)
+        elif graphs is not None and hook is not None:
+            graphs.replay_taps(len(batch.seq_ids), hook)
         err = shadow.end() if shadow is not None else math.nan
         self.cache.finish_swaps()
         checked = shadow is not None and (shadow.checking or bool(plan.cow or plan.swap_in or plan.swap_out))
-        self._record(plan, measured, err, checked, _compiles[0] - compiles, time.perf_counter() - t0)
+        self._record(plan, measured, err, checked, _compiles[0] - compiles, time.perf_counter() - t0,
+                     prep, bucket, int(capture))
         if self.time_from == "measured":
             return measured
         return float(self.time_from.price(plan.shapes())[0])
@@ -164,12 +203,13 @@ class GPUExecutor:
             shadow.after_cow(plan.step, plan.cow)
 
     def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, compiles: int,
-                wall: float) -> None:
+                wall: float, prep: float, bucket: int, captures: int) -> None:
         s = plan.shapes()
         self.records.append((plan.step, int(s.num_seqs[0]), int(s.num_tokens[0]),
                              int(s.kv_tokens_read[0]), float(s.attn_pairs[0]),
                              int(s.num_prefill_seqs[0]), int(s.copy_blocks[0]),
-                             int(s.swap_blocks[0]), measured, err, checked, compiles, wall))
+                             int(s.swap_blocks[0]), measured, err, checked, compiles, wall,
+                             prep, bucket, captures))
 
     def records_frame(self) -> pd.DataFrame:
         """One row per executed step, in the columns ``fit_table`` reads."""
@@ -182,13 +222,24 @@ class GPUExecutor:
             "a TableCostModel on this executor's records (gpu.calibrate).")
 
 
-class _Timer:
-    """CUDA events on a GPU (device time of the region), perf_counter on the CPU."""
+def _first_rows(hook, n: int):
+    """``hook`` on the first ``n`` rows (a bucket's padding rows are no sequence's)."""
+    if hook is None:
+        return None
+    return lambda layer, q, k, v, out: hook(layer, q[:n], k[:n], v[:n], out[:n])
 
-    def __init__(self, device: torch.device) -> None:
+
+class _Timer:
+    """CUDA events on a GPU (device time of the region), perf_counter on the CPU.
+    ``spin``: keep the GPU busy for a moment before the first event, so that
+    the time the host takes to enqueue the region is not measured as GPU time."""
+
+    def __init__(self, device: torch.device, spin: bool = False) -> None:
         self.cuda = device.type == "cuda"
         if self.cuda:
             self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if spin:
+                torch.cuda._sleep(SPIN_CYCLES)
             self.start.record()
         else:
             self.t0 = time.perf_counter()
@@ -211,4 +262,5 @@ def executor_for_replay(cfg, **kwargs) -> GPUExecutor:
     if cfg.tp != 1:
         raise ValueError(f"the GPU executor runs one GPU: tp must be 1, got {cfg.tp}")
     kwargs.setdefault("seed", cfg.seed)
+    kwargs.setdefault("graph_max_batch", cfg.scheduler.max_num_seqs)
     return GPUExecutor(cfg.model, cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size, **kwargs)

@@ -83,9 +83,9 @@ class ShardedDecoder(SyntheticDecoder):
             cols = torch.cat((cols, cols + full_inner))
         wdown = rand(full_inner, h)
         ones = torch.ones(h, dtype=self.dtype, device=self.device)
-        return {"norm1": ones, "norm2": ones.clone(), "wqkv": wqkv.contiguous(),
-                "wo": wo[q_rows].contiguous(), "wup": wup[:, cols].contiguous(),
-                "wdown": wdown[r * inner:(r + 1) * inner].contiguous()}
+        return {"norm1": ones, "norm2": ones.clone(), "wqkv": self._stored(wqkv.contiguous()),  # storage layout
+                "wo": self._stored(wo[q_rows].contiguous()), "wup": self._stored(wup[:, cols].contiguous()),
+                "wdown": self._stored(wdown[r * inner:(r + 1) * inner].contiguous())}
 
     def _qkv_columns(self) -> torch.Tensor:
         """Columns of the unsharded QKV output that this rank computes."""

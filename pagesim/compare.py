@@ -8,7 +8,6 @@ and hands ``run_all`` (label, trace, config) triples.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -71,28 +70,24 @@ def _convert(raw: str, kind, option: str):
     return raw
 
 
-def write_compare(results: dict, tab, out, *, option: str = "allocator", plots: bool = True,
-                  report: bool = True) -> list[Path]:
+def write_compare(results: dict, tab, folder: Path, *, option: str = "allocator",
+                  plots: bool = True, report: bool = True) -> list[Path]:
     """compare.csv, compare.png (overlay), block_size.png (when the block size
-    varies) and report.html, each written whole under a temporary name."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def atomic(name, write):
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, out / name)
-        written.append(out / name)
-
-    atomic("compare.csv", lambda p: tab.to_csv(p))
+    varies) and report.html, into ``folder`` (a staged folder: see
+    ``pagesim.outputs.staged_dir``, which makes the set appear as a whole)."""
+    folder = Path(folder)
+    tab.to_csv(folder / "compare.csv")
+    written = [folder / "compare.csv"]
     if plots:
-        atomic("compare.png", lambda p: overlay(results, p, title=f"pagesim compare: {option}"))
+        overlay(results, folder / "compare.png", title=f"pagesim compare: {option}")
+        written.append(folder / "compare.png")
         if option == "block_size":
             sizes = [res.config.block_size for res in results.values()]
-            atomic("block_size.png", lambda p: block_size_sweep(sweep_table(results, sizes), p))
+            block_size_sweep(sweep_table(results, sizes), folder / "block_size.png")
+            written.append(folder / "block_size.png")
     if report:
-        atomic("report.html", lambda p: compare_report(results, tab, p, option=option))
+        compare_report(results, tab, folder / "report.html", option=option)
+        written.append(folder / "report.html")
     return written
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from pagesim import options as opt
 from pagesim.traces.cacheability import cacheability, format_cacheability
 from pagesim.traces.errors import TraceError
 from pagesim.traces.load import FORMATS, ON_TOO_LONG, load_trace, read_table
@@ -26,14 +27,16 @@ def add_subcommands(subparsers) -> None:
                     "inter-arrival gaps), mean/p50/p99 of prompt and output tokens, "
                     "and the prefix-reuse ratio under an unlimited cache when the "
                     "trace has hash ids or token ids.")
-    stats.add_argument("file", help="trace file (format detected unless --format)")
+    stats.add_argument("file", type=opt.trace_file,
+                       help="trace file (format detected unless --format; gzip read too)")
     stats.add_argument("--format", choices=FORMATS, default=None,
                        help="the file's format, if detection should not decide")
-    stats.add_argument("--rate", type=float, default=None,
+    stats.add_argument("--rate", type=opt.positive_float, default=None,
                        help="Poisson arrivals at R requests/s (length-only files "
                             "have no times; for others, replaces them)")
-    stats.add_argument("--seed", type=int, default=0, help="seed for --rate arrivals")
-    stats.add_argument("--max-model-len", type=int, default=None,
+    stats.add_argument("--seed", type=opt.non_negative_int, default=0,
+                       help="seed for --rate arrivals")
+    stats.add_argument("--max-model-len", type=opt.int_at_least(2), default=None,
                        help="limit on prompt + output tokens per request")
     stats.add_argument("--on-too-long", choices=ON_TOO_LONG, default="reject",
                        help="what to do with requests over --max-model-len")

@@ -37,9 +37,6 @@ class MemorySplit:
         return (self.token_states + self.reserved + self.internal_frag
                 + self.external_frag + self.cached_free + self.free)
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
     def fractions(self) -> dict[str, float]:
         cap = self.capacity
         return {k: v / cap for k, v in asdict(self).items()}

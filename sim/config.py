@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-VICTIM_POLICIES = ("latest", "priority", "most-blocks")
+from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 
 
 def _help(text: str, **kw):
@@ -26,8 +26,11 @@ class SchedulerConfig:
                             "prompt through the prefix cache; v0: sequence groups with "
                             "fork/copy-on-write, swap or recompute preemption", default="v1")
     preemption: str = _help("recompute or swap (swap needs v0 and a CPU pool)", default="recompute")
-    victim: str = _help("preemption victim: latest (arrival, vLLM default), priority, "
-                        "most-blocks", default="latest")
+    order: str = _help("queue order (sim/policies.py): fcfs (arrival, vLLM default) or priority "
+                       "(lower value first, then arrival)", default="fcfs")
+    victim: str = _help("preemption victim (sim/policies.py): latest (arrival, vLLM default), "
+                        "priority (largest value), most-blocks (most KV blocks held)",
+                        default="latest")
     max_model_len: int | None = _help("longest sequence (prompt + output) admitted; None: the "
                                       "model preset's (filled in by ReplayConfig)", default=None)
 
@@ -46,8 +49,10 @@ class SchedulerConfig:
             raise ValueError(f"preemption must be recompute or swap, got {self.preemption!r}")
         if self.preemption == "swap" and self.generation != "v0":
             raise ValueError("swap preemption exists only in the v0 scheduler (--scheduler v0)")
+        if self.order not in ORDER_POLICIES:
+            raise ValueError(f"order must be one of {', '.join(ORDER_POLICIES)}, got {self.order!r}")
         if self.victim not in VICTIM_POLICIES:
-            raise ValueError(f"victim must be one of {VICTIM_POLICIES}, got {self.victim!r}")
+            raise ValueError(f"victim must be one of {', '.join(VICTIM_POLICIES)}, got {self.victim!r}")
 
     @property
     def token_budget(self) -> int:

@@ -14,8 +14,11 @@ internal fragmentation (R - F, over-reservation) and external fragmentation
 small for the request waiting at the head of the queue are external
 fragmentation as well.
 
-Same interface as ``PagedKVCacheManager`` for what the engine uses;
-``fork``, swapping and prefix caching have no meaning here and raise.
+Implements ``sim.kv_protocol.KVCacheManager`` with block size 1 (a "block"
+is a token slot); its capabilities say what it cannot do: ``fork``,
+swapping, block tables and prefix caching have no meaning here and raise,
+and ``sim/allocators.py`` refuses configurations that need them. The
+watermark is honoured (slots kept free when admitting).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pagesim.sim.accounting import MemorySplit
 from pagesim.sim.buddy import BuddyAllocator, order_for
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
+from pagesim.sim.kv_protocol import Capabilities
 
 POLICIES = ("max", "pow2", "oracle")
 
@@ -37,8 +41,9 @@ class Region:
 
 
 class ContiguousKVCacheManager:
-    enable_prefix_caching = False
-    cpu_pool = None
+    caps = Capabilities(paged=False, prefix_caching=False, fork=False, swap=False,
+                        needs_final_length=True)
+    block_size = 1
 
     def __init__(self, capacity_tokens: int, policy: str, *, max_model_len: int) -> None:
         if policy not in POLICIES:
@@ -48,7 +53,6 @@ class ContiguousKVCacheManager:
         self.policy = policy
         self.max_model_len = max_model_len
         self.buddy = BuddyAllocator(capacity_tokens)
-        self.block_size = 1
         self.seqs: dict[int, Region] = {}
         self.live_tokens = 0
         self.hit_tokens = self.queried_tokens = 0
@@ -66,8 +70,30 @@ class ContiguousKVCacheManager:
             return 1 << order_for(final_len)
         return final_len
 
-    def fits_ever(self, final_len: int) -> bool:
-        return order_for(self.reservation(final_len)) <= self.buddy.max_order
+    @property
+    def num_blocks(self) -> int:
+        return self.buddy.capacity
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.buddy.free_slots
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seqs)
+
+    def rejection(self, prompt_tokens: int, output_tokens: int, forks: int,
+                  watermark_blocks: int) -> str | None:
+        if forks > 1:
+            return "needs fork (beams or V0 samples), which a contiguous baseline cannot do"
+        size = self.reservation(prompt_tokens + output_tokens)
+        k = order_for(size)
+        if k > self.buddy.max_order:
+            return f"its reservation exceeds the largest contiguous region ({size} slots)"
+        have = self.buddy.capacity - watermark_blocks
+        if (1 << k) > have:
+            return f"its reservation ({1 << k} slots) exceeds the cache less the watermark ({have} slots)"
+        return None
 
     def _seq(self, seq_id: int) -> Region:
         r = self.seqs.get(seq_id)
@@ -81,10 +107,16 @@ class ContiguousKVCacheManager:
     def num_cached_tokens(self, num_tokens: int, keys=None) -> int:
         return 0
 
+    def num_blocks_held(self, seq_id: int) -> int:
+        return self._seq(seq_id).reserved
+
     def can_allocate(self, num_tokens: int, keys=None, *, watermark_blocks: int = 0,
                      max_tokens: int | None = None) -> bool:
+        """Room for the reservation, leaving ``watermark_blocks`` slots free."""
         final = max_tokens if max_tokens is not None else num_tokens
-        return num_tokens > 0 and self.buddy.can_alloc(self.reservation(final))
+        size = self.reservation(final)
+        return (num_tokens > 0 and self.buddy.can_alloc(size)
+                and self.buddy.free_slots - (1 << order_for(size)) >= watermark_blocks)
 
     def allocate(self, seq_id: int, num_tokens: int, keys=None, *, max_tokens: int | None = None) -> int:
         if seq_id in self.seqs:
@@ -145,8 +177,20 @@ class ContiguousKVCacheManager:
         self.live_tokens -= r.num_tokens
         self._account(r, -1)
 
+    # ------------------------------------------------ capabilities it lacks
     def fork(self, parent_id: int, child_id: int) -> None:
         raise InvalidArgument("contiguous baselines cannot share memory between sequences (no fork)")
+
+    def _no_swap(self, *args, **kw):
+        raise InvalidArgument("contiguous baselines have no CPU pool (no swap)")
+
+    can_swap_out = swap_out = can_swap_in = swap_in = _no_swap
+
+    def cross_blocks(self, seq_ids, lags) -> None:
+        raise InvalidArgument("contiguous baselines have no blocks to cross (not paged)")
+
+    def block_table(self, seq_id: int) -> list[int]:
+        raise InvalidArgument("contiguous baselines have no block tables (not paged)")
 
     def counters(self, pending_tokens: int | None = None) -> tuple:
         """Everything ``usage`` depends on besides ``live_tokens``."""

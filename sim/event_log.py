@@ -2,8 +2,8 @@
 
 Schema (documented in README.md; external tools read it):
 
-``step`` (int, set by the engine), ``seq`` (int or NA for ``evict``),
-``kind`` (one of KINDS), ``block`` (int), ``src_block`` (int or NA).
+``step`` (int, set by the engine), ``seq`` (int, None for ``evict``),
+``kind`` (one of KINDS), ``block`` (int), ``src_block`` (int or None).
 
 * ``alloc``     seq takes a block nobody holds
 * ``cache_hit`` seq takes a reference to a cached block
@@ -16,6 +16,12 @@ Schema (documented in README.md; external tools read it):
 
 GPU and CPU block ids are separate spaces. Rows are stored as parallel int
 lists (cheap to append) and become a DataFrame only when asked.
+
+The log also keeps the sequence map that makes ``seq`` traceable to the
+request it serves: one row per sequence, ``seq``, ``request`` (the trace
+request id, as in ``requests.parquet``), ``group`` (the scheduler's sequence
+group) and ``parent`` (the sequence it was forked from, null for a request's
+own sequences).
 """
 from __future__ import annotations
 
@@ -23,42 +29,57 @@ from pathlib import Path
 
 KINDS = ("alloc", "free", "fork", "cow", "cache_hit", "evict", "swap_out", "swap_in")
 ALLOC, FREE, FORK, COW, CACHE_HIT, EVICT, SWAP_OUT, SWAP_IN = range(len(KINDS))
-NA = -1
 
 
 class EventLog:
     def __init__(self) -> None:
         self.step = 0
         self.steps: list[int] = []
-        self.seqs: list[int] = []
+        self.seqs: list[int | None] = []
         self.kinds: list[int] = []
         self.blocks: list[int] = []
-        self.srcs: list[int] = []
+        self.srcs: list[int | None] = []
+        self._seq_rows: list[int] = []   # seq, request, group, parent (-1: none); flat
 
     def __len__(self) -> int:
         return len(self.kinds)
 
-    def add(self, seq: int, kind: int, block: int, src: int = NA) -> None:
+    def add(self, seq: int | None, kind: int, block: int, src: int | None = None) -> None:
         self.steps.append(self.step)
         self.seqs.append(seq)
         self.kinds.append(kind)
         self.blocks.append(block)
         self.srcs.append(src)
 
+    def add_sequence(self, seq: int, request: int, group: int, parent: int | None = None) -> None:
+        """Record which request (and group, and parent) a new sequence serves."""
+        self._seq_rows += (seq, request, group, -1 if parent is None else parent)
+
+    def sequences_dataframe(self):
+        """The sequence map: ``seq, request, group, parent`` (parent nullable)."""
+        import numpy as np
+        import pandas as pd
+        a = np.asarray(self._seq_rows, dtype=np.int64).reshape(-1, 4)
+        return pd.DataFrame({
+            "seq": a[:, 0], "request": a[:, 1], "group": a[:, 2],
+            "parent": pd.arrays.IntegerArray(a[:, 3].copy(), a[:, 3] < 0),
+        })
+
     def rows(self) -> list[tuple]:
-        """(step, seq, kind name, block, src_block) with None for NA."""
-        return [
-            (st, None if sq == NA else sq, KINDS[k], b, None if s == NA else s)
-            for st, sq, k, b, s in zip(self.steps, self.seqs, self.kinds, self.blocks, self.srcs)
-        ]
+        """(step, seq, kind name, block, src_block)."""
+        return [(st, sq, KINDS[k], b, s)
+                for st, sq, k, b, s in zip(self.steps, self.seqs, self.kinds, self.blocks, self.srcs)]
 
     def to_dataframe(self):
         import numpy as np
         import pandas as pd
 
         def nullable(xs):
-            a = np.asarray(xs, dtype=np.int64)
-            return pd.arrays.IntegerArray(a, a == NA)
+            # None -> NaN in one C-level pass; ids are far below 2**53, so
+            # the float round trip is exact
+            a = np.asarray(xs, dtype=np.float64)
+            missing = np.isnan(a)
+            return pd.arrays.IntegerArray(np.where(missing, 0, a).astype(np.int64), missing)
 
         return pd.DataFrame({
             "step": np.asarray(self.steps, dtype=np.int64),

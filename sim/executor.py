@@ -36,34 +36,44 @@ class Executor(Protocol):
         ...
 
 
+@runtime_checkable
+class PricesOneStep(Protocol):
+    """A cost model that also prices a single step from plain numbers,
+    bit-identical to ``price`` (no numpy per call)."""
+
+    def price_one(self, num_seqs, num_tokens, kv_tokens_read, attn_pairs, copy_blocks=0,
+                  swap_blocks=0) -> float: ...
+
+
+@runtime_checkable
+class PricesDecodeRuns(Protocol):
+    """A cost model that prices a run of plain decode steps at once (see
+    ``RooflineCostModel.decode_run``)."""
+
+    def decode_run(self, n: int, ctx0: int, k: int, clock: float, stop_at) -> tuple: ...
+
+
 class CostModelExecutor:
-    """Prices steps with a cost model (any object with ``price(shapes)``)."""
+    """Prices steps with a cost model: any object with ``price(shapes)``,
+    optionally ``price_one`` and ``decode_run`` (the protocols above)."""
 
     needs_plans = False
 
     def __init__(self, model) -> None:
         self.model = model
+        #: The model's scalar pricing, or None.
+        self.price_one = model.price_one if isinstance(model, PricesOneStep) else None
+        #: The model's pricing of decode runs, or None.
+        self.decode_run = model.decode_run if isinstance(model, PricesDecodeRuns) else None
 
     def execute(self, plan: StepPlan) -> float:
-        price_one = getattr(self.model, "price_one", None)
-        if price_one is None:
+        if self.price_one is None:
             return float(self.model.price(plan.shapes())[0])
         n_seq, n_tok, kv, pairs, _, copies, swaps = plan.shape_numbers()
-        return price_one(n_seq, n_tok, kv, pairs, copies, swaps)
+        return self.price_one(n_seq, n_tok, kv, pairs, copies, swaps)
 
     def price(self, shapes: StepShapes) -> np.ndarray:
         return self.model.price(shapes)
-
-    @property
-    def price_one(self):
-        """The model's scalar pricing (bit-identical to ``price``), if any."""
-        return getattr(self.model, "price_one", None)
-
-    @property
-    def decode_run(self):
-        """The model's pricing of a run of plain decode steps, if any (see
-        ``RooflineCostModel.decode_run``)."""
-        return getattr(self.model, "decode_run", None)
 
 
 class ReplayedExecutor:

@@ -125,7 +125,7 @@ def check_scheduler(sched) -> None:
     for _, g in sched.swapped:
         assert g.status == "swapped", f"group {g.gid} in the swapped heap is {g.status}"
     check_decode_set(sched.lazy, kv, {g.seqs[0].seq_id for g in running})
-    if getattr(kv, "pool", None) is not None:
+    if kv.caps.paged:
         check_manager(kv)
     else:  # a contiguous baseline: its live count is what its regions hold
         held = sum(r.num_tokens for r in kv.seqs.values())
@@ -139,7 +139,7 @@ def check_decode_set(lazy, kv, running_ids) -> None:
     up-to-date computed tokens; unwritten tokens fit in its unshared last
     block; the set's running totals match its members."""
     unwritten = computed = 0
-    paged = getattr(kv, "pool", None) is not None
+    paged = kv.caps.paged
     for sid, m in lazy.members.items():
         assert sid in running_ids, f"lazy member {sid} is not a running sequence"
         c = m.seq.computed + lazy.D - m.d0

@@ -24,6 +24,7 @@ from pagesim.sim.block_keys import UNIQUE_KEY_BASE, BlockKeys
 from pagesim.sim.block_pool import Block, BlockPool
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
 from pagesim.sim.event_log import ALLOC, CACHE_HIT, COW, EVICT, FORK, FREE, EventLog
+from pagesim.sim.kv_protocol import Capabilities
 from pagesim.sim.swap import SwapMixin
 
 
@@ -46,8 +47,8 @@ class PagedKVCacheManager(SwapMixin):
     Sequence ids are ints, unique within a run (a forked child has its own).
     ``live_tokens`` is the number of token slots holding live K/V, counting
     a shared block once: it is what makes memory sharing measurable.
+    Implements ``sim.kv_protocol.KVCacheManager``.
     """
-
 
     def __init__(
         self,
@@ -66,9 +67,11 @@ class PagedKVCacheManager(SwapMixin):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.log = event_log
-        on_evict = (lambda b: event_log.add(-1, EVICT, b)) if event_log is not None else None
+        on_evict = (lambda b: event_log.add(None, EVICT, b)) if event_log is not None else None
         self.pool = BlockPool(num_blocks, null_block=null_block, on_evict=on_evict)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks else None
+        self.caps = Capabilities(paged=True, prefix_caching=enable_prefix_caching, fork=True,
+                                 swap=self.cpu_pool is not None, needs_final_length=False)
         self.seqs: dict[int, SeqState] = {}
         self.live_tokens = 0
         self._next_unique = UNIQUE_KEY_BASE
@@ -78,8 +81,16 @@ class PagedKVCacheManager(SwapMixin):
 
     # ------------------------------------------------------------------ queries
     @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
     def num_free_blocks(self) -> int:
         return self.pool.num_free
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seqs)
 
     def _seq(self, seq_id: int) -> SeqState:
         s = self.seqs.get(seq_id)
@@ -98,8 +109,20 @@ class PagedKVCacheManager(SwapMixin):
     def num_tokens(self, seq_id: int) -> int:
         return self._seq(seq_id).num_tokens
 
-    def blocks_needed(self, num_tokens: int) -> int:
-        return cdiv(num_tokens, self.block_size)
+    def num_blocks_held(self, seq_id: int) -> int:
+        return len(self._seq(seq_id).table)
+
+    def rejection(self, prompt_tokens: int, output_tokens: int, forks: int,
+                  watermark_blocks: int) -> str | None:
+        """Forked sequences (beams, V0 samples) each end up with their own
+        copy of the prompt's last partial block and their own output blocks."""
+        bs = self.block_size
+        if forks > 1:
+            need = cdiv(prompt_tokens, bs) + forks * (cdiv(output_tokens, bs) + 1)
+        else:
+            need = cdiv(prompt_tokens + output_tokens, bs)
+        have = self.pool.num_blocks - watermark_blocks
+        return f"needs {need} KV blocks, the cache has {have} usable" if need > have else None
 
     # ----------------------------------------------------------- prefix cache
     def cached_prefix(self, num_tokens: int, keys: BlockKeys | None) -> list[Block]:
@@ -366,13 +389,6 @@ class PagedKVCacheManager(SwapMixin):
         self.live_tokens -= self.pool.release_all(reversed(s.table))
         if self.log is not None:
             for b in reversed(s.table):
-                self.log.add(seq_id, FREE, b.id)
-
-    def _free_on_cpu(self, seq_id: int, s: SeqState) -> None:
-        del self.seqs[seq_id]
-        for b in reversed(s.table):
-            self.cpu_pool.release(b)
-            if self.log is not None:
                 self.log.add(seq_id, FREE, b.id)
 
     # ------------------------------------------------------------- accounting

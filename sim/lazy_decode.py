@@ -47,8 +47,8 @@ class Member:
     d0: int            # D when the sequence's counters were last brought up to date
     cross: int         # residue of the steps at which it crosses a block boundary
     fill: int | None   # residue of block fills that must be hashed then (known content)
-    sid: int = -1      # the sequence id
-    kd0: int = 0       # D when its KV-cache state was last brought up to date
+    sid: int           # the sequence id
+    kd0: int           # D when its KV-cache state was last brought up to date
 
 
 _running_order = attrgetter("key")
@@ -57,7 +57,7 @@ _running_order = attrgetter("key")
 class LazyDecodeSet:
     def __init__(self, kv) -> None:
         self.kv = kv
-        self.paged = hasattr(kv, "pool")
+        self.paged = kv.caps.paged
         self.bs = kv.block_size if self.paged else 1
         self.D = 0
         self.members: dict[int, Member] = {}
@@ -97,7 +97,7 @@ class LazyDecodeSet:
         finishes, and (paged) while the free blocks cover the crossings."""
         k = self.steps_to_first_finish()
         if self.paged and k:
-            k = self.memory_limit(k, self.kv.pool.num_free)
+            k = self.memory_limit(k, self.kv.num_free_blocks)
         return k
 
     def adopt(self, groups, key) -> None:
@@ -117,7 +117,7 @@ class LazyDecodeSet:
         s = group.seqs[0]
         bs = self.bs
         fill = None
-        if self.paged and self.kv.enable_prefix_caching:
+        if self.paged and self.kv.caps.prefix_caching:
             keys = s.keys
             if keys is not None and keys.known_blocks > s.computed // bs:
                 fill = (self.D - s.computed - 1) % bs

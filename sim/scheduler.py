@@ -31,8 +31,10 @@ import heapq
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.plan import DecodeStretch, StepPlan
+from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
 from pagesim.sim.sequence import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
@@ -40,17 +42,21 @@ from pagesim.sim.workload import admit_request
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv, *, rng, event_log=None) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
         self.kv = kv
         self.rng = rng
         self.log = event_log
+        #: The order policy's key: waiting queue, running list and swapped
+        #: groups are all kept in this order (``sim/policies.py``).
+        self.key = order_policy(config.order).key
+        self.victim = victim_policy(config.victim)
         self.waiting = WaitingQueue()       # groups by key, smallest first
         self.running = RunningList()        # keep order: first = kept longest
         self.lazy = LazyDecodeSet(kv)       # plain decoders advanced in bulk (fast mode)
         self.fast = False                   # offer decode stretches (set by the engine)
-        self.plan_tables = True             # block tables in plans (executors on real tensors)
+        self.plan_tables = kv.caps.paged    # block tables in plans (executors on real tensors)
         self.stretch_detail = False         # seq ids in stretches (engine hooks; O(batch))
         self.swapped: list[tuple] = []      # heap of (key, group)
         self.records = []
@@ -66,18 +72,12 @@ class Scheduler:
         self.preemptions = 0
         self.next_seq_id = 0
         self.next_gid = 0
-        num_blocks = getattr(getattr(kv, "pool", None), "num_blocks", 0)
-        self.watermark_blocks = int(config.watermark * num_blocks)
+        self.watermark_blocks = int(config.watermark * kv.num_blocks)
         self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
         # forks, frees and finishes since the last step, for the next record
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
 
     # --------------------------------------------------------------- requests
-    def key(self, g: Group) -> tuple:
-        if self.cfg.victim == "priority":
-            return (g.priority, g.arrival_s, g.gid)
-        return (g.arrival_s, g.gid)
-
     def add_request(self, req) -> None:
         """Turn a trace request into groups, or reject it with a reason."""
         record, groups = admit_request(self, req)
@@ -207,10 +207,8 @@ class Scheduler:
         The head of the running list (kept longest) is never a victim while
         another group runs: it always progresses, so every run ends even
         when preemption loses work (restarted V0 sample groups)."""
-        if self.cfg.victim == "most-blocks":
-            rest = self.running[max(index, 1):] or self.running[index:]
-            return max(reversed(rest), key=lambda g: sum(self.kv.num_tokens(s.seq_id) for s in g.seqs))
-        return self.running[-1]
+        candidates = self.running[max(index, 1):] or self.running[index:]
+        return self.victim.pick(candidates, self.kv)
 
     def _note(self, g: Group, kind: str, queried: int = 0, cached: int = 0) -> None:
         if self.request_events is not None:
@@ -222,7 +220,7 @@ class Scheduler:
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
         kv = self.kv
-        if self.cfg.preemption == "swap" and kv.cpu_pool is not None and kv.can_swap_out(ids):
+        if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
             self._note(g, "swap_out")
             g.status = SWAPPED
@@ -251,7 +249,7 @@ class Scheduler:
 
     def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
         kv = self.kv
-        bs = getattr(kv, "block_size", 1)
+        bs = kv.block_size
         while self.swapped:
             g = self.swapped[0][1]
             ids = [s.seq_id for s in g.seqs]
@@ -332,7 +330,7 @@ class Scheduler:
             self.open_tokens -= r.prompt_tokens + r.output_tokens
 
     def _add_to_plan(self, plan: StepPlan, g: Group, q: int) -> None:
-        tables = getattr(self.kv, "block_table", None) if self.plan_tables else None
+        tables = self.kv.block_table if self.plan_tables else None
         for s in g.seqs:
             plan.seq_ids.append(s.seq_id)
             plan.query_lens.append(q)
@@ -430,6 +428,9 @@ class Scheduler:
     def _branch(self, g: Group) -> None:
         """V0 sampling: fork, prune and re-fork as ``sim/branching.py`` decides."""
         forks, dropped, self.next_seq_id = apply_branch(g, self.kv, self.rng, self.next_seq_id)
+        if self.log is not None:   # the sequence map: whose request each child serves
+            for parent, child in forks:
+                self.log.add_sequence(child, g.record.id, g.gid, parent)
         self._pending_forks += forks
         self._pending_freed += dropped
         self._pending_finished += dropped

@@ -18,7 +18,7 @@ preemption are all this one rule.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pagesim.sim.block_keys import BlockKeys
 
@@ -75,8 +75,6 @@ class Group:
     beam_width: int = 1      # V0: beams kept each step
     status: str = WAITING
     forked: bool = False
-    order: int = 0           # admission order key, for deterministic victims
-    extra: dict = field(default_factory=dict)
 
     def advance(self, q: int) -> bool:
         """Apply a step that computed ``q`` tokens of every sequence (the
@@ -88,12 +86,3 @@ class Group:
                 s.generated += 1
                 sampled = True
         return sampled
-
-    @property
-    def in_prefill(self) -> bool:
-        s = self.seqs[0]
-        return s.computed + 1 < s.known
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seqs)

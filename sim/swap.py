@@ -12,7 +12,7 @@ that touches the CPU pool.
 from __future__ import annotations
 
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks
-from pagesim.sim.event_log import SWAP_IN, SWAP_OUT
+from pagesim.sim.event_log import FREE, SWAP_IN, SWAP_OUT
 
 
 class SwapMixin:
@@ -83,3 +83,11 @@ class SwapMixin:
             for _, s in states:
                 self._hash_full_blocks(s)
         return [(src.id, dst.id) for src, dst in mapping.items()]
+
+    def _free_on_cpu(self, seq_id: int, s) -> None:
+        """``free`` of a swapped-out sequence: its blocks are CPU blocks."""
+        del self.seqs[seq_id]
+        for b in reversed(s.table):
+            self.cpu_pool.release(b)
+            if self.log is not None:
+                self.log.add(seq_id, FREE, b.id)

@@ -28,27 +28,19 @@ def request_keys(req, block_size: int, *, shared_prompt: bool) -> BlockKeys | No
     return None
 
 
+def forks_of(req, generation: str) -> int:
+    """Sequences a request forks into: beams, and V0's parallel samples
+    (V1 runs ``n > 1`` as child requests instead)."""
+    return max(req.beam_width, req.n if generation == "v0" else 1)
+
+
 def rejection(sched, req) -> str | None:
-    kv, cfg = sched.kv, sched.cfg
+    cfg = sched.cfg
     total = req.prompt_tokens + req.output_tokens
     if total > cfg.max_model_len:
         return f"longer than max_model_len ({total} > {cfg.max_model_len} tokens)"
-    if hasattr(kv, "fits_ever"):
-        if not kv.fits_ever(total):
-            return f"its reservation exceeds the largest contiguous region ({kv.reservation(total)} slots)"
-        return None
-    bs = kv.block_size
-    # Forked sequences (beams; samples in V0) each end up with their own copy
-    # of the prompt's last partial block and their own output blocks.
-    forks = max(req.beam_width, req.n if sched.cfg.generation == "v0" else 1)
-    if forks > 1:
-        need = -(-req.prompt_tokens // bs) + forks * (-(-req.output_tokens // bs) + 1)
-    else:
-        need = -(-total // bs)
-    have = kv.pool.num_blocks - sched.watermark_blocks
-    if need > have:
-        return f"needs {need} KV blocks, the cache has {have} usable"
-    return None
+    return sched.kv.rejection(req.prompt_tokens, req.output_tokens, forks_of(req, cfg.generation),
+                              sched.watermark_blocks)
 
 
 def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:
@@ -59,14 +51,12 @@ def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:
         rec.rejected = reason
         return rec, []
     kv = sched.kv
-    can_fork = hasattr(kv, "pool")
-    v0 = sched.cfg.generation == "v0" and can_fork
-    beam = req.beam_width if can_fork else 1
-    if beam > 1 or (v0 and req.n > 1):
+    beam = req.beam_width
+    if beam > 1 or (sched.cfg.generation == "v0" and req.n > 1):
         fanout, children = (req.n if beam <= 1 else 1), 1
     else:
         fanout, children = 1, req.n
-    caching = getattr(kv, "enable_prefix_caching", False)
+    caching = kv.caps.prefix_caching
     keys = request_keys(req, kv.block_size, shared_prompt=children > 1) if caching else None
     groups = []
     for _ in range(children):
@@ -74,6 +64,8 @@ def admit_request(sched, req) -> tuple[RequestRecord, list[Group]]:
         sched.next_seq_id += 1
         g = Group(sched.next_gid, rec, [seq], req.arrival_s, req.priority,
                   fanout=fanout, beam_width=beam)
+        if sched.log is not None:
+            sched.log.add_sequence(seq.seq_id, req.id, g.gid)
         sched.next_gid += 1
         groups.append(g)
     rec.open_groups = len(groups)

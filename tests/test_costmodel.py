@@ -188,3 +188,28 @@ def test_price_is_elementwise_bit_for_bit(rows, tp, gpu):
     for i in range(len(s)):
         one = StepShapes(**{f: getattr(s, f)[i:i + 1] for f in StepShapes.__slots__})
         assert cm.price(one)[0] == whole[i]  # exact, not approx
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 512), st.integers(0, 4_000_000), st.integers(1, 80),
+       st.floats(0, 1e5), st.sampled_from([1, 2, 8]), st.sampled_from(sorted(GPUS)),
+       st.one_of(st.none(), st.floats(0, 2e5)))
+def test_decode_run_prices_like_price_and_price_one(n, ctx0, k, clock, tp, gpu, stop_at):
+    """The three pricing paths share one formula: a decode run's durations
+    are, bit for bit, those of ``price`` on the same decode steps and of
+    ``price_one`` step by step; its times are sequential sums of them, and
+    it stops after the first step ending at or after ``stop_at``."""
+    cm = RooflineCostModel("opt-66b" if tp == 8 else "llama-2-13b", gpu, tp=tp)
+    times, dts, done = cm.decode_run(n, ctx0, k, clock, stop_at)
+    whole = cm.price(StepShapes.decode_stretch(num_seqs=n, sum_context0=ctx0, steps=k))
+    assert dts == whole[:done].tolist()
+    assert dts == [cm.price_one(n, n, ctx0 + j * n, ctx0 + j * n) for j in range(done)]
+    t = clock
+    for j, dt in enumerate(dts):
+        t = t + dt
+        assert times[j + 1] == t
+    ends = times[1:]
+    if stop_at is None or all(e < stop_at for e in ends):
+        assert done == k
+    else:
+        assert done == ends.index(next(e for e in ends if e >= stop_at)) + 1

@@ -92,7 +92,7 @@ def test_request_that_can_never_fit_is_rejected_not_retried():
     trace = trace_of((0.0, 100, 10), (0.0, 4, 2))
     res = run_replay(trace, config(num_blocks=8), executor=CostModelExecutor(LinearCost()))
     assert res.requests["rejected"].tolist()[0].startswith("needs 28 KV blocks")
-    assert res.summary["requests"] == {"total": 2, "finished": 1, "rejected": 1}
+    assert res.summary["requests"] == {"total": 2, "finished": 1, "rejected": 1, "truncated": 0}
 
 
 def test_chunked_prefill_splits_prompt_within_budget():
@@ -110,6 +110,36 @@ def test_without_chunked_prefill_the_prompt_runs_whole():
     assert log[1][2] == {0: 1, 1: 3}
 
 
+def test_run_replay_leaves_the_cyclic_gc_alone_unless_asked():
+    import gc
+
+    from pagesim.sim.engine import engine as engine_module
+    seen = []
+
+    class Spy(CostModelExecutor):
+        def execute(self, plan):
+            seen.append(gc.isenabled())
+            return super().execute(plan)
+
+    calls = []
+    real = engine_module.cyclic_gc_paused
+
+    def counting():
+        calls.append(1)
+        return real()
+    engine_module.cyclic_gc_paused = counting
+    try:
+        trace, cfg = trace_of((0, 5, 3)), replace(config(), fast=False)
+        run_replay(trace, cfg, executor=Spy(LinearCost()))
+        assert seen and all(seen) and not calls, "a library call changed process-wide GC state"
+        seen.clear()
+        run_replay(trace, cfg, executor=Spy(LinearCost()), pause_gc=True)
+        assert seen and not any(seen) and calls == [1]
+    finally:
+        engine_module.cyclic_gc_paused = real
+    assert gc.isenabled()
+
+
 def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
     import gc
 
@@ -117,6 +147,7 @@ def test_the_cyclic_gc_is_paused_during_a_run_and_restored_after():
     seen = []
     engine, *_ = build(trace_of((0, 5, 3)), config(), CostModelExecutor(LinearCost()))
     engine.on_step = lambda plan, start, dt: seen.append(gc.isenabled())
+    engine.pause_gc = True
     engine.run()
     assert seen and not any(seen), "the collector ran during the replay"
     assert gc.isenabled()

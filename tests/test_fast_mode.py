@@ -44,18 +44,22 @@ def small_runs(draw):
             if len(kw["block_hashes"]) * 8 < p:
                 kw = {}
         rows.append(Request(id=i, arrival_s=t, prompt_tokens=p, output_tokens=o,
-                            n=draw(st.sampled_from([1, 1, 2])), **kw))
+                            n=draw(st.sampled_from([1, 1, 2])), priority=draw(st.integers(0, 2)), **kw))
     allocator = draw(st.sampled_from(["paged", "paged", "orca-max", "orca-pow2", "orca-oracle"]))
-    gen = draw(st.sampled_from(["v1", "v0"]))
+    paged = allocator == "paged"  # the baselines refuse caching, forks, swap and event logs
+    gen = draw(st.sampled_from(["v1", "v0"])) if paged else "v1"
+    preemption = draw(st.sampled_from(["recompute", "swap"])) if gen == "v0" else "recompute"
     cfg = replace(
         config(num_blocks=draw(st.integers(12, 40)), block_size=draw(st.sampled_from([1, 2, 4, 8])),
-               caching=draw(st.booleans()), generation=gen,
-               preemption=draw(st.sampled_from(["recompute", "swap"])) if gen == "v0" else "recompute",
+               caching=paged and draw(st.booleans()), generation=gen, preemption=preemption,
+               order=draw(st.sampled_from(["fcfs", "priority"])),
                victim=draw(st.sampled_from(["latest", "priority", "most-blocks"])),
                chunked_prefill=draw(st.booleans()), max_num_batched_tokens=draw(st.sampled_from([16, 64])),
                max_num_seqs=draw(st.sampled_from([2, 8])), max_model_len=128,
                watermark=draw(st.sampled_from([0.0, 0.1]))),
-        allocator=allocator, num_cpu_blocks=draw(st.sampled_from([0, 16])),
+        allocator=allocator, events=paged,
+        num_cpu_blocks=draw(st.sampled_from([0, 16])) if preemption == "recompute" and paged else
+        (16 if paged else 0),
         seed=draw(st.integers(0, 3)))
     return Trace(rows, source="hypothesis"), cfg, draw(st.sampled_from([LinearCost, ScalarLinearCost, None]))
 

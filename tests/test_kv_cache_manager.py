@@ -3,7 +3,7 @@ import pytest
 
 from pagesim.sim.block_keys import BlockKeys
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
-from pagesim.sim.event_log import EventLog
+from pagesim.sim.event_log import EVICT, EventLog
 from pagesim.sim.invariants import check_manager
 from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 
@@ -111,7 +111,7 @@ def test_free_queue_order_after_frees_fixes_eviction_order():
     assert m.pool.free_queue.ids() == [4, 5, 3, 2, 1, 0]
     log = EventLog()
     m.log = log
-    m.pool.on_evict = lambda b: log.add(-1, 5, b)
+    m.pool.on_evict = lambda b: log.add(None, EVICT, b)
     m.allocate(3, 16)                              # takes 4, 5, 3, 2
     assert m.block_table(3) == [4, 5, 3, 2]
     assert [r for r in log.rows() if r[2] == "evict"] == [(0, None, "evict", 3, None), (0, None, "evict", 2, None)]

@@ -135,9 +135,9 @@ def _int(name, minimum):
 # How each canonical column is checked and parsed: (values, first issue).
 _CHECKS = {
     "id": _int("id", 0),
-    "arrival_s": lambda col: v.number_column(col, "arrival_s"),
-    "prompt_tokens": _int("prompt_tokens", 1),
-    "output_tokens": _int("output_tokens", 0),
+    "arrival_s": lambda col: v.times(col, "arrival_s"),
+    "prompt_tokens": lambda col: v.counts(col, "prompt_tokens", 1),
+    "output_tokens": lambda col: v.counts(col, "output_tokens", 0),
     **{name: (lambda col, name=name: _tuples(col, name)) for name in TUPLE_COLUMNS},
     "hash_block_size": lambda col: _nullable(col, "hash_block_size", 1),
     "session_id": lambda col: _nullable(col, "session_id", None),

@@ -15,6 +15,7 @@ import pandas as pd
 from pagesim.traces import canonical
 from pagesim.traces import validate as v
 from pagesim.traces.canonical import Table
+from pagesim.traces.compression import open_binary
 from pagesim.traces.errors import TraceError
 from pagesim.traces.pages import token_block_hashes
 
@@ -28,8 +29,8 @@ def read_records(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, list], np
     the line of each record. Blank lines are skipped but counted."""
     cols: dict[str, list] = {k: [] for k in keys}
     lines = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+    with open_binary(path) as f:
+        for number, raw in _numbered(path, f):
             if not raw.strip():
                 continue
             try:
@@ -50,9 +51,24 @@ def read_records(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, list], np
     return cols, np.asarray(lines)
 
 
-def _numbers(values: list, name: str, minimum: int, integer: bool = True):
-    series = pd.Series([None if x is _ABSENT else x for x in values], dtype=object)
-    return v.number_column(series, name, minimum=minimum, integer=integer)
+def _numbered(path, f):
+    """Lines numbered from 1; a damaged compressed file names the line where
+    decompression failed."""
+    number = 0
+    try:
+        for number, raw in enumerate(f, 1):
+            yield number, raw
+    except (EOFError, OSError) as exc:
+        raise TraceError(path, number + 1, f"cannot decompress ({exc})") from None
+
+
+def _series(values: list) -> pd.Series:
+    return pd.Series([None if x is _ABSENT else x for x in values], dtype=object)
+
+
+def _numbers(values: list, name: str, minimum: int):
+    """A token count per record (see ``validate.counts``)."""
+    return v.counts(_series(values), name, minimum)
 
 
 def _id_lists(values: list, name: str, required: bool):
@@ -79,7 +95,7 @@ def read_mooncake(path: Path) -> Table:
     ceil(input_length / 512) of them, the last possibly partial)."""
     cols, lines = read_records(path, ("timestamp", "input_length", "output_length",
                                       "hash_ids"))
-    ms, i0 = _numbers(cols["timestamp"], "timestamp", 0, integer=False)
+    ms, i0 = v.times(_series(cols["timestamp"]), "timestamp", scale=1e3)
     prompt, i1 = _numbers(cols["input_length"], "input_length", 1)
     output, i2 = _numbers(cols["output_length"], "output_length", 0)
     hashes, i3 = _id_lists(cols["hash_ids"], "hash_ids", required=False)
@@ -111,7 +127,8 @@ def read_tokens(path: Path) -> Table:
     and, when known, the output. Arrivals are seconds after the earliest."""
     cols, lines = read_records(path, ("arrival_time_ns", "input_toks", "output_toks",
                                       "input_tok_ids", "output_tok_ids"))
-    ns, i0 = _numbers(cols["arrival_time_ns"], "arrival_time_ns", 0, integer=False)
+    ns, i0 = v.number_column(_series(cols["arrival_time_ns"]), "arrival_time_ns",
+                             maximum=float(2**63 - 1024), why=" (an int64 of nanoseconds)")
     prompt, i1 = _numbers(cols["input_toks"], "input_toks", 1)
     output, i2 = _numbers(cols["output_toks"], "output_toks", 0)
     pids, i3 = _id_lists(cols["input_tok_ids"], "input_tok_ids", required=True)

@@ -71,7 +71,8 @@ def load_trace(path: str | Path, fmt: str | None = None, *, arrival=None, seed: 
             them, ``"truncate"`` cuts the prompt to at most
             ``max_model_len - 1`` tokens and then the output to fit,
             ``"error"`` raises ``TraceError`` at the first one. Either change
-            is counted in ``meta`` and warned about.
+            is counted in ``meta`` (``too_long``; the ids of truncated
+            requests in ``truncated_ids``) and warned about.
         sort: sort rows by arrival (stably) instead of rejecting a file
             whose times go backwards.
 
@@ -136,6 +137,7 @@ def _limit(table: Table, frame, lines, limit: int, mode: str, meta: dict):
         keep = np.ones(len(frame), dtype=bool)
         keep[over] = False
         return frame.iloc[keep].reset_index(drop=True), lines[keep]
+    meta["truncated_ids"] = frame["id"].to_numpy()[over].tolist()
     return truncate_rows(frame, over, limit), lines
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from pagesim.traces import canonical
 from pagesim.traces import validate as v
 from pagesim.traces.canonical import Table
+from pagesim.traces.compression import open_binary, readable_compression
 from pagesim.traces.errors import TraceError
 
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"   # pandas' %f takes 7 digits too
@@ -27,11 +28,14 @@ _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precis
 
 def first_line(path: Path) -> tuple[int, str]:
     """The first non-blank line and its number; TraceError for an empty file."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
-            if text:
-                return number, text
+    try:
+        with open_binary(path) as f:
+            for number, raw in enumerate(f, 1):
+                text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+                if text:
+                    return number, text
+    except (EOFError, OSError) as exc:   # a truncated or damaged compressed file
+        raise TraceError(path, None, f"cannot decompress ({exc})") from None
     raise TraceError(path, None, "empty file")
 
 
@@ -81,9 +85,12 @@ def read_csv(path: Path, skip: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """
     first_line(path)
     try:
-        frame = pd.read_csv(path, skiprows=skip, skip_blank_lines=False, **_EXACT_FLOATS)
+        frame = pd.read_csv(path, skiprows=skip, skip_blank_lines=False,
+                            compression=readable_compression(path), **_EXACT_FLOATS)
     except pd.errors.EmptyDataError:
         raise TraceError(path, None, "empty file") from None
+    except (UnicodeDecodeError, EOFError, OSError) as exc:   # binary or damaged
+        raise TraceError(path, None, f"not a readable text file ({exc})") from None
     except pd.errors.ParserError as exc:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if m:
@@ -143,7 +150,7 @@ def read_vidur(path: Path) -> Table:
     num_decode_tokens. Times are kept as given."""
     frame, lines = read_csv(path)
     _columns(frame, lines, path, ("arrived_at", "num_prefill_tokens", "num_decode_tokens"))
-    arrival, i0 = v.number_column(frame["arrived_at"], "arrived_at")
+    arrival, i0 = v.times(frame["arrived_at"], "arrived_at")
     prompt, i1 = v.counts(frame["num_prefill_tokens"], "num_prefill_tokens", 1)
     output, i2 = v.counts(frame["num_decode_tokens"], "num_decode_tokens", 0)
     v.raise_issue(v.earliest(i0, i1, i2), path, lines)

@@ -17,6 +17,15 @@ from pagesim.traces.errors import TraceError
 
 Issue = tuple[int, str]   # (0-based data row, problem)
 
+#: Largest token count of one request: far beyond any model's context, and
+#: small enough that sums over millions of requests stay exact in int64.
+MAX_TOKENS = 2**31 - 1
+#: Largest arrival time in seconds: beyond 2**32 s (136 years) float64
+#: seconds no longer resolve a microsecond, so such a time is a unit mistake
+#: or garbage, not a schedule.
+MAX_TIME_S = float(2**32)
+_INT64_LIMIT = float(2**63)   # the first float that no int64 holds
+
 
 def earliest(*issues: Issue | None) -> Issue | None:
     """The issue with the smallest row (ties: the first one given)."""
@@ -54,22 +63,28 @@ def _as_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def number_column(values: pd.Series, name: str, *, minimum: float | None = 0,
-                  integer: bool = False) -> tuple[np.ndarray, Issue | None]:
-    """Check a numeric column: present, numeric, finite, >= minimum, integral.
+                  integer: bool = False, maximum: float | None = None,
+                  why: str = "") -> tuple[np.ndarray, Issue | None]:
+    """Check a numeric column: present, numeric, finite, >= minimum,
+    <= maximum (``why`` says why, in the message), integral and within int64.
 
     Returns int64 values when ``integer`` (else float64) and the first issue.
     """
     if integer and is_integer_dtype(values) and not values.isna().any():
         arr = values.to_numpy(dtype=np.int64)
         low = first_row(arr < minimum) if minimum is not None else None
-        return arr, _below(name, arr, low, minimum)
+        high = first_row(arr > maximum) if maximum is not None else None
+        return arr, earliest(_below(name, arr, low, minimum), _above(name, arr, high, maximum, why))
     num, missing = _as_float(values)
+    if integer and maximum is None:
+        maximum, why = _INT64_LIMIT - 1024, " (the 64-bit integer limit)"
     text = np.isnan(num) & ~missing
     inf = np.isinf(num)
     neg = num < 0 if minimum is not None and minimum >= 0 else np.zeros_like(missing)
     frac = (num != np.floor(num)) & np.isfinite(num) if integer else np.zeros_like(missing)
     low = num < minimum if minimum is not None else np.zeros_like(missing)
-    row = first_row(missing | text | inf | neg | frac | low)
+    high = num > maximum if maximum is not None else np.zeros_like(missing)
+    row = first_row(missing | text | inf | neg | frac | low | high)
     if row is None:
         return (num.astype(np.int64) if integer else num), None
     raw, v = values.iloc[row], num[row]
@@ -83,9 +98,17 @@ def number_column(values: pd.Series, name: str, *, minimum: float | None = 0,
         problem = f"negative {name} ({v:g})"
     elif frac[row]:
         problem = f"non-integer {name} ({v:g})"
+    elif high[row]:
+        return num, _above(name, num, row, maximum, why)
     else:
         return num, _below(name, num, row, minimum)
     return num, (row, problem)
+
+
+def _above(name: str, arr: np.ndarray, row: int | None, maximum, why: str) -> Issue | None:
+    if row is None:
+        return None
+    return row, f"{name} is {arr[row]:g}, too large: at most {maximum:,.0f}{why}"
 
 
 def _below(name: str, arr: np.ndarray, row: int | None, minimum) -> Issue | None:
@@ -98,8 +121,16 @@ def _below(name: str, arr: np.ndarray, row: int | None, minimum) -> Issue | None
 
 
 def counts(values: pd.Series, name: str, minimum: int = 0):
-    """A token-count column: integers >= ``minimum``."""
-    return number_column(values, name, minimum=minimum, integer=True)
+    """A token-count column: integers from ``minimum`` to ``MAX_TOKENS``."""
+    return number_column(values, name, minimum=minimum, integer=True, maximum=MAX_TOKENS,
+                         why=" tokens per request")
+
+
+def times(values: pd.Series, name: str, scale: float = 1.0):
+    """An arrival-time column in units of ``1/scale`` seconds (ms: 1000):
+    finite, >= 0 and at most ``MAX_TIME_S``."""
+    return number_column(values, name, maximum=MAX_TIME_S * scale,
+                         why=" (2**32 s; later times lose microsecond precision)")
 
 
 def order_issue(times: np.ndarray, label: str, shown: Sequence | None = None) -> Issue | None:
@@ -110,7 +141,8 @@ def order_issue(times: np.ndarray, label: str, shown: Sequence | None = None) ->
     row += 1
     shown = times if shown is None else shown
     return row, (f"{label} out of order: {shown[row]} comes after "
-                 f"{shown[row - 1]} (pass sort=True to sort by arrival)")
+                 f"{shown[row - 1]} (pass --sort, or sort=True in Python, to sort by "
+                 "arrival)")
 
 
 def blank_rows(frame: pd.DataFrame) -> Issue | None:

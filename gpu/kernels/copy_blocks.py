@@ -10,6 +10,15 @@ one grid (pair, cache, chunk) covers them all::
                        pairs[p].src  ->  same elements of block pairs[p].dst
 
 A destination must not also be a source (checked when pairs is a list).
+
+The same kernel moves blocks between two stacks of caches with one layout
+(``move_blocks``), e.g. from the GPU cache into a pinned CPU pool: the GPU
+reads and writes pinned host memory directly (zero-copy, over PCIe), so
+scattered block ids cost no host-side gather or scatter.
+
+Capturable in a CUDA graph: with ``pairs`` already a device tensor, a call
+does no host-to-device copy (the cache offsets are uploaded once per
+layout and kept).
 """
 from __future__ import annotations
 
@@ -24,18 +33,49 @@ from pagesim.gpu.kernels._common import check_device, next_pow2
 
 
 @triton.jit
-def _copy_blocks_kernel(base_ptr, offsets_ptr, pairs_ptr, block_numel, stride_block,
-                        CHUNK: tl.constexpr, VEC: tl.constexpr):
+def _copy_blocks_kernel(src_ptr, dst_ptr, src_off_ptr, dst_off_ptr, pairs_ptr, block_numel,
+                        src_stride_block, dst_stride_block, CHUNK: tl.constexpr, VEC: tl.constexpr):
     p = tl.program_id(0)
     c = tl.program_id(1)
     j = tl.program_id(2)
     src = tl.load(pairs_ptr + 2 * p).to(tl.int64)
     dst = tl.load(pairs_ptr + 2 * p + 1).to(tl.int64)
-    off = tl.multiple_of(tl.load(offsets_ptr + c), VEC)  # launcher checked: 16-byte aligned
+    s_off = tl.multiple_of(tl.load(src_off_ptr + c), VEC)  # launcher checked: 16-byte aligned
+    d_off = tl.multiple_of(tl.load(dst_off_ptr + c), VEC)
     i = j * CHUNK + tl.arange(0, CHUNK)
     mask = i < block_numel
-    x = tl.load(base_ptr + off + src * stride_block + i, mask=mask)
-    tl.store(base_ptr + off + dst * stride_block + i, x, mask=mask)
+    x = tl.load(src_ptr + s_off + src * src_stride_block + i, mask=mask)
+    tl.store(dst_ptr + d_off + dst * dst_stride_block + i, x, mask=mask)
+
+
+_OFFSETS: dict = {}  # (device, offsets) -> device tensor; a few layouts per process
+
+
+def _offsets_on(device: torch.device, offsets: list[int]) -> torch.Tensor:
+    key = (str(device), tuple(offsets))
+    if key not in _OFFSETS:
+        _OFFSETS[key] = torch.tensor(offsets, dtype=torch.int64).to(device)
+    return _OFFSETS[key]
+
+
+def _launch(src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor, dst_offsets: list[int],
+            pairs_t: torch.Tensor, device: torch.device, chunk: int | None, num_warps: int | None) -> None:
+    """One launch: block pairs[p].src of every source cache -> block pairs[p].dst of its destination."""
+    block_numel = src[0].numel()
+    assert dst[0].numel() == block_numel and src.dtype == dst.dtype, "source and destination blocks differ"
+    assert src[0].is_contiguous() and dst[0].is_contiguous(), \
+        "each block must be contiguous (block_size, kv_heads, head_dim)"
+    if pairs_t.shape[0] == 0:
+        return
+    vec = max(1, 16 // src.element_size())
+    aligned = (all(o % vec == 0 for o in src_offsets + dst_offsets) and src.stride(0) % vec == 0
+               and dst.stride(0) % vec == 0 and src.data_ptr() % 16 == 0 and dst.data_ptr() % 16 == 0)
+    chunk = chunk or min(next_pow2(block_numel), 4096)
+    grid = (pairs_t.shape[0], len(src_offsets), triton.cdiv(block_numel, chunk))
+    _copy_blocks_kernel[grid](src, dst, _offsets_on(device, src_offsets), _offsets_on(device, dst_offsets),
+                              pairs_t, block_numel, src.stride(0), dst.stride(0),
+                              CHUNK=chunk, VEC=vec if aligned else 1,
+                              num_warps=num_warps or (4 if device.type == "cuda" else 1))
 
 
 def _as_caches(caches: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
@@ -72,27 +112,42 @@ def _pairs_tensor(pairs, num_blocks: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2).to(device)
 
 
-def copy_blocks(caches: torch.Tensor | Sequence[torch.Tensor], pairs) -> None:
+def copy_blocks(caches: torch.Tensor | Sequence[torch.Tensor], pairs, *, chunk: int | None = None,
+                num_warps: int | None = None) -> None:
     """In place: for every cache, block[dst] = block[src] for each (src, dst).
 
-    Copies the cache offsets host -> device on every call, so it is not
-    CUDA-graph capturable (copy-on-write pairs change every step anyway).
+    Graph-capturable when ``pairs`` is a device tensor (module docstring).
     """
     base, offsets = _as_caches(caches)
     device = check_device(base)
     pairs_t = _pairs_tensor(pairs, base.shape[0], device)
-    block_numel = base[0].numel()
-    assert base[0].is_contiguous(), "each block must be contiguous (block_size, kv_heads, head_dim)"
-    if pairs_t.shape[0] == 0:
-        return
-    vec = max(1, 16 // base.element_size())
-    aligned = all(o % vec == 0 for o in offsets) and base.stride(0) % vec == 0 and base.data_ptr() % 16 == 0
-    chunk = min(next_pow2(block_numel), 4096)
-    offsets_t = torch.tensor(offsets, dtype=torch.int64).to(device)
-    grid = (pairs_t.shape[0], len(offsets), triton.cdiv(block_numel, chunk))
-    _copy_blocks_kernel[grid](base, offsets_t, pairs_t, block_numel, base.stride(0),
-                              CHUNK=chunk, VEC=vec if aligned else 1,
-                              num_warps=4 if device.type == "cuda" else 1)
+    _launch(base, offsets, base, offsets, pairs_t, device, chunk, num_warps)
+
+
+def move_blocks(src: torch.Tensor, dst: torch.Tensor, pairs, *, chunk: int | None = None,
+                num_warps: int | None = None) -> None:
+    """dst[..., d, :] = src[..., s, :] for each (s, d), all leading caches, one launch.
+
+    ``src`` and ``dst`` are stacks [..., num_blocks, block_size, heads, dim]
+    with the same leading shape (their block counts may differ). One of them
+    may be a *pinned* CPU tensor while the other is on the GPU: the kernel
+    then reads or writes host memory directly. Ordered on the current stream.
+    """
+    assert src.shape[:-4] == dst.shape[:-4] and src.shape[-3:] == dst.shape[-3:], \
+        f"stacks differ: {tuple(src.shape)} vs {tuple(dst.shape)}"
+    gpu = [t.device for t in (src, dst) if t.device.type == "cuda"]
+    device = gpu[0] if gpu else check_device(src, dst)
+    for t in (src, dst):
+        assert t.device == device or t.is_pinned(), "a CPU side of a GPU transfer must be pinned"
+    s_base, s_off = _as_caches(src)
+    d_base, d_off = _as_caches(dst)
+    pairs = [(int(a), int(b)) for a, b in pairs] if not isinstance(pairs, torch.Tensor) else pairs
+    if not isinstance(pairs, torch.Tensor):
+        assert all(0 <= a < src.shape[-4] and 0 <= b < dst.shape[-4] for a, b in pairs), "block id out of range"
+        assert len({b for _, b in pairs}) == len(pairs), "a destination block appears twice"
+        pairs = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
+    pairs_t = pairs.to(device=device, dtype=torch.int64).contiguous()
+    _launch(s_base, s_off, d_base, d_off, pairs_t, device, chunk, num_warps)
 
 
 def copy_blocks_ref(caches: torch.Tensor | Sequence[torch.Tensor], pairs) -> list[torch.Tensor]:

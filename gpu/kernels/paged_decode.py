@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from pagesim.gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
+from pagesim.gpu.kernels.decode_tuning import tuned
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64  # the merge holds [splits, head_dim] fp32 per head in registers
@@ -77,7 +78,7 @@ def _paged_decode_kernel(
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BT_AHEAD: tl.constexpr,
+    BT_AHEAD: tl.constexpr, SPLIT_BY_CTX: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
@@ -97,8 +98,11 @@ def _paged_decode_kernel(
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_btb
     head_off = kvh.to(tl.int64) * stride_kh
+    n_tiles = tl.cdiv(ctx, TILE_N)
+    if SPLIT_BY_CTX:  # each sequence spreads its own tiles over the splits (graph-safe grid)
+        tiles_per_split = tl.cdiv(n_tiles, num_splits)
     tile_lo = s * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(ctx, TILE_N))
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
     if BT_AHEAD:  # ids of the first tile, independent of ctx (past it they only feed masked loads)
         tok0 = tile_lo * TILE_N + n
         blk_next = tl.load(bt_row + tok0 // BLOCK_SIZE, mask=tok0 < table_tokens, other=0)
@@ -179,13 +183,22 @@ SMALL_BLOCK_TABLE = (
 
 def decode_config(device: torch.device, n_groups: int, max_context_len: int, block_size: int,
                   head_dim: int) -> dict:
-    """Launch parameters for one call: a DECODE_TABLE (or SMALL_BLOCK_TABLE) row plus its split count."""
+    """Launch parameters for one call: a DECODE_TABLE (or SMALL_BLOCK_TABLE) row plus its split count.
+
+    The split rows (the first row of either table) take their programs per SM
+    from the device's cached tuning when there is one (``decode_tuning``):
+    ``waves_small`` up to SMs/8 groups, ``waves`` above; never fewer than the
+    row's own value."""
     sms = num_sms(device)
     if device.type != "cuda":
         cfg = dict(tile_n=16, num_warps=1, num_stages=1, waves=1, bt_ahead=True)
     else:
         table = SMALL_BLOCK_TABLE if block_size < 16 else DECODE_TABLE
-        cfg = dict(next(c for bound, c in table if n_groups <= bound * sms))
+        row = next(i for i, (bound, _) in enumerate(table) if n_groups <= bound * sms)
+        cfg = dict(table[row][1])
+        tune = tuned(device)
+        if row == 0 and tune:
+            cfg["waves"] = max(cfg["waves"], tune["waves_small" if n_groups * 8 <= sms else "waves"])
         if head_dim > 128:
             cfg.update(tile_n=min(cfg["tile_n"], 64), num_stages=min(cfg["num_stages"], 3))
     cfg["num_splits"] = num_splits_for(n_groups, max_context_len, cfg["tile_n"], sms, cfg["waves"],
@@ -196,13 +209,18 @@ def decode_config(device: torch.device, n_groups: int, max_context_len: int, blo
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, *, max_context_len: int | None = None,
                  num_splits: int | None = None, tile_n: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None, bt_ahead: bool | None = None) -> torch.Tensor:
+                 num_stages: int | None = None, bt_ahead: bool | None = None,
+                 split_by_context: bool = False) -> torch.Tensor:
     """Attention of q [batch, num_heads, head_dim] over each sequence's paged KV.
 
     ``max_context_len`` (default: block_tables.shape[1] * block_size, so no
     device sync and graph-capturable) only sizes the split-K grid.
     Other keywords override the heuristic (``decode_config``); ``bt_ahead``
-    picks the loop form (module docstring).
+    picks the loop form (module docstring). ``split_by_context``: each
+    sequence divides its own tiles among the splits, so a grid sized once
+    (a CUDA graph captured with ``max_context_len`` = the table width) fits
+    every step; otherwise every sequence uses the split size of
+    ``max_context_len``.
     """
     device = check_device(q, k_cache, v_cache, block_tables, context_lens)
     check_cache(k_cache, v_cache)
@@ -246,7 +264,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, DOT_PREC=dot_precision(q.dtype),
-        BT_AHEAD=cfg["bt_ahead"] if bt_ahead is None else bt_ahead,
+        BT_AHEAD=cfg["bt_ahead"] if bt_ahead is None else bt_ahead, SPLIT_BY_CTX=split_by_context,
         num_warps=num_warps or cfg["num_warps"],
         num_stages=num_stages or cfg["num_stages"], **meta,
     )

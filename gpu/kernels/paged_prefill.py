@@ -63,11 +63,16 @@ def _paged_prefill_kernel(
     qk_scale,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, HEAVY_FIRST: tl.constexpr,
 ):
-    mt = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    if HEAVY_FIRST:  # grid (heads, batch, m tiles), last query tiles (the most keys) launched first
+        h = tl.program_id(0)
+        b = tl.program_id(1)
+        mt = tl.num_programs(2) - 1 - tl.program_id(2)
+    else:
+        mt = tl.program_id(0)
+        b = tl.program_id(1)
+        h = tl.program_id(2)
     q_start = tl.load(cu_ptr + b)
     q_len = tl.load(cu_ptr + b + 1) - q_start
     if mt * BLOCK_M >= q_len:
@@ -105,17 +110,23 @@ def _paged_prefill_kernel(
 def prefill_config(device: torch.device, head_dim: int) -> dict:
     """Heuristic tiles as data: large tiles for the tensor cores on a GPU."""
     if device.type != "cuda":
-        return dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
-    if head_dim <= 128:  # H100 sweep: 318 / 348 TFLOP/s without / with a 4096 prefix (bench/KERNEL_NOTES.md)
-        return dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
-    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
+        return dict(block_m=16, block_n=16, num_warps=1, num_stages=1, heavy_first=True)
+    # H200 run 7 (bench/KERNEL_NOTES.md): heavy-first 354 vs 320 TFLOP/s without a prefix, 345 vs 350
+    # with a 4096 prefix (where every tile has about the same work, so the order cannot matter much)
+    if head_dim <= 128:
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=2, heavy_first=True)
+    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, heavy_first=True)
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                   cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None, *,
                   max_seqlen_q: int | None = None, block_m: int | None = None, block_n: int | None = None,
-                  num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+                  num_warps: int | None = None, num_stages: int | None = None,
+                  heavy_first: bool | None = None) -> torch.Tensor:
     """Causal attention of packed q [total_q, num_heads, head_dim] over paged KV.
+
+    ``heavy_first``: launch the query tiles with the most keys first, so the
+    last wave is made of short programs (longest-processing-time order).
 
     ``max_seqlen_q`` sizes the grid; by default it is read from cu_seqlens_q
     (one device sync). Requires context_lens[b] >= q_len[b] (not checked on device).
@@ -143,14 +154,16 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cfg = prefill_config(device, head_dim)
     block_m, block_n = block_m or cfg["block_m"], block_n or cfg["block_n"]
     assert block_m >= 16 and block_n >= 16, "block_m and block_n must be >= 16 (tl.dot minimum)"
-    grid = (triton.cdiv(max_seqlen_q, block_m), batch, num_heads)
+    heavy = cfg["heavy_first"] if heavy_first is None else heavy_first
+    m_tiles = triton.cdiv(max_seqlen_q, block_m)
+    grid = (num_heads, batch, m_tiles) if heavy else (m_tiles, batch, num_heads)
     _paged_prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
         scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT_PREC=dot_precision(q.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT_PREC=dot_precision(q.dtype), HEAVY_FIRST=heavy,
         num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"],
     )
     return out

@@ -3,8 +3,10 @@
     slot = block_id * block_size + offset      (slot < 0: padding, skipped)
     k_cache[slot // block_size, slot % block_size] = k[token]   (and V alike)
 
-One program per token moves all kv heads of that token ([heads, head_dim]
-tile, 16-byte loads along head_dim). Duplicate non-negative slots race.
+One program moves ``TOKENS`` consecutive tokens, all kv heads of each
+([heads, head_dim] tiles, 16-byte loads along head_dim): one token is only
+4 KB of K+V at Llama-3-8B sizes, too little work for a program to hide its
+start-up. Duplicate non-negative slots race.
 """
 from __future__ import annotations
 
@@ -18,29 +20,37 @@ from pagesim.gpu.kernels._common import check_cache, check_device, next_pow2
 @triton.jit
 def _store_kv_kernel(
     k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr,
-    block_size,
+    num_tokens, block_size,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_cb, stride_cs, stride_ch,
     NUM_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_ptr + t).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
-    # Padding is tested on a block of copies of the slot, not as a scalar
-    # comparison broadcast into the mask: Triton 3.9's interpreter keeps the
-    # int64 operand type on a scalar comparison's result, so its broadcast is
-    # no boolean and loads reject the mask ("mask has unsupported dtype").
-    valid = (tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.int64) + slot) >= 0
-    mask = (h[:, None] < NUM_HEADS) & (d[None, :] < HEAD_DIM) & valid
-    dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs + h[:, None] * stride_ch + d[None, :]
-    k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
-    v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
-    tl.store(kc_ptr + dst, k, mask=mask)
-    tl.store(vc_ptr + dst, v, mask=mask)
+    hd = (h[:, None] < NUM_HEADS) & (d[None, :] < HEAD_DIM)
+    for i in tl.static_range(TOKENS):
+        t = tl.program_id(0).to(tl.int64) * TOKENS + i
+        live = t < num_tokens
+        slot = tl.load(slot_ptr + t, mask=live, other=-1).to(tl.int64)
+        # Padding is tested on a block of copies of the slot, not as a scalar
+        # comparison broadcast into the mask: Triton 3.9's interpreter keeps the
+        # int64 operand type on a scalar comparison's result, so its broadcast is
+        # no boolean and loads reject the mask ("mask has unsupported dtype").
+        mask = hd & ((tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.int64) + slot) >= 0)
+        dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs + h[:, None] * stride_ch + d[None, :]
+        k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
+        v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
+        tl.store(kc_ptr + dst, k, mask=mask)
+        tl.store(vc_ptr + dst, v, mask=mask)
+
+
+#: tokens per program on a GPU (bench/KERNEL_NOTES.md, run 7)
+TOKENS_PER_PROGRAM = 4
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, *, tokens_per_program: int | None = None,
+             num_warps: int | None = None) -> None:
     """In place: k, v [num_tokens, num_kv_heads, head_dim] into the caches."""
     check_device(k, v, k_cache, v_cache, slot_mapping)
     check_cache(k_cache, v_cache)
@@ -56,12 +66,13 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if k.shape[0] == 0:
         return
     on_gpu = k.device.type == "cuda"
-    _store_kv_kernel[(k.shape[0],)](
-        k, v, k_cache, v_cache, slot_mapping, block_size,
+    tokens = tokens_per_program or (TOKENS_PER_PROGRAM if on_gpu else 2)
+    _store_kv_kernel[(triton.cdiv(k.shape[0], tokens),)](
+        k, v, k_cache, v_cache, slot_mapping, k.shape[0], block_size,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         NUM_HEADS=num_kv_heads, BLOCK_H=next_pow2(num_kv_heads), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
-        num_warps=4 if on_gpu else 1,
+        TOKENS=tokens, num_warps=num_warps or (4 if on_gpu else 1),
     )
 
 

@@ -121,6 +121,16 @@ class RooflineCostModel:
         # attention: per (query, key) pair; K/V read per context token, written per new token
         self._attn_pair_s = 4.0 * m.num_layers * (m.num_heads // tp) * m.head_dim / flop_s
         self._kv_tok_s = kv_tok / byte_s
+        pair_s, kv_tok_s = self._attn_pair_s, self._kv_tok_s
+
+        def attention_bounds(pairs, kv_read, n_tok) -> tuple:
+            """Attention's two rooflines (the term is the larger): FLOPs over
+            (query, key) pairs, and reading the context's K/V plus writing
+            the new tokens'. The only term that changes along a decode run,
+            so ``decode_run`` calls it every step: a closure over the two
+            constants is the cheapest call Python has."""
+            return pairs * pair_s, (kv_read + n_tok) * kv_tok_s
+        self._attention_bounds = attention_bounds
         # tensor parallel: 2 all-reduces per layer of num_tokens * hidden values
         ring = 2.0 * (tp - 1) / tp
         bw = g.nvlink_bandwidth * self.nvlink_efficiency
@@ -151,7 +161,7 @@ class RooflineCostModel:
         runs = n_tok > 0
         linear = maximum(n_tok * self._lin_tok_s + n_seq * self._lin_seq_s,
                          self._weights_s + n_tok * self._act_tok_s)
-        attention = maximum(pairs * self._attn_pair_s, (kv_read + n_tok) * self._kv_tok_s)
+        attention = maximum(*self._attention_bounds(pairs, kv_read, n_tok))
         allreduce = self._ar_fixed_s + n_tok * self._ar_tok_s
         return (self.step_overhead_s + n_seq * self.seq_overhead_s, linear * runs,
                 attention * runs, allreduce * runs, copies * self._copy_block_s,
@@ -190,33 +200,30 @@ class RooflineCostModel:
         ``n`` sequences, contexts ``ctx0, ctx0 + n, ...``, stopping after the
         first step that ends at or after ``stop_at``: ``(times, dts, k)``.
 
-        The fast engine prices every decode step this way. Only the
-        attention term changes from step to step, so the others are computed
-        once; the float operations are those of ``price_one`` in the same
-        order (adding the zero copy and swap terms is exact), so the times
-        are bit-identical to pricing the steps one by one.
+        The fast engine prices every decode step this way. It is
+        ``price_one`` with what does not change from step to step taken out
+        of the loop: only the attention term depends on the context, and
+        adding the zero copy and swap terms is exact, so the times are
+        bit-identical to pricing the steps one by one.
         """
         nf = float(n)
-        o = self.step_overhead_s + nf * self.seq_overhead_s
-        lin = max(nf * self._lin_tok_s + nf * self._lin_seq_s, self._weights_s + nf * self._act_tok_s)
+        o, lin, _, ar, _, _ = self._terms(nf, nf, 0.0, 0.0, 0.0, 0.0, max)
         base = o + lin
-        ar = self._ar_fixed_s + nf * self._ar_tok_s
-        a, b = self._attn_pair_s, self._kv_tok_s
+        bounds = self._attention_bounds
         stop = float("inf") if stop_at is None else stop_at
         times, dts = [clock], []
+        add_time, add_dt = times.append, dts.append
         t = clock
-        ctx = ctx0
+        c = float(ctx0)  # exact: contexts are integers far below 2**53
         for j in range(k):
-            c = float(ctx)
-            att = c * a
-            mem = (c + nf) * b
-            dt = (base + (att if att >= mem else mem)) + ar
+            flops, traffic = bounds(c, c, nf)
+            dt = (base + (flops if flops >= traffic else traffic)) + ar  # max(), without its call
             t = t + dt
-            dts.append(dt)
-            times.append(t)
+            add_dt(dt)
+            add_time(t)
             if t >= stop:
                 return times, dts, j + 1
-            ctx += n
+            c += nf
         return times, dts, k
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ cluster), so the fast mode stays exactly equal to step-by-step mode.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 
@@ -126,13 +127,13 @@ class Cluster:
     def clock(self) -> float:
         return max(e.clock for e in self.engines)
 
-    def run(self) -> None:
+    def run(self, pause_gc: bool = False) -> None:
         t0 = time.perf_counter()
         env = self.env
         env.process(self.dispatcher.arrivals(env))
         procs = [env.process(e.engine()) for e in self.engines]
         for e in self.engines:
             e.sched.stretch_detail = e.on_step is not None
-        with cyclic_gc_paused():
+        with cyclic_gc_paused() if pause_gc else contextlib.nullcontext():
             env.run(until=simpy.AllOf(env, procs))
         self.wall_s = time.perf_counter() - t0

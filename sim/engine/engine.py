@@ -76,13 +76,17 @@ class Engine:
         self.requests = getattr(self.source, "requests", [])
         self.sched = scheduler
         self.executor = executor
-        self.fast = fast and not getattr(executor, "needs_plans", False)
+        self.fast = fast and not executor.needs_plans
         scheduler.fast = self.fast
         self.check_invariants = check_invariants
         self._next_check = check_invariants
         self.recorder = recorder
         self.progress = progress
         self.on_step = on_step
+        #: Pause the cyclic garbage collector while running (see
+        #: ``cyclic_gc_paused``): faster, but it changes process-wide state
+        #: for the duration, so only the CLI opts in.
+        self.pause_gc = False
         self.env = env if env is not None else simpy.Environment()
         self.clock = 0.0
         self._idle: simpy.Event | None = None
@@ -199,7 +203,7 @@ class Engine:
         self.sched.stretch_detail = self.on_step is not None
         self.env.process(self.arrivals())
         proc = self.env.process(self.engine())
-        with cyclic_gc_paused():
+        with cyclic_gc_paused() if self.pause_gc else contextlib.nullcontext():
             self.env.run(until=proc)
         self.wall_s = time.perf_counter() - t0
 

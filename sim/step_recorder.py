@@ -1,0 +1,160 @@
+"""Per-step records of a replay, kept in bounded, typed memory.
+
+A replay can run millions of engine steps (100k requests on a tight pool:
+6.26 million). Keeping a Python tuple per step and converting them all at
+the end peaked at about 590 bytes per step. The recorder instead buffers at
+most ``chunk_steps`` steps as Python objects, then writes them into the
+table's own typed columns (8 bytes per value, 112 per step), which grow by
+doubling: a grown column is one fresh ``mmap``-backed array (the old one
+goes back to the operating system, not into the heap as freed fragments),
+and the untouched tail of its capacity is never resident. ``to_dataframe``
+shrinks them to their length in place and hands them to pandas without a
+copy.
+
+::
+
+    add / add_stretch ──► buffers (≤ chunk_steps steps of tuples)
+                              │ _flush: vectorised expansion, usage_from
+                              ▼
+                          typed columns, step order, capacity doubling
+                              │ to_dataframe: trimmed to length
+                              ▼
+                          DataFrame (shares the columns)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pagesim.sim.accounting import CATEGORIES
+
+STEP_COLUMNS = ("step", "start_s", "duration_s", "num_seqs", "num_tokens", "num_prefill_seqs",
+                "kv_tokens_read", "preemptions") + CATEGORIES
+FLOAT_COLUMNS = ("start_s", "duration_s")
+
+#: Steps buffered as Python objects before they become typed columns: large
+#: enough that the per-chunk numpy calls are negligible, small enough (a few
+#: MB) not to matter next to the table.
+CHUNK_STEPS = 1 << 14
+
+
+class StepRecorder:
+    """Per-step rows, stored as typed column chunks until ``to_dataframe``.
+
+    A step-by-step row stores its scalars plus the allocator's live-token
+    count and ``counters()`` snapshot. A fast-mode decode stretch of ``k``
+    steps stores a handful of numbers and the counter snapshots taken at its
+    allocator events; both are expanded by vectorised code when a chunk is
+    flushed. Memory categories are computed by the manager's own
+    ``usage_from`` formula in both cases, so the two modes give identical
+    tables.
+    """
+
+    def __init__(self, usage_from, chunk_steps: int = CHUNK_STEPS) -> None:
+        self.usage_from = usage_from
+        self.chunk_steps = chunk_steps
+        self._rows: list[tuple] = []
+        self._stretches: list[tuple] = []
+        self._pending = 0                      # steps in the two buffers
+        self._cols = {c: np.empty(0, dtype=np.float64 if c in FLOAT_COLUMNS else np.int64)
+                      for c in STEP_COLUMNS}
+        self._n = 0                            # rows written into the columns
+
+    def add(self, step, start, dur, shape, preemptions, live, counters) -> None:
+        self._rows.append((step, start, dur, *shape, preemptions, live, *counters))
+        self._pending += 1
+        if self._pending >= self.chunk_steps:
+            self._flush()
+
+    def add_stretch(self, step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snap_counters) -> None:
+        """``snap_steps[i]`` (relative step, -1 for the state before the
+        first step) from which ``snap_counters[i]`` holds."""
+        self._stretches.append((step0, k, n, sum_ctx0, live0, times[:k], dts[:k], snap_steps, snap_counters))
+        self._pending += k
+        if self._pending >= self.chunk_steps:
+            self._flush()
+
+    # ------------------------------------------------------------ flushing
+    def _flush(self) -> None:
+        """Turn the buffered steps into one chunk of final columns."""
+        parts = [p for p in (self._step_rows(), self._stretch_rows()) if p is not None]
+        self._rows, self._stretches, self._pending = [], [], 0
+        if not parts:
+            return
+        cols = {}
+        for c in STEP_COLUMNS[:8] + ("live",):
+            dtype = np.float64 if c in FLOAT_COLUMNS else np.int64
+            cols[c] = np.concatenate([p[c] for p in parts]).astype(dtype, copy=False)
+        counters = [np.concatenate([p["counters"][i] for p in parts])
+                    for i in range(len(parts[0]["counters"]))]
+        split = self.usage_from(cols.pop("live"), *counters)
+        for c in CATEGORIES:
+            cols[c] = np.asarray(getattr(split, c), dtype=np.int64)
+        order = np.argsort(cols["step"], kind="stable")
+        self._append({c: v[order] for c, v in cols.items()})
+
+    def _append(self, chunk: dict[str, np.ndarray]) -> None:
+        m = len(chunk["step"])
+        if self._n:
+            assert self._cols["step"][self._n - 1] < chunk["step"][0], \
+                "steps must be recorded in increasing order (chunks are appended without sorting)"
+        end = self._n + m
+        if end > len(self._cols["step"]):
+            cap = max(end, 2 * len(self._cols["step"]), self.chunk_steps)
+            for c, old in self._cols.items():  # one column at a time: peak = table + one column
+                new = np.empty(cap, dtype=old.dtype)
+                new[:self._n] = old[:self._n]
+                self._cols[c] = new
+        for c, v in chunk.items():
+            self._cols[c][self._n:end] = v
+        self._n = end
+
+    def _step_rows(self) -> dict | None:
+        if not self._rows:
+            return None
+        cols = list(zip(*self._rows))
+        names = STEP_COLUMNS[:8] + ("live",)
+        out = {c: np.asarray(v) for c, v in zip(names, cols)}
+        out["counters"] = [np.asarray(v, dtype=np.int64) for v in cols[len(names):]]
+        return out
+
+    def _stretch_rows(self) -> dict | None:
+        if not self._stretches:
+            return None
+        step0, ks, ns, ctx0, live0 = (np.asarray(x, dtype=np.int64) for x in list(zip(*self._stretches))[:5])
+        offsets = np.concatenate(([0], np.cumsum(ks)[:-1]))
+        total = int(ks.sum())
+        sid = np.repeat(np.arange(len(ks)), ks)
+        j = np.arange(total) - offsets[sid]
+        n = ns[sid]
+        start_rows, counters = [], []
+        for off, st in zip(offsets.tolist(), self._stretches):
+            for rel, cnt in zip(st[7], st[8]):
+                start_rows.append(off + max(rel, 0))
+                counters.append(cnt)
+        which = np.searchsorted(np.asarray(start_rows), np.arange(total), side="right") - 1
+        snap = np.asarray(counters, dtype=np.int64).reshape(len(counters), -1)[which]
+        return {
+            "step": step0[sid] + j,
+            "start_s": np.concatenate([np.asarray(st[5], dtype=np.float64) for st in self._stretches]),
+            "duration_s": np.concatenate([np.asarray(st[6], dtype=np.float64) for st in self._stretches]),
+            "num_seqs": n, "num_tokens": n,
+            "num_prefill_seqs": np.zeros(total, dtype=np.int64),
+            "kv_tokens_read": ctx0[sid] + j * n,
+            "preemptions": np.zeros(total, dtype=np.int64),
+            "live": live0[sid] + (j + 1) * n,
+            "counters": [snap[:, i] for i in range(snap.shape[1])],
+        }
+
+    # -------------------------------------------------------------- output
+    def to_dataframe(self) -> pd.DataFrame:
+        """The table, one row per step in step order. The columns shrink to
+        their length in place (``realloc``: no copy) and the DataFrame
+        shares them. Only columns no DataFrame has seen are longer than
+        their length (a grown column is a fresh array), so shrinking in
+        place never pulls memory from under a view."""
+        self._flush()
+        for v in self._cols.values():
+            if len(v) > self._n:
+                v.resize(self._n, refcheck=False)
+        return pd.DataFrame({c: self._cols[c][:self._n] for c in STEP_COLUMNS}, copy=False)
