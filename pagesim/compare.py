@@ -30,8 +30,16 @@ def compare(trace, configs, labels=None, *, progress: bool = False) -> pd.DataFr
 
 
 def _field_types(cls) -> dict:
+    """name -> the type a ``--vary`` value converts to, read from the
+    annotation (an optional field such as ``prefix_caching: bool | None``
+    has a None default, so the default's type would not say)."""
     defaults = cls()
-    return {f.name: type(getattr(defaults, f.name)) for f in fields(cls)}
+    out = {}
+    for f in fields(cls):
+        words = str(f.type).replace("|", " ").split()
+        out[f.name] = next((t for t in (bool, float, int, str) if t.__name__ in words),
+                           type(getattr(defaults, f.name)))
+    return out
 
 
 def variants(base: ReplayConfig, option: str, values) -> list[tuple[str, ReplayConfig]]:
