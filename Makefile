@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine with only Python and pip:
-#   make demo   set up a virtualenv and replay the built-in default workload
+#   make demo   set up a virtualenv and compare paged vs the Orca baselines under memory pressure
 #   make test   set up a virtualenv with the test extras and run the suite
 # and one more for CI:
 #   make test-triton-latest   the Triton tests (-m triton) again, in a second
@@ -30,8 +30,11 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(VENV)/.core $@
 
+# 400 ShareGPT-like requests into a 16k-token KV cache: the paged manager
+# preempts, the contiguous baselines queue; report in runs/demo/report.html.
 demo: $(VENV)/.core
-	$(BIN)/pagesim replay --out runs/demo --overwrite
+	$(BIN)/pagesim compare --workload sharegpt --num-requests 400 --rate 25 \
+	  --num-gpu-blocks 1000 --max-model-len 2048 --quiet --out runs/demo --overwrite
 
 # pytest exits 5 when it collected no test: a wrong selection, never a pass.
 NO_TESTS = if [ $$rc -eq 5 ]; then echo "pytest collected no test (exit 5): check PYTEST_ARGS and markers" >&2; fi; exit $$rc

@@ -1,4 +1,6 @@
-"""Side-by-side comparison of replays of one trace (``pagesim compare``)."""
+"""Side-by-side tables of replays (``pagesim compare``): one column per
+run, one row per headline number. The runs themselves are made by
+``pagesim.compare`` (application layer)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -21,19 +23,18 @@ ROWS = [
     ("TPOT mean ms", lambda s: None if s["latency"]["tpot_mean_s"] is None else 1e3 * s["latency"]["tpot_mean_s"]),
     ("norm. latency ms/tok", lambda s: None if s["latency"]["normalized_latency_mean_s_per_token"] is None
      else 1e3 * s["latency"]["normalized_latency_mean_s_per_token"]),
+    ("p99 TTFT ms", lambda s: s.get("serving", {}).get("p99_ttft_ms")),
+    ("p99 ITL ms", lambda s: s.get("serving", {}).get("p99_itl_ms")),
     ("mean batch (seqs)", lambda s: s.get("mean_batch_seqs")),
     ("wall s", lambda s: s["sim"]["wall_s"]),
 ]
 
 
-def compare(trace, configs, labels=None, *, progress: bool = False) -> pd.DataFrame:
-    """Replay ``trace`` once per config; one column per config."""
-    from pagesim.replay import run_replay
-    labels = labels or [c.allocator for c in configs]
+def table(results: dict) -> pd.DataFrame:
+    """One column per run, one row per headline number (``ROWS``)."""
     cols = {}
-    for label, cfg in zip(labels, configs):
-        res = run_replay(trace, cfg, progress=progress)
-        s = res.summary
+    for label, res in results.items():
+        s = dict(res.summary)
         steps = res.steps
         w = steps["duration_s"]
         s["mean_batch_seqs"] = float((steps["num_seqs"] * w).sum() / w.sum()) if len(steps) else 0.0
@@ -57,4 +58,4 @@ def format_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare", "format_table", "CATEGORIES"]
+__all__ = ["table", "format_table", "ROWS", "CATEGORIES"]

@@ -1,13 +1,22 @@
-"""Plots people would rather look at than read: where KV memory goes over
-time, and latency distributions. Each function takes the replay's tables
-(pandas DataFrames) and writes a PNG (or draws on a given Axes, for
-notebooks).
+"""Plots that answer a serving engineer's first questions at a glance.
+
+* ``memory_over_time``: where KV memory goes (stacked split) and, below it,
+  how many requests run and wait, with a mark at every preemption;
+* ``latency_cdfs``: TTFT, TPOT, ITL and E2EL distributions in ms, p50/p99
+  marked, with a title that states the run.
+
+Each function takes the replay's tables (pandas DataFrames) and returns a
+``matplotlib.figure.Figure`` built without pyplot, so library code never
+touches the global backend or a notebook's figure state; pass ``path=`` to
+also write a PNG, or ``ax=``/``axes=`` to draw into a figure of your own.
 """
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pagesim.sim.accounting import CATEGORIES
+from pagesim.sim.serving_metrics import itl_samples, weighted_stats
 
 COLORS = {
     "token_states": "#2a9d8f", "reserved": "#e9c46a", "internal_frag": "#f4a261",
@@ -18,15 +27,41 @@ LABELS = {
     "internal_frag": "internal fragmentation", "external_frag": "external fragmentation",
     "cached_free": "cached, free", "free": "free",
 }
+DPI = 110
 
 
-def _figure(ax, size=(9, 4)):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    if ax is not None:
-        return ax.figure, ax
-    return plt.subplots(figsize=size)
+def new_figure(size=(9, 4)) -> Figure:
+    """A figure that belongs to no pyplot state (savefig uses the Agg canvas)."""
+    return Figure(figsize=size, layout="constrained")
+
+
+def save(fig: Figure, path) -> None:
+    if path is not None:
+        fig.savefig(path, dpi=DPI, format="png")
+
+
+def run_title(summary) -> str:
+    """'paged · llama-3-8b on h100-80gb · block 16 · 600 blocks'."""
+    if not summary:
+        return ""
+    cfg = summary.get("config", {})
+    sched = cfg.get("scheduler") or {}
+    policy = None
+    if sched and (sched.get("generation") != "v1" or sched.get("victim") != "latest"):
+        policy = f"{sched.get('generation')} {sched.get('preemption')}, victim {sched.get('victim')}"
+    parts = [cfg.get("allocator"), policy, f"{cfg.get('model')} on {cfg.get('gpu')}" if cfg.get("model") else None,
+             f"block {cfg.get('block_size')}" if cfg.get("block_size") else None,
+             f"{cfg.get('num_gpu_blocks'):,} blocks" if cfg.get("num_gpu_blocks") else None]
+    return " · ".join(str(p) for p in parts if p)
+
+
+# ---------------------------------------------------------------- binning
+def time_bins(steps, bins: int = 600):
+    """(edges, bin index of each step): equal time bins over the run."""
+    t = steps["start_s"].to_numpy(dtype=float)
+    dur = steps["duration_s"].to_numpy(dtype=float)
+    edges = np.linspace(t[0], t[-1] + dur[-1], bins + 1)
+    return edges, np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
 
 
 #: Rows per block in ``binned_memory``: its temporaries stay a few MB even
@@ -62,59 +97,141 @@ def binned_memory(steps, bins: int = 600):
     return centers, out
 
 
+def binned_max(steps, column: str, bins: int = 600):
+    """Per time bin, the largest value of ``column`` (so no peak is lost)."""
+    if len(steps) == 0:
+        return np.array([]), np.array([])
+    edges, idx = time_bins(steps, bins)
+    out = np.full(bins, -np.inf)
+    np.maximum.at(out, idx, steps[column].to_numpy(dtype=float))
+    keep = np.isfinite(out)
+    return 0.5 * (edges[:-1] + edges[1:])[keep], out[keep]
+
+
+# ---------------------------------------------------------------- memory
+def memory_over_time(steps, summary=None, path=None, *, axes=None, title=None) -> Figure:
+    """Stacked KV memory split (top) and running / waiting requests with
+    preemptions (bottom) on one time axis."""
+    if axes is None:
+        fig = new_figure((10, 5.6))
+        axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    fig = axes[0].figure
+    memory_breakdown(steps, summary, ax=axes[0], title=title)
+    queue_panel(steps, ax=axes[1])
+    save(fig, path)
+    return fig
+
+
 def memory_breakdown(steps, summary=None, path=None, *, ax=None, title=None):
     """Stacked area of the KV capacity by accounting category over time."""
-    fig, ax = _figure(ax)
+    if ax is None:
+        ax = new_figure().subplots()
     x, fr = binned_memory(steps)
     ax.stackplot(x, [fr[c] for c in CATEGORIES], colors=[COLORS[c] for c in CATEGORIES],
                  labels=[LABELS[c] for c in CATEGORIES], linewidth=0)
-    ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("share of KV capacity")
     ax.set_ylim(0, 1)
+    ax.set_xlabel("simulated time (s)")
     if len(x):
         ax.set_xlim(x[0], x[-1])
     if title is None and summary is not None:
-        cfg = summary.get("config", {})
-        title = (f"{cfg.get('allocator', '')} · {cfg.get('model', '')} on {cfg.get('gpu', '')} · "
-                 f"token states {summary['memory_split']['token_states']:.1%} (time-averaged)")
+        title = (f"KV memory: {run_title(summary)} · token states "
+                 f"{summary['memory_split']['token_states']:.1%} (time-averaged)")
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110, format="png")
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+    save(ax.figure, path)
     return ax
 
 
-def _cdf(ax, values, label):
-    v = np.sort(np.asarray(values, dtype=float))
-    v = v[np.isfinite(v)]
-    if len(v):
-        ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
+def queue_panel(steps, *, ax):
+    """Running and waiting requests (per-bin peaks) and preemption marks."""
+    for col, color, label in (("num_requests_running", "#264653", "running"),
+                              ("num_requests_waiting", "#e76f51", "waiting")):
+        if col in steps:
+            x, y = binned_max(steps, col)
+            ax.step(x, y, where="mid", color=color, label=label, linewidth=1.2)
+    pre = steps[steps["preemptions"] > 0]
+    if len(pre):
+        ax.plot(pre["start_s"], np.zeros(len(pre)), "|", color="#9b2226", markersize=12,
+                label=f"preemption ({int(pre['preemptions'].sum()):,})", clip_on=False)
+    ax.set_ylabel("requests")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return ax
 
 
-def latency_cdfs(requests, path=None, *, axes=None):
-    """CDFs of time to first token and time per output token."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    else:
-        fig = axes[0].figure
+# ---------------------------------------------------------------- latency
+def weighted_cdf(values, counts=None):
+    """(sorted values, cumulative fraction) of a weighted sample."""
+    v = np.asarray(values, dtype=float)
+    w = np.ones(len(v)) if counts is None else np.asarray(counts, dtype=float)
+    keep = np.isfinite(v) & (w > 0)
+    v, w = v[keep], w[keep]
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    c = np.cumsum(w)
+    return v, (c / c[-1] if len(c) else c)
+
+
+def latency_samples(requests, steps=None):
+    """name -> (values in ms, counts or None): the four vLLM latencies (ITL
+    only with the step table, from which it is derived)."""
     done = requests[requests["finish_s"].notna()]
-    _cdf(axes[0], done["ttft_s"], "TTFT")
-    _cdf(axes[1], done["tpot_s"] * 1e3, "TPOT")
-    axes[0].set_xlabel("time to first token (s)")
-    axes[1].set_xlabel("time per output token (ms)")
-    for ax in axes:
-        ax.set_ylabel("fraction of requests")
-        ax.set_ylim(0, 1)
+    out = {
+        "TTFT": (done["ttft_s"].to_numpy(dtype=float) * 1e3, None),
+        "TPOT": (done["tpot_s"].dropna().to_numpy(dtype=float) * 1e3, None),
+    }
+    if steps is not None:
+        itl_v, itl_c = itl_samples(requests, steps)
+        out["ITL"] = (itl_v * 1e3, itl_c)
+    out["E2EL"] = (done["e2e_s"].to_numpy(dtype=float) * 1e3, None)
+    return out
+
+
+def _marks(values, counts) -> dict:
+    """p50 and p99 as the summary computes them (linear interpolation)."""
+    v = np.asarray(values, dtype=float)
+    c = np.ones(len(v), dtype=np.int64) if counts is None else np.asarray(counts)
+    ok = np.isfinite(v)
+    return weighted_stats(v[ok], c[ok], (50, 99))
+
+
+def latency_cdfs(requests, steps=None, path=None, *, summary=None, axes=None) -> Figure:
+    """CDFs of TTFT, TPOT, ITL and E2EL in ms, p50 and p99 marked."""
+    if axes is None:
+        fig = new_figure((11, 6))
+        axes = fig.subplots(2, 2).ravel()
+    fig = axes[0].figure
+    samples = latency_samples(requests, steps)
+    for ax, (name, (values, counts)) in zip(axes, samples.items()):
+        x, y = weighted_cdf(values, counts)
+        if len(x):
+            ax.plot(x, y, color="#264653", linewidth=1.5)
+            marks = _marks(values, counts)
+            for key, q, style, side in (("p50", 0.5, ":", 1), ("p99", 0.99, "--", -1)):
+                v = marks[key]
+                ax.axvline(v, color="#e76f51", linestyle=style, linewidth=1)
+                ax.annotate(f"{key} {v:,.1f} ms", (v, q), xytext=(4 * side, -12), ha="left" if side > 0 else "right",
+                            textcoords="offset points", fontsize=8, color="#9b2226")
+            positive = x[x > 0]
+            if len(positive) and x[-1] / positive[0] > 50:
+                if x[0] > 0:
+                    ax.set_xscale("log")
+                else:
+                    ax.set_xscale("symlog", linthresh=positive[0])
+                    ax.set_xlim(left=0)
+        ax.set_xlabel(f"{name} (ms)")
+        ax.set_ylabel("fraction")
+        ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
-    return axes
+    fig.suptitle("Latency CDFs (TTFT, TPOT, ITL, E2EL as vllm bench serve)"
+                 + (f": {run_title(summary)}" if summary else ""), fontsize=10)
+    save(fig, path)
+    return fig
+
+
+__all__ = ["memory_over_time", "memory_breakdown", "queue_panel", "latency_cdfs", "binned_memory",
+           "binned_max", "weighted_cdf", "latency_samples", "new_figure", "run_title"]

@@ -2,7 +2,7 @@
 
 1. Figure 2: where KV memory goes (OPT-13B on one A100-40GB, about 12 GB of
    KV cache, ShareGPT-like lengths, high load) for Orca Max / Pow2 / Oracle
-   and the paged manager, through ``analysis.compare``.
+   and the paged manager, through ``pagesim.compare``.
 2. Section 6.3 (Figure 15): memory saved by sharing blocks, parallel
    sampling (n = 2, 4, 6) and beam search (width 2, 4, 6), OPT-13B with
    Alpaca-like and ShareGPT-like lengths (V0 scheduler: fork and
@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 
 from pagesim import traces
-from pagesim.analysis.compare import compare, format_table
+from pagesim.analysis.compare import format_table
+from pagesim.compare import compare
 from pagesim.sim.config import SchedulerConfig
 from pagesim.replay import ReplayConfig, build, replace
 

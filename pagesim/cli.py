@@ -34,7 +34,8 @@ def replay_config(args, max_len: int):
         prefix_caching=args.prefix_caching,
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
-        check_invariants=args.check_invariants, replicas=args.replicas, router=args.router)
+        check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
+        metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()))
 
 
 def make_executor(args, cfg):
@@ -79,30 +80,59 @@ def cmd_replay(args) -> int:
     print(f"replaying {len(work.trace)} requests from {work.trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
     result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
-                        pause_gc=True)  # a CLI run owns its process
+                        pause_gc=True,  # a CLI run owns its process
+                        record_requests=bool(args.timeline))
     result.summary["provenance"] = provenance(args.argv, work.info)
     print_summary(result.summary)
     if args.out is not None:
         files = write_outputs(result, args.out, plots=not args.no_plots,
-                              table_format=args.table_format, overwrite=args.overwrite)
+                              table_format=args.table_format, overwrite=args.overwrite,
+                              report=args.report, timeline=args.timeline)
         print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from pagesim.analysis.compare import compare, format_table
-    work = load_workload(args)
-    base = replay_config(args, work.max_model_len)
-    names = args.allocators
-    table = compare(work.trace, [replace(base, allocator=a) for a in names], labels=names,
-                    progress=not args.quiet)
-    print(format_table(table))
+    from pagesim.analysis.compare import format_table, table
+    from pagesim.compare import run_all, write_compare
+    runs, info = compare_runs(args)
+    results = run_all(runs, progress=not args.quiet)
+    tab = table(results)
+    print(format_table(tab))
     if args.out is not None:
         with staged_dir(args.out, args.overwrite) as tmp:
-            table.to_csv(tmp / "compare.csv")
-            (tmp / "provenance.json").write_text(strict_json(provenance(args.argv, work.info)) + "\n")
-        print(f"wrote {args.out}/compare.csv and provenance.json")
+            names = [p.name for p in write_compare(results, tab, tmp, option=compare_option(args),
+                                                   plots=not args.no_plots, report=args.report)]
+            (tmp / "provenance.json").write_text(strict_json(provenance(args.argv, info)) + "\n")
+        print(f"wrote {len(names) + 1} files to {args.out}/ ({', '.join(names)}, provenance.json)")
     return 0
+
+
+def compare_option(args) -> str:
+    return args.vary.partition("=")[0].replace("-", "_") if args.vary else "allocator"
+
+
+def compare_runs(args) -> tuple[list, dict | None]:
+    """(label, trace, config) per compared value, ``--vary OPTION=V1,V2``
+    or by default the ``--allocators``; and the workload's provenance."""
+    from pagesim.compare import variants
+    if args.vary:
+        option, _, values = args.vary.partition("=")
+        values = [v.strip() for v in values.split(",") if v.strip()]
+        if option == "rate":
+            runs = []
+            for v in values:
+                args.rate = opt.positive_float(v)
+                work = load_workload(args)
+                runs.append((f"rate={v}", work.trace, replay_config(args, work.max_model_len)))
+            return runs, work.info
+    else:
+        option, values = "allocator", args.allocators
+    work = load_workload(args)
+    labelled = variants(replay_config(args, work.max_model_len), option, values)
+    if not args.vary:
+        labelled = [(cfg.allocator, cfg) for _, cfg in labelled]
+    return [(label, work.trace, cfg) for label, cfg in labelled], work.info
 
 
 def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -125,13 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(r, "summary.json, tables, plots")
     r.add_argument("--table-format", choices=["parquet", "csv"], default="parquet")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the self-contained HTML report (report.html) with --out")
+    r.add_argument("--timeline", nargs="?", type=opt.positive_int, const=1000, metavar="MAX_REQUESTS",
+                   help="write timeline.json (Chrome/Perfetto trace: engine steps, one track per "
+                   "request) with --out; at most MAX_REQUESTS request tracks (default 1000)")
     r.set_defaults(func=cmd_replay, check=check_run, parser=r)
     c = sub.add_parser("compare", help="several allocators on one trace, side by side")
     add_workload_options(c)
     add_engine_options(c)
     c.add_argument("--allocators", type=opt.allocator_list, default=list(ALLOCATORS),
                    help="comma-separated allocators to compare")
-    add_output_options(c, "compare.csv, provenance.json")
+    c.add_argument("--vary", type=opt.vary_spec, metavar="OPTION=V1,V2",
+                   help="compare values of any option instead of allocators, e.g. block-size=8,16,32, "
+                   "victim=latest,most-blocks, prefix-caching=on,off, rate=10,20,40")
+    add_output_options(c, "compare.csv, compare.png, report.html, provenance.json")
+    c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the self-contained HTML report (report.html) with --out")
     c.set_defaults(func=cmd_compare, check=check_run, parser=c)
     add_subcommands(sub)
     add_calibration_commands(sub)
@@ -144,6 +185,14 @@ def check_run(args) -> list[tuple[str, str]]:
     if args.command == "compare" and args.executor != "sim":
         found.insert(0, ("--executor", "compare prices every allocator with the cost model; "
                          "run replay --executor gpu once per allocator instead"))
+    if args.command == "compare" and args.vary and args.vary.startswith("rate="):
+        for v in args.vary.partition("=")[2].split(","):
+            try:
+                opt.positive_float(v.strip())
+            except argparse.ArgumentTypeError as exc:
+                found.append(("--vary", f"rate={v.strip()}: {exc}"))
+    if getattr(args, "timeline", None) and args.out is None:
+        found.append(("--timeline", "timeline.json is written to --out DIR; none was given"))
     if getattr(args, "events", False) and args.out is None:
         found.append(("--events", "the event log is written to --out DIR; none was given"))
     if args.out is not None:

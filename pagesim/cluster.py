@@ -15,8 +15,10 @@ import pandas as pd
 from pagesim.replay import ReplayResult, _check_drained, build, config_dict
 from pagesim.sim.engine.cluster import Cluster
 from pagesim.sim.event_log import EventLog
+from pagesim.sim.gauges import add_gauges
 from pagesim.sim.metrics import requests_dataframe, summarize
 from pagesim.sim.router import make_router
+from pagesim.traces.trace import Trace
 
 
 def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
@@ -28,17 +30,22 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
 
     def make_engine(env, replica):  # a cost-model executor is stateless: replicas share it
         engine, sched, kv, recorder = build(trace, cfg, executor, env=env, source=replica)
+        sched.request_events = []   # the per-step gauges are derived from them
         parts[replica.index] = (sched, kv, recorder)
         return engine
 
     cluster = Cluster(trace, make_router(cfg.router), make_engine, cfg.replicas)
     cluster.run(pause_gc=pause_gc)
     reqs, steps, per_replica = [], [], []
+    truncated = trace.meta.get("truncated_ids", ()) if isinstance(trace, Trace) else ()
     for i in range(cfg.replicas):
         sched, kv, recorder = parts[i]
         _check_drained(sched, kv)
-        rq = requests_dataframe(sched.records).assign(replica=i)
-        st = recorder.to_dataframe().assign(replica=i)
+        rq = requests_dataframe(sched.records, truncated)
+        marks = pd.DataFrame(sched.request_events,
+                             columns=["step", "request", "kind", "queried", "cached"])
+        st = add_gauges(recorder.to_dataframe(), rq, kv.capacity_tokens, marks).assign(replica=i)
+        rq = rq.assign(replica=i)
         per_replica.append(_summary(rq, st, sched, kv, cluster.engines[i].clock, 0.0))
         reqs.append(rq)
         steps.append(st)
@@ -49,7 +56,8 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
                         preemptions=sum(p[0].preemptions for p in parts.values()),
                         hit_tokens=sum(p[1].hit_tokens for p in parts.values()),
                         queried_tokens=sum(p[1].queried_tokens for p in parts.values()),
-                        wall_s=cluster.wall_s, sim_time_s=cluster.clock)
+                        wall_s=cluster.wall_s, sim_time_s=cluster.clock,
+                        percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv0)
     summary["replicas"] = per_replica
     return ReplayResult(summary, req_df, step_df, _merged_events(parts, cfg), cfg)

@@ -81,6 +81,11 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="routing policy with --replicas > 1 (sim/router.py)")
     a.add_argument("--check-invariants", type=opt.non_negative_int, default=0, metavar="N",
                    help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
+    m = p.add_argument_group("serving metrics (as vllm bench serve)")
+    m.add_argument("--metric-percentiles", type=opt.metric_percentiles, default=(99.0,),
+                   help="comma-separated percentiles of TTFT/TPOT/ITL/E2EL in summary.json (default 99)")
+    m.add_argument("--goodput", nargs="+", type=opt.goodput_slo, metavar="NAME:MS", default=(),
+                   help="SLOs for request_goodput, e.g. ttft:500 tpot:50 (NAME in ttft, tpot, e2el)")
 
 
 def engine_conflicts(args) -> list[tuple[str, str]]:

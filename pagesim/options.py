@@ -16,6 +16,7 @@ from pathlib import Path
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.costmodel import GPUS, MODELS
 from pagesim.sim.costmodel.table import TableCostModel
+from pagesim.sim.serving_metrics import parse_goodput, parse_percentiles
 
 MAX_BLOCK_SIZE = 256
 
@@ -150,4 +151,29 @@ def out_dir(text: str) -> str:
                 raise argparse.ArgumentTypeError(f"{text!r} lies below {str(parent)!r}, which "
                                                  "is a file")
             break
+    return text
+
+
+def metric_percentiles(text: str) -> tuple[float, ...]:
+    """``--metric-percentiles 50,90,99``: each in (0, 100), as vllm bench serve."""
+    try:
+        return parse_percentiles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--metric-percentiles: ")) from None
+
+
+def goodput_slo(text: str) -> tuple[str, float]:
+    """One ``--goodput`` item, ``NAME:MS`` (NAME in ttft, tpot, e2el)."""
+    try:
+        return parse_goodput([text])[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--goodput: ")) from None
+
+
+def vary_spec(text: str) -> str:
+    """``compare --vary OPTION=V1,V2,...``: the form only; the option and the
+    values are checked against the configuration when the runs are built."""
+    option, sep, values = text.partition("=")
+    if not sep or not option.strip() or not [v for v in values.split(",") if v.strip()]:
+        raise argparse.ArgumentTypeError(f"expected OPTION=V1,V2,..., got {text!r}")
     return text

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pagesim.analysis.plots import latency_cdfs, memory_breakdown
+from pagesim.analysis.plots import latency_cdfs, memory_over_time
+from pagesim.analysis.report import replay_report
+from pagesim.analysis.timeline import write_timeline
 
 
 #: The files pagesim writes into an output folder. ``--overwrite`` replaces
@@ -28,7 +30,8 @@ from pagesim.analysis.plots import latency_cdfs, memory_breakdown
 OUTPUT_FILES = frozenset(
     [f"{name}.{ext}" for name in ("requests", "steps", "events", "sequences")
      for ext in ("parquet", "csv")]
-    + ["summary.json", "memory.png", "latency.png", "compare.csv", "provenance.json"])
+    + ["summary.json", "memory.png", "latency.png", "compare.csv", "provenance.json",
+       "report.html", "timeline.json", "compare.png", "block_size.png"])
 
 
 class OutputError(ValueError):
@@ -124,10 +127,12 @@ def strict_json(obj) -> str:
     return json.dumps(finite(obj), indent=2, allow_nan=False, default=str)
 
 
-def write_replay(result, folder: Path, *, plots: bool = True,
-                 table_format: str = "parquet") -> list[Path]:
+def write_replay(result, folder: Path, *, plots: bool = True, table_format: str = "parquet",
+                 report: bool = False, timeline: int | None = None) -> list[Path]:
     """summary.json, requests/steps tables, the event log with its sequence
-    map, and plots, into ``folder`` (a staged folder: see ``staged_dir``)."""
+    map, plots, the HTML report and the Perfetto timeline (at most
+    ``timeline`` request tracks), into ``folder`` (a staged folder: see
+    ``staged_dir``)."""
     ext = "parquet" if table_format == "parquet" else "csv"
     tables = [("requests", result.requests), ("steps", result.steps)]
     if result.events is not None:
@@ -142,18 +147,27 @@ def write_replay(result, folder: Path, *, plots: bool = True,
             df.to_csv(path, index=False)
         written.append(path)
     if plots:
-        memory_breakdown(result.steps, result.summary, folder / "memory.png")
-        latency_cdfs(result.requests, folder / "latency.png")
+        memory_over_time(result.steps, result.summary, folder / "memory.png")
+        latency_cdfs(result.requests, result.steps, folder / "latency.png", summary=result.summary)
         written += [folder / "memory.png", folder / "latency.png"]
+    if report:
+        replay_report(result, folder / "report.html")
+        written.append(folder / "report.html")
+    if timeline:
+        write_timeline(result.requests, result.steps, folder / "timeline.json",
+                       result.request_events, max_requests=timeline)
+        written.append(folder / "timeline.json")
     (folder / "summary.json").write_text(strict_json(result.summary) + "\n")
     written.append(folder / "summary.json")
     return written
 
 
 def write_outputs(result, out: str | Path, *, plots: bool = True, table_format: str = "parquet",
-                  overwrite: bool = False) -> list[Path]:
+                  overwrite: bool = False, report: bool = False,
+                  timeline: int | None = None) -> list[Path]:
     """Write a replay's files to ``out`` as a whole (see the module doc).
     Returns the final paths."""
     with staged_dir(out, overwrite) as tmp:
-        names = [p.name for p in write_replay(result, tmp, plots=plots, table_format=table_format)]
+        names = [p.name for p in write_replay(result, tmp, plots=plots, table_format=table_format,
+                                                report=report, timeline=timeline)]
     return [Path(out) / n for n in names]

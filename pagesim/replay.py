@@ -17,6 +17,7 @@ from pagesim.sim.costmodel import (
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.gauges import add_gauges
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
 from pagesim.sim.scheduler import Scheduler
 from pagesim.traces.trace import Trace
@@ -47,6 +48,8 @@ class ReplayConfig:
     replicas: int = 1                      # serving replicas behind a router
     router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
+    metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
+    goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
@@ -90,6 +93,7 @@ class ReplayResult:
     steps: object      # pandas DataFrame, one row per engine step
     events: EventLog | None
     config: ReplayConfig
+    request_events: object = None  # DataFrame (step, request, kind, queried, cached)
 
 
 def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
@@ -121,34 +125,45 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
-               progress: bool = False, pause_gc: bool = False) -> ReplayResult:
+               progress: bool = False, pause_gc: bool = False,
+               record_requests: bool = False) -> ReplayResult:
     """Replay ``trace``; the results are the same whatever ``progress`` and
     ``pause_gc``. ``pause_gc`` turns CPython's cyclic garbage collector off
     for the run (about 15 % faster on large traces) and moves the objects
     alive at the end to the oldest generation; the collector's on/off state
     is restored. It is process-wide state, so it is off unless asked for
-    (the CLI and the benchmarks ask)."""
+    (the CLI and the benchmarks ask).
+
+    ``record_requests``: return each request's admissions, preemptions and
+    swaps as ``request_events`` (for ``--timeline``). They are always
+    recorded (one small row per admission or preemption, fewer than the
+    requests table's rows times two plus the preemptions): the per-step
+    prefix-cache counters are summed from them."""
     if cfg.replicas > 1:
         from pagesim.cluster import run_cluster  # the cluster path builds on this module
         return run_cluster(trace, cfg, executor=executor, progress=progress, pause_gc=pause_gc)
     engine, sched, kv, recorder = build(trace, cfg, executor)
     engine.progress = progress
     engine.pause_gc = pause_gc
+    sched.request_events = []
     engine.run()
     _check_drained(sched, kv)
     meta = trace.meta if isinstance(trace, Trace) else {}
     req_df = requests_dataframe(sched.records, meta.get("truncated_ids", ()))
-    step_df = recorder.to_dataframe()
+    marks = pd.DataFrame(sched.request_events, columns=["step", "request", "kind", "queried", "cached"])
+    step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens, marks)
     applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
                         queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
-                        sim_time_s=engine.clock, prefix_caching_applies=applies)
+                        sim_time_s=engine.clock, prefix_caching_applies=applies,
+                        percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
     model = getattr(engine.executor, "model", None)
     summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
                                                                        "name": type(engine.executor).__name__}
-    return ReplayResult(summary, req_df, step_df, sched.log, cfg)
+    return ReplayResult(summary, req_df, step_df, sched.log, cfg,
+                        marks if record_requests else None)
 
 
 def has_content_identity(trace, cfg: ReplayConfig) -> bool:

@@ -8,6 +8,7 @@ import json
 import sys
 
 from pagesim import options as opt
+from pagesim.traces.cacheability import cacheability, format_cacheability
 from pagesim.traces.errors import TraceError
 from pagesim.traces.load import FORMATS, ON_TOO_LONG, load_trace, read_table
 from pagesim.traces.stats import format_stats, trace_stats
@@ -41,6 +42,13 @@ def add_subcommands(subparsers) -> None:
                        help="what to do with requests over --max-model-len")
     stats.add_argument("--sort", action="store_true",
                        help="sort rows by arrival instead of rejecting disorder")
+    stats.add_argument("--block-sizes", metavar="B1,B2,...",
+                       help="prefix reuse against block size, e.g. 16,32,64,128 (offline "
+                            "cacheability: full pages, chained identities)")
+    stats.add_argument("--cache-sizes", metavar="auto|T1,T2,...",
+                       help="with --block-sizes, also against LRU cache size in tokens "
+                            "('auto': 1/3/10/30 %% of the distinct prompt tokens); a Python "
+                            "pass over every page reference, so it takes a while on big traces")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
     stats.set_defaults(func=run_stats)
 
@@ -59,11 +67,38 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stats = trace_stats(trace, timed=not untimed)
+    if args.block_sizes:
+        try:
+            sizes, caches = _sizes(args.block_sizes, "--block-sizes"), _cache_sizes(args.cache_sizes)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        rows = cacheability(trace, sizes, caches)
+        stats["cacheability"] = rows
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
         print(format_stats(stats, f"{args.file} ({table.fmt})"))
+        if stats.get("cacheability"):
+            print(format_cacheability(stats["cacheability"]))
+        elif args.block_sizes:
+            print("prefix reuse by block size: the trace has no token ids or hash ids")
     return 0
+
+
+def _sizes(spec: str, option: str) -> list[int]:
+    out = []
+    for part in spec.split(","):
+        if not part.strip().isdigit() or int(part) <= 0:
+            raise ValueError(f"{option}: {part!r} is not a positive integer")
+        out.append(int(part))
+    return out
+
+
+def _cache_sizes(spec: str | None):
+    if spec is None:
+        return ()
+    return "auto" if spec == "auto" else _sizes(spec, "--cache-sizes")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pagesim.sim.accounting import CATEGORIES
+from pagesim.sim.serving_metrics import DEFAULT_PERCENTILES, serving_metrics
 from pagesim.sim.step_recorder import STEP_COLUMNS, StepRecorder
 
 __all__ = ["STEP_COLUMNS", "StepRecorder", "requests_dataframe", "summarize"]
@@ -45,7 +46,8 @@ def requests_dataframe(records, truncated_ids=()) -> pd.DataFrame:
 
 def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: int,
               preemptions: int, hit_tokens: int, queried_tokens: int, wall_s: float,
-              sim_time_s: float, prefix_caching_applies: bool = True) -> dict:
+              sim_time_s: float, prefix_caching_applies: bool = True,
+              percentiles=DEFAULT_PERCENTILES, goodput=()) -> dict:
     """The ``summary.json`` dictionary (see README for each field).
 
     The prefix-cache hit rate is None (not 0) when it has no meaning: prefix
@@ -90,4 +92,6 @@ def summarize(req_df: pd.DataFrame, step_df: pd.DataFrame, *, capacity_tokens: i
                          if prefix_caching_applies and queried_tokens else None},
         "memory_split": split,
         "sim": {"wall_s": wall_s, "sim_time_s": sim_time_s, "steps": int(len(step_df))},
+        "serving": serving_metrics(req_df, step_df, end_s=sim_time_s, percentiles=percentiles,
+                                   goodput=goodput),
     }

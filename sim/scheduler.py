@@ -64,6 +64,11 @@ class Scheduler(AsyncOutput):
         #: Prompt + output tokens of the requests added and not finished or
         #: rejected yet (a router's measure of outstanding work).
         self.open_tokens = 0
+        #: Per-request scheduling events ``(step, request id, kind, queried
+        #: tokens, cached tokens)`` with kind admit / preempt / swap_out /
+        #: swap_in (the token counts are the prefix-cache lookup of an admit,
+        #: as vLLM counts prefix_cache_queries/hits); None: not kept.
+        self.request_events: list[tuple[int, int, str, int, int]] | None = None
         self.step = 0
         self.preemptions = 0
         self.next_seq_id = 0
@@ -233,6 +238,10 @@ class Scheduler(AsyncOutput):
         candidates = self.running[max(index, 1):] or self.running[index:]
         return self.victim.pick(candidates, self.kv)
 
+    def _note(self, g: Group, kind: str, queried: int = 0, cached: int = 0) -> None:
+        if self.request_events is not None:
+            self.request_events.append((self.step, g.record.id, kind, queried, cached))
+
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         if g.status == FINISHING:
             self._preempt_finishing(g, plan)
@@ -244,6 +253,7 @@ class Scheduler(AsyncOutput):
         kv = self.kv
         if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
+            self._note(g, "swap_out")
             g.status = SWAPPED
             heapq.heappush(self.swapped, (self.key(g), g))
             return
@@ -264,6 +274,7 @@ class Scheduler(AsyncOutput):
             g.forked = False
         for s in g.seqs:
             s.computed = 0
+        self._note(g, "preempt")
         g.status = WAITING
         self.waiting.push(self.key(g), g)
 
@@ -284,6 +295,7 @@ class Scheduler(AsyncOutput):
                 break
             heapq.heappop(self.swapped)
             plan.swap_in.extend(kv.swap_in(ids))
+            self._note(g, "swap_in")
             index = self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             if not self._reserve(g, q, index, plan):
@@ -337,6 +349,7 @@ class Scheduler(AsyncOutput):
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
             g.record.cached_tokens += cached
+            self._note(g, "admit", s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             self._add_to_plan(plan, g, q)

@@ -136,13 +136,13 @@ def test_existing_out_refused_then_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(capsys, "replay", "--num-requests", 5, "--out", out, *FAST)[0] == 0
     first = listing(tmp_path)
-    assert first == ["run", "run/requests.parquet", "run/steps.parquet", "run/summary.json"]
+    assert first == ["run", "run/report.html", "run/requests.parquet", "run/steps.parquet", "run/summary.json"]
     args = ["replay", "--num-requests", 7, "--out", out, "--table-format", "csv", *FAST]
     code, _, err = run(capsys, *args)
     assert code == 2 and "argument --out:" in err and "--overwrite" in err
     assert listing(tmp_path) == first
     assert run(capsys, *args, "--overwrite")[0] == 0     # replaced, not mixed
-    assert listing(tmp_path) == ["run", "run/requests.csv", "run/steps.csv", "run/summary.json"]
+    assert listing(tmp_path) == ["run", "run/report.html", "run/requests.csv", "run/steps.csv", "run/summary.json"]
     assert strict_load(out / "summary.json")["requests"]["total"] == 7
 
 
@@ -174,10 +174,18 @@ def test_compare_out_written_as_a_whole(tmp_path, capsys):
     args = ["compare", "--num-requests", 5, "--allocators", "paged,orca-max", "--quiet",
             "--out", out]
     assert run(capsys, *args)[0] == 0
-    assert listing(tmp_path) == ["cmp", "cmp/compare.csv", "cmp/provenance.json"]
+    assert listing(tmp_path) == ["cmp", "cmp/compare.csv", "cmp/compare.png", "cmp/provenance.json",
+                                 "cmp/report.html"]
     assert strict_load(out / "provenance.json")["command"][1] == "compare"
     code, _, err = run(capsys, *args)
     assert code == 2 and "argument --out:" in err
+    # every file compare writes is one of pagesim's own, so --overwrite replaces the folder
+    vary = [*args[:5], "--vary", "block-size=8,16", "--num-gpu-blocks", 400, "--quiet", "--out", out]
+    assert run(capsys, *vary, "--overwrite")[0] == 0
+    assert listing(tmp_path) == ["cmp", "cmp/block_size.png", "cmp/compare.csv", "cmp/compare.png",
+                                 "cmp/provenance.json", "cmp/report.html"]
+    assert run(capsys, *vary, "--overwrite", "--no-plots", "--no-report")[0] == 0
+    assert listing(tmp_path) == ["cmp", "cmp/compare.csv", "cmp/provenance.json"]
 
 
 def test_sort_option_sorts_unsorted_trace(tmp_path, capsys):

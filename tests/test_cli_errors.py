@@ -76,6 +76,12 @@ BAD = [
     (["--events", "--allocator", "orca-max"], "--events"),
     (["--out", ""], "--out"),
     (["no/such/trace.csv"], "trace"),
+    (["--metric-percentiles", "0"], "--metric-percentiles"),
+    (["--metric-percentiles", "50,x"], "--metric-percentiles"),
+    (["--goodput", "ttft"], "--goodput"),
+    (["--goodput", "itl:5"], "--goodput"),          # vllm's goodput SLOs: ttft, tpot, e2el
+    (["--goodput", "ttft:-1"], "--goodput"),
+    (["--timeline", "0"], "--timeline"),
 ]
 
 
@@ -161,3 +167,18 @@ def test_help_exits_0(capsys):
 def test_trace_stats_options_checked(azure, capsys, extra, option):
     code, _, err = run(capsys, "trace", "stats", azure, *extra)
     assert code == 2 and f"argument {option}:" in err
+
+
+@pytest.mark.parametrize("vary", ["block-size", "block-size=", "rate=10,0"])
+def test_compare_bad_vary(tmp_path, capsys, vary):
+    code, _, err = run(capsys, "compare", "--num-requests", 5, "--vary", vary, "--quiet",
+                       "--out", tmp_path / "o")
+    assert code == 2 and "argument --vary:" in err, err
+    assert listing(tmp_path) == []
+
+
+def test_timeline_without_out_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--timeline", *FAST)
+    assert code == 2 and "argument --timeline:" in err
+    assert listing(tmp_path) == []

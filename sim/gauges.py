@@ -1,0 +1,76 @@
+"""Per-step gauges under vLLM's Prometheus metric names.
+
+A serving engineer reads ``vllm:kv_cache_usage_perc``,
+``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
+``vllm:num_preemptions``; the step table carries the same names beside
+pagesim's own memory split, so dashboards and habits carry over:
+
+============================ =================================================
+``kv_cache_usage_perc``      fraction (0..1) of KV capacity not free, as vLLM's
+                             ``1 - free blocks / total blocks``: blocks that are
+                             free but still hold prefix-cache content count as
+                             free (they are evictable). From the split:
+                             ``1 - (free + cached_free) / capacity``.
+``num_requests_running``     sequences in the step's batch (``num_seqs``; a
+                             V1 ``n > 1`` request is ``n`` child requests, as in
+                             vLLM V1).
+``num_requests_waiting``     sequences that arrived and have not finished or
+                             been rejected, minus the running ones: queued,
+                             preempted or swapped.
+``num_preemptions``          preemptions so far (a counter, cumulative).
+``prefix_cache_queries``     tokens looked up in the prefix cache so far
+                             (counter): each admission queries all the tokens
+                             its sequence knows (prompt, plus output when it
+                             recomputes), as vLLM counts them.
+``prefix_cache_hits``        of those, tokens found cached (counter).
+============================ =================================================
+
+These are derived after the run from the step and request tables and the
+scheduler's per-request record (``Scheduler.request_events``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+GAUGES = ("kv_cache_usage_perc", "num_requests_running", "num_requests_waiting", "num_preemptions",
+          "prefix_cache_queries", "prefix_cache_hits")
+
+
+def _seqs_per_request(requests: pd.DataFrame) -> np.ndarray:
+    return np.maximum(requests["n"].to_numpy(dtype=np.int64),
+                      requests["beam_width"].to_numpy(dtype=np.int64))
+
+
+def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int,
+               marks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``steps`` with the gauge columns added (a new frame); the prefix-cache
+    counters need ``marks``, the scheduler's request events."""
+    out = steps.copy()
+    free = steps["free"].to_numpy(dtype=np.float64) + steps["cached_free"].to_numpy(dtype=np.float64)
+    out["kv_cache_usage_perc"] = 1.0 - free / capacity_tokens if capacity_tokens else 0.0
+    running = steps["num_seqs"].to_numpy(dtype=np.int64)
+    out["num_requests_running"] = running
+    t = steps["start_s"].to_numpy(dtype=np.float64)
+    seqs = _seqs_per_request(requests)
+    accepted = requests["rejected"].isna().to_numpy()
+    arrivals = np.sort(requests["arrival_s"].to_numpy(dtype=np.float64)[accepted])
+    arr_seqs = seqs[accepted][np.argsort(requests["arrival_s"].to_numpy()[accepted], kind="stable")]
+    fin = requests["finish_s"].to_numpy(dtype=np.float64)
+    done = np.isfinite(fin)
+    order = np.argsort(fin[done], kind="stable")
+    fin_t, fin_seqs = fin[done][order], seqs[done][order]
+    arrived = np.concatenate(([0], np.cumsum(arr_seqs)))[np.searchsorted(arrivals, t, side="right")]
+    finished = np.concatenate(([0], np.cumsum(fin_seqs)))[np.searchsorted(fin_t, t, side="right")]
+    out["num_requests_waiting"] = np.maximum(arrived - finished - running, 0)
+    out["num_preemptions"] = np.cumsum(steps["preemptions"].to_numpy(dtype=np.int64))
+    if marks is not None:
+        admits = marks[marks["kind"] == "admit"]
+        at = np.searchsorted(steps["step"].to_numpy(), admits["step"].to_numpy())
+        for col, name in (("queried", "prefix_cache_queries"), ("cached", "prefix_cache_hits")):
+            per_step = np.bincount(at, weights=admits[col].to_numpy(dtype=np.float64), minlength=len(steps))
+            out[name] = np.cumsum(per_step[: len(steps)]).astype(np.int64)
+    return out
+
+
+__all__ = ["add_gauges", "GAUGES"]
