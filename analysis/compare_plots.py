@@ -5,13 +5,17 @@ size). Built on ``matplotlib.figure.Figure`` without pyplot, like
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from pagesim.analysis.plots import (COLORS, LABELS, binned_max, latency_samples, new_figure, save,
                                     time_bins, weighted_cdf)
 from pagesim.sim.accounting import CATEGORIES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PALETTE = ("#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8338ec", "#6a994e", "#bc4749", "#3a86ff")
 

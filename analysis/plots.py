@@ -12,11 +12,15 @@ also write a PNG, or ``ax=``/``axes=`` to draw into a figure of your own.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.figure import Figure
 
 from pagesim.sim.accounting import CATEGORIES
 from pagesim.sim.serving_metrics import itl_samples, weighted_stats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLORS = {
     "token_states": "#2a9d8f", "reserved": "#e9c46a", "internal_frag": "#f4a261",
@@ -32,6 +36,9 @@ DPI = 110
 
 def new_figure(size=(9, 4)) -> Figure:
     """A figure that belongs to no pyplot state (savefig uses the Agg canvas)."""
+    # matplotlib is imported here, not at the top: it costs ~0.5 s, which
+    # every ``pagesim replay --no-plots`` (and each library import) would pay
+    from matplotlib.figure import Figure
     return Figure(figsize=size, layout="constrained")
 
 

@@ -6,7 +6,6 @@ device; without one they run under the Triton interpreter as a dry run
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from pagesim import options as opt
 from pagesim.calibrate import calibrate, default_base, fit_report, refit_files
 from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
@@ -25,26 +25,6 @@ GPU_HINT = "needs the gpu extra: pip install 'pagesim[gpu]' (torch and triton)"
 
 class CommandError(ValueError):
     """A problem with the command's input: printed as one line, exit 2."""
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return v
 
 
 def _gpu_modules():
@@ -166,14 +146,14 @@ def _write_dir_atomically(path: Path, fill) -> None:
 def add_subcommands(sub) -> None:
     c = sub.add_parser("calibrate", help="profile step shapes on a GPU and fit the table cost model")
     c.add_argument("--model", default="llama-3-8b", help="model preset")
-    c.add_argument("--gpu-memory-utilization", type=_positive_float, default=0.9,
+    c.add_argument("--gpu-memory-utilization", type=opt.fraction, default=0.9,
                    help="fraction of GPU memory for weights + KV (sizes the cache, as vLLM)")
-    c.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
-    c.add_argument("--num-gpu-blocks", type=_positive_int, help="KV blocks (default: from memory)")
-    c.add_argument("--max-num-seqs", type=_positive_int, default=256, help="largest decode batch")
+    c.add_argument("--block-size", type=opt.block_size, default=16, help="tokens per KV block")
+    c.add_argument("--num-gpu-blocks", type=opt.positive_int, help="KV blocks (default: from memory)")
+    c.add_argument("--max-num-seqs", type=opt.positive_int, default=256, help="largest decode batch")
     c.add_argument("--mode", choices=["model", "attention"], default="model",
                    help="synthetic decoder (model) or attention only")
-    c.add_argument("--scale", type=_positive_float, default=1.0,
+    c.add_argument("--scale", type=opt.fraction, default=1.0,
                    help="shrink the grid's lengths and counts (dry runs on a CPU)")
     c.add_argument("--from", dest="refit", nargs="+", metavar="FILE",
                    help="refit the pooled samples of these calibration files (no GPU needed)")
@@ -185,12 +165,12 @@ def add_subcommands(sub) -> None:
     v = sub.add_parser("validate", help="a trace on the GPU against the same trace simulated")
     v.add_argument("trace", nargs="?", help="trace file (default: the built-in workload)")
     v.add_argument("--calibration", required=True, help="calibration file (pagesim calibrate)")
-    v.add_argument("--limit", type=_positive_int, help="first N requests only")
+    v.add_argument("--limit", type=opt.positive_int, help="first N requests only")
     v.add_argument("--duration-s", type=float, help="requests arriving in the first S seconds only")
     v.add_argument("--scheduler", choices=["v1", "v0"], default="v1")
     v.add_argument("--preemption", choices=["recompute", "swap"], default="recompute")
-    v.add_argument("--max-num-seqs", type=_positive_int, default=256)
-    v.add_argument("--num-gpu-blocks", type=_positive_int, help="KV blocks (default: from memory)")
+    v.add_argument("--max-num-seqs", type=opt.positive_int, default=256)
+    v.add_argument("--num-gpu-blocks", type=opt.positive_int, help="KV blocks (default: from memory)")
     v.add_argument("--warmup", type=int, default=16, help="requests replayed first, unrecorded")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default="validation", help="output folder")
