@@ -94,6 +94,18 @@ class FreeBlockQueue:
             rest = self._pop_main(n - k)
             self._len -= n
             return taken + rest
+        if not self._stale:
+            # _pop_main's common case inlined (the simulator's hottest call):
+            # one slice of the main array, nothing stale to skip
+            q, h = self._q, self._h
+            out = q[h:h + n]
+            h += n
+            if h > self._COMPACT_MIN and 2 * h > len(q):
+                del q[:h]
+                h = 0
+            self._h = h
+            self._len -= n
+            return out
         out = self._pop_main(n)
         self._len -= n
         return out

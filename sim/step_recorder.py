@@ -23,6 +23,8 @@ copy.
 """
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import pandas as pd
 
@@ -136,8 +138,11 @@ class StepRecorder:
         snap = np.asarray(counters, dtype=np.int64).reshape(len(counters), -1)[which]
         return {
             "step": step0[sid] + j,
-            "start_s": np.concatenate([np.asarray(st[5], dtype=np.float64) for st in self._stretches]),
-            "duration_s": np.concatenate([np.asarray(st[6], dtype=np.float64) for st in self._stretches]),
+            # one conversion of all the stretches' lists (not one array each)
+            "start_s": np.fromiter(chain.from_iterable(st[5] for st in self._stretches),
+                                   dtype=np.float64, count=total),
+            "duration_s": np.fromiter(chain.from_iterable(st[6] for st in self._stretches),
+                                      dtype=np.float64, count=total),
             "num_seqs": n, "num_tokens": n,
             "num_prefill_seqs": np.zeros(total, dtype=np.int64),
             "kv_tokens_read": ctx0[sid] + j * n,

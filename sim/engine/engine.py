@@ -39,7 +39,7 @@ import time
 
 import simpy
 
-from pagesim.sim.engine.pricing import price_step, price_stretch
+from pagesim.sim.executor import PricesStretches
 from pagesim.sim.invariants import check_scheduler
 from pagesim.sim.plan import StepPlan
 
@@ -72,11 +72,17 @@ class Engine:
                  env: simpy.Environment | None = None, source=None) -> None:
         #: Where requests come from: the trace itself, or a replica's inbox
         #: (``sim/engine/cluster.py``), which a router fills.
-        self.source = source if source is not None else TraceSource(trace)
-        self.requests = getattr(self.source, "requests", [])
+        own = source is None
+        self.source = TraceSource(trace) if own else source
+        #: Requests whose arrivals this engine times itself (a replica's
+        #: come from the dispatcher, which wakes it).
+        self.requests = self.source.requests if own else []
         self.sched = scheduler
         self.executor = executor
         self.fast = fast and not executor.needs_plans
+        assert not self.fast or isinstance(executor, PricesStretches), (
+            "fast mode prices decode stretches: an executor without needs_plans "
+            "must offer price_step and price_stretch (sim.executor.PricesStretches)")
         scheduler.fast = self.fast
         self.check_invariants = check_invariants
         self._next_check = check_invariants
@@ -108,9 +114,6 @@ class Engine:
     def _admit_arrivals(self) -> None:
         for req in self.source.take_until(self.clock):
             self.sched.add_request(req)
-
-    def _next_arrival(self) -> float | None:
-        return self.source.next_arrival()
 
     def engine(self):
         env, sched = self.env, self.sched
@@ -166,7 +169,7 @@ class Engine:
         if st.admitted is not None:
             counters = sched.kv.counters(sched.pending_tokens())
             numbers = st.step_numbers()
-            dt = price_step(self.executor, numbers)
+            dt = self.executor.price_step(numbers)
             end = start + dt
             if self.recorder is not None:
                 n_seq, n_tok, kv_read, _, n_pre, _, _ = numbers
@@ -176,8 +179,8 @@ class Engine:
                 self.on_step(st, [start], [dt])
             sched.commit(st, end)
             return end
-        times, dts, k = price_stretch(self.executor, st.num_seqs, st.sum_context0, st.num_steps,
-                                      start, self._next_arrival())
+        times, dts, k = self.executor.price_stretch(st.num_seqs, st.sum_context0, st.num_steps,
+                                                    start, self.source.next_arrival())
         st.cut(k)
         if self.on_step is not None:
             self.on_step(st, times[:k], dts[:k])
