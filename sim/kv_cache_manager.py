@@ -3,7 +3,8 @@
 Both generations of vLLM's block manager live here, because users compare
 them: V1 prefix caching (chained block hashes, LRU reuse of freed blocks) and
 V0 fork / copy-on-write for parallel sampling and beam search, plus swapping
-to a CPU pool (``sim/swap.py``). Each action has a check beside it
+to a CPU pool (``sim/swap.py``); the fast mode's bulk decode primitives are
+in ``sim/bulk_decode.py``. Each action has a check beside it
 (``can_allocate`` / ``allocate``, ``can_append`` / ``append_slots``); a
 failed action raises before changing anything.
 
@@ -25,6 +26,7 @@ from pagesim.sim.block_pool import Block, BlockPool
 from pagesim.sim.errors import InvalidArgument, OutOfBlocks, UnknownSequence
 from pagesim.sim.event_log import ALLOC, CACHE_HIT, COW, EVICT, FORK, FREE, EventLog
 from pagesim.sim.kv_protocol import Capabilities
+from pagesim.sim.bulk_decode import BulkDecodeMixin
 from pagesim.sim.swap import SwapMixin
 
 
@@ -41,7 +43,7 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class PagedKVCacheManager(SwapMixin):
+class PagedKVCacheManager(SwapMixin, BulkDecodeMixin):
     """Block tables for sequences, on a pool of ``num_blocks`` GPU blocks.
 
     Sequence ids are ints, unique within a run (a forked child has its own).
@@ -292,72 +294,6 @@ class PagedKVCacheManager(SwapMixin):
         if self.enable_prefix_caching:
             self._hash_full_blocks(s)
         return pairs
-
-    def write_in_place(self, seq_ids, counts) -> None:
-        """Append ``counts[i]`` tokens to each sequence, known to fit in its
-        unshared last block (asserted): the fast mode's ``append_slots``
-        without the per-call checks and branches."""
-        bs, seqs = self.block_size, self.seqs
-        caching = self.enable_prefix_caching
-        total = 0
-        for sid, n in zip(seq_ids, counts):
-            if not n:
-                continue
-            s = seqs[sid]
-            b = s.table[-1]
-            fill = b.fill + n
-            assert fill <= bs and b.ref_cnt == 1, (
-                f"write_in_place: sequence {sid} would overflow or write a shared block")
-            b.fill = fill
-            s.num_tokens += n
-            total += n
-            if caching and fill == bs:
-                self._hash_full_blocks(s)
-        self.live_tokens += total
-
-    def cross_blocks(self, seq_ids, lags) -> int:
-        """For each sequence in order: write ``lags[i]`` tokens in place,
-        which fills its unshared last block exactly, then take one new block
-        for one more token. The fast engine's block-boundary crossings, in
-        one call (the caller checked that enough blocks are free). Only for
-        content without known identities (see ``sim/lazy_decode.py``):
-        their cache keys cannot collide. Returns the tokens written."""
-        bs, seqs, log = self.block_size, self.seqs, self.log
-        caching = self.enable_prefix_caching
-        if log is None:  # raises OutOfBlocks before any change
-            new = self.pool.get_new_blocks(len(seq_ids), fill=1)
-        else:  # pop one by one so each eviction is logged before its alloc
-            if len(seq_ids) > self.pool.num_free:
-                raise OutOfBlocks(f"cross_blocks: {len(seq_ids)} crossings, {self.pool.num_free} free")
-            new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
-        for sid, lag, b in zip(seq_ids, lags, new):
-            s = seqs[sid]
-            last = s.table[-1]
-            last.fill += lag
-            # a full last block may be shared (a prefix-cache hit); one that
-            # is written into may not
-            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
-                f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
-            table = s.table
-            table.append(b)
-            s.num_tokens += lag + 1
-            if log is not None:
-                log.add(sid, ALLOC, b.id)
-            if caching:
-                i = s.num_hashed
-                keys = s.keys
-                if (i == len(table) - 2 and last.hash is None
-                        and (keys is None or keys.known_blocks <= i)):
-                    # _hash_full_blocks inlined for the block just filled
-                    # with unknown content: a unique key
-                    last.hash = self._next_unique
-                    self._next_unique += 1
-                    s.num_hashed = i + 1
-                else:
-                    self._hash_full_blocks(s)
-        written = sum(lags) + len(seq_ids)
-        self.live_tokens += written
-        return written
 
     def _reject_append(self, seq_id: int, s: SeqState | None, n) -> None:
         if s is None:
