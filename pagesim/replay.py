@@ -154,8 +154,8 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens, marks)
     applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
-                        preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
-                        queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
+                        preemptions=sched.preemptions, hit_tokens=sched.prefix_cache_hits,
+                        queried_tokens=sched.prefix_cache_queries, wall_s=engine.wall_s,
                         sim_time_s=engine.clock, prefix_caching_applies=applies,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
