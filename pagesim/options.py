@@ -14,7 +14,8 @@ import math
 from pathlib import Path
 
 from pagesim.sim.allocators import ALLOCATORS
-from pagesim.sim.costmodel import GPUS, MODELS
+from pagesim.sim.costmodel import GPUS, MODELS, get_gpu, get_model
+from pagesim.sim.costmodel.spec_files import is_spec_file
 from pagesim.sim.costmodel.table import TableCostModel
 from pagesim.sim.serving_metrics import parse_goodput, parse_percentiles
 
@@ -85,18 +86,26 @@ def block_size(text: str) -> int:
     return value
 
 
-def _preset(registry: dict, kind: str):
+def _preset(registry: dict, kind: str, load, files: str):
+    """A preset name, or a spec file read and checked now (its absolute path
+    is kept, so a summary's config re-runs from any folder)."""
     def parse(text: str) -> str:
-        if text.strip().lower() not in registry:
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {text!r}; choose from {', '.join(sorted(registry))}")
-        return text
+        if text.strip().lower() in registry:
+            return text
+        if is_spec_file(text):
+            try:
+                load(text)
+            except ValueError as exc:   # names the file and the field
+                raise argparse.ArgumentTypeError(str(exc)) from None
+            return str(Path(text).expanduser().resolve())
+        raise argparse.ArgumentTypeError(
+            f"unknown {kind} {text!r}; choose from {', '.join(sorted(registry))}, or give {files}")
     parse.__name__ = kind
     return parse
 
 
-model_preset = _preset(MODELS, "model")
-gpu_preset = _preset(GPUS, "GPU")
+model_preset = _preset(MODELS, "model", get_model, "a HuggingFace config.json")
+gpu_preset = _preset(GPUS, "GPU", get_gpu, "a GPU spec file (.json, .yaml, .toml)")
 
 
 def cost_model(text: str) -> str:
