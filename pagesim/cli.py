@@ -37,7 +37,8 @@ def replay_config(args, max_len: int):
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
-        metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()))
+        metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()),
+        kv_cache_dtype=args.kv_cache_dtype)
 
 
 def make_executor(args, cfg):

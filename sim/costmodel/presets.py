@@ -15,10 +15,10 @@ the marketing "GB" by ~7%.
 """
 from __future__ import annotations
 
-from pagesim.sim.costmodel.specs import GiB, GPUSpec, MiB, ModelSpec
+from pagesim.sim.costmodel.specs import KV_CACHE_DTYPES, GiB, GPUSpec, MiB, ModelSpec
 from pagesim.sim.costmodel.spec_files import gpu_from_file, is_spec_file, model_from_hf_config
 
-__all__ = ["GiB", "MiB", "GPUSpec", "ModelSpec"]  # re-exported from specs
+__all__ = ["KV_CACHE_DTYPES", "GiB", "MiB", "GPUSpec", "ModelSpec"]  # re-exported from specs
 
 
 def _models() -> dict[str, ModelSpec]:
@@ -118,7 +118,7 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int = 1) -> int:
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1) -> int:
     """Bytes of K and V one token occupies on one GPU, all layers."""
-    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.dtype_bytes
+    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.kv_dtype_bytes
 
 
 def weight_bytes(model: ModelSpec, tp: int = 1) -> float:

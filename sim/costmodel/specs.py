@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: vLLM's --kv-cache-dtype choices (fp8 is fp8_e4m3 on CUDA; each is one byte).
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -32,6 +35,14 @@ class ModelSpec:
     max_model_len: int = _help("longest context the model was trained for")
     gated_mlp: bool = _help("SwiGLU MLP with 3 matrices (Llama); False: 2 (OPT)")
     dtype_bytes: int = _help("bytes per weight and per K/V element (2: bf16/fp16)", default=2)
+    kv_cache_dtype: str = _help("K/V element type, as vLLM's --kv-cache-dtype: auto (the model's "
+                                "dtype) or an fp8 type (1 byte)", default="auto")
+
+    @property
+    def kv_dtype_bytes(self) -> int:
+        """Bytes of one K or V element: fp8 caches store one byte whatever
+        the weights' dtype (vLLM quantizes K/V as they are written)."""
+        return 1 if self.kv_cache_dtype.startswith("fp8") else self.dtype_bytes
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -39,6 +50,9 @@ class ModelSpec:
                      "dtype_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelSpec {self.name!r}: {name} must be positive")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"ModelSpec {self.name!r}: kv_cache_dtype must be one of "
+                             f"{', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelSpec {self.name!r}: num_heads {self.num_heads} is not a "
                              f"multiple of num_kv_heads {self.num_kv_heads}")
