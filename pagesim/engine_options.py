@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from pagesim import options as opt
 from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
-from pagesim.sim.config import SchedulerConfig, config_help
+from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 from pagesim.sim.router import ROUTERS
 from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
@@ -54,28 +54,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse cached prefix blocks (vLLM V1 semantics; default: on where the "
                    "allocator supports it, i.e. paged)")
-    helps = config_help(SchedulerConfig)
-    d = SchedulerConfig()
-    a.add_argument("--scheduler", choices=["v1", "v0"], default=d.generation, help=helps["generation"])
-    a.add_argument("--preemption", choices=["recompute", "swap"], default=d.preemption,
-                   help=helps["preemption"])
-    a.add_argument("--order", choices=list(ORDER_POLICIES), default=d.order, help=helps["order"])
-    a.add_argument("--victim", choices=list(VICTIM_POLICIES), default=d.victim, help=helps["victim"])
-    a.add_argument("--max-num-seqs", type=opt.positive_int, default=d.max_num_seqs,
-                   help=helps["max_num_seqs"])
-    a.add_argument("--max-num-batched-tokens", type=opt.positive_int,
-                   default=d.max_num_batched_tokens, help=helps["max_num_batched_tokens"])
-    a.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction,
-                   default=d.chunked_prefill, help=helps["chunked_prefill"])
-    a.add_argument("--vllm", choices=list(PROFILES), default=d.vllm, help=helps["vllm"])
-    a.add_argument("--watermark", type=opt.watermark, default=None,
-                   help=helps["watermark"] + " (in [0, 1))")
-    for name in BEHAVIOURS:  # each behaviour of the profile, also a switch of its own
-        if name != "watermark":
-            a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
-                           default=None, help=helps[name])
-    a.add_argument("--max-model-len", type=opt.int_at_least(2, " (a prompt and an output token)"),
-                   help="longest request, prompt + output tokens (default: the model's)")
+    opt.add_dataclass_options(a, SchedulerConfig)   # declared once, in sim/config.py
     a.add_argument("--seed", type=opt.non_negative_int, default=0,
                    help="seeds every random choice (a non-negative integer)")
     a.add_argument("--step-by-step", action="store_true",

@@ -3,9 +3,14 @@ in a file, the command line overriding them, bad keys and values refused."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pandas as pd
 import pytest
+
+from pagesim import options
+from pagesim.cli import build_parser
+from pagesim.sim.config import SchedulerConfig
 
 from tests.clihelpers import FAST, azure, listing, run, strict_load  # noqa: F401 (azure: a fixture)
 
@@ -98,3 +103,20 @@ def test_bad_config_names_file_and_key(tmp_path, capsys, name, text, named):
 def test_missing_config_file(tmp_path, capsys):
     code, _, err = run(capsys, "replay", "--config", tmp_path / "none.yaml")
     assert code == 2 and "none.yaml: cannot read" in err
+
+
+def test_scheduler_options_are_generated_from_the_dataclass():
+    """Each SchedulerConfig field is one option, its default the dataclass's
+    and its check one the CLI knows (the metadata of sim/config.py)."""
+    replay = build_parser().parse_args(["replay"]).parser
+    by_dest = {a.dest: a for a in replay._actions}
+    defaults = SchedulerConfig()
+    for f in fields(SchedulerConfig):
+        dest = f.metadata.get("cli", f.name)
+        action = by_dest[dest]
+        assert action.default == getattr(defaults, f.name), f"--{dest}: default differs from the dataclass"
+        assert action.help, f"--{dest} has no help"
+        if "check" in f.metadata:
+            assert action.type is options.CHECKS[f.metadata["check"]]
+        if "choices" in f.metadata:
+            assert list(action.choices) == list(f.metadata["choices"])
