@@ -120,7 +120,7 @@ def cost_model(text: str) -> str:
         TableCostModel.from_file(text)
     except ValueError as exc:   # CalibrationError names the file
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return str(Path(text).resolve())   # absolute: a summary's config re-runs from any folder
 
 
 def allocator_list(text: str) -> list[str]:
