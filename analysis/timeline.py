@@ -53,7 +53,7 @@ def _slice(name, tid, t0, t1, args=None) -> dict:
 
 def _phases(r, marks) -> list[tuple[str, float, float]]:
     """(state, start, end) of one request from its scheduling marks
-    ``[(time, kind)]`` (admit, preempt, swap_out, swap_in), first token and finish."""
+    ``[(time, kind)]`` (admit, readmit, preempt, swap_out, swap_in), first token and finish."""
     points = sorted(list(marks) + [(r.first_token_s, "first_token"), (r.finish_s, "finish")],
                     key=lambda p: p[0])
     out, state, t = [], "queued", r.arrival_s
@@ -64,7 +64,7 @@ def _phases(r, marks) -> list[tuple[str, float, float]]:
         if when > t:
             out.append((state, t, when))
         t = max(t, when)
-        if kind == "admit":
+        if kind in ("admit", "readmit"):
             state = "recompute + decode" if started else "prefill"
         elif kind == "first_token":
             started, state = True, "decode"

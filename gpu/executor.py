@@ -261,6 +261,9 @@ def executor_for_replay(cfg, **kwargs) -> GPUExecutor:
                          f"got {cfg.allocator!r}")
     if cfg.tp != 1:
         raise ValueError(f"the GPU executor runs one GPU: tp must be 1, got {cfg.tp}")
+    if getattr(cfg, "kv_cache_dtype", "auto") != "auto":
+        raise ValueError(f"the GPU executor keeps K/V in the model's dtype: kv_cache_dtype must "
+                         f"be 'auto', got {cfg.kv_cache_dtype!r}")
     kwargs.setdefault("seed", cfg.seed)
     kwargs.setdefault("graph_max_batch", cfg.scheduler.max_num_seqs)
     return GPUExecutor(cfg.model, cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size, **kwargs)

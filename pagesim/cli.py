@@ -9,6 +9,7 @@ import warnings
 from dataclasses import replace
 
 from pagesim import options as opt
+from pagesim.config_file import ConfigError, add_config_option, config_defaults
 from pagesim.engine_options import add_engine_options, engine_conflicts
 from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_outputs
 from pagesim.provenance import provenance
@@ -17,7 +18,8 @@ from pagesim.sim.config import SchedulerConfig
 from pagesim.calibrate_cli import add_subcommands as add_calibration_commands
 from pagesim.sim.vllm_profile import BEHAVIOURS
 from pagesim.trace_cli import add_subcommands
-from pagesim.workload_options import add_workload_options, load_workload, workload_conflicts
+from pagesim.workload_options import (add_workload_options, load_workload, workload_conflicts,
+                                      workload_dict)
 
 
 def replay_config(args, max_len: int):
@@ -35,7 +37,8 @@ def replay_config(args, max_len: int):
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
-        metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()))
+        metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()),
+        kv_cache_dtype=args.kv_cache_dtype)
 
 
 def make_executor(args, cfg):
@@ -82,6 +85,7 @@ def cmd_replay(args) -> int:
     result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
                         pause_gc=True,  # a CLI run owns its process
                         record_requests=bool(args.timeline))
+    result.summary["config"].update(workload=workload_dict(args, args.parser), executor=args.executor)
     result.summary["provenance"] = provenance(args.argv, work.info)
     print_summary(result.summary)
     if args.out is not None:
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(check=lambda args: [], parser=p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a trace (or the built-in default) and report")
+    add_config_option(r)
     add_workload_options(r)
     add_engine_options(r)
     r.add_argument("--events", action="store_true",
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "request) with --out; at most MAX_REQUESTS request tracks (default 1000)")
     r.set_defaults(func=cmd_replay, check=check_run, parser=r)
     c = sub.add_parser("compare", help="several allocators on one trace, side by side")
+    add_config_option(c)
     add_workload_options(c)
     add_engine_options(c)
     c.add_argument("--allocators", type=opt.allocator_list, default=list(ALLOCATORS),
@@ -213,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "config", None) is not None:   # the file's values become defaults
+            try:
+                args.parser.set_defaults(**config_defaults(args.config, args.parser, args.command))
+            except ConfigError as exc:
+                args.parser.error(f"argument --config: {exc}")
+            args = parser.parse_args(argv)
         args.argv = argv
         problems = args.check(args)
         if problems:

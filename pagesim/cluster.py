@@ -54,8 +54,8 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
     kv0 = parts[0][1]
     summary = summarize(req_df, step_df, capacity_tokens=kv0.capacity_tokens,
                         preemptions=sum(p[0].preemptions for p in parts.values()),
-                        hit_tokens=sum(p[1].hit_tokens for p in parts.values()),
-                        queried_tokens=sum(p[1].queried_tokens for p in parts.values()),
+                        hit_tokens=sum(p[0].prefix_cache_hits for p in parts.values()),
+                        queried_tokens=sum(p[0].prefix_cache_queries for p in parts.values()),
                         wall_s=cluster.wall_s, sim_time_s=cluster.clock,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv0)
@@ -65,7 +65,7 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
 
 def _summary(rq, st, sched, kv, clock, wall) -> dict:
     return summarize(rq, st, capacity_tokens=kv.capacity_tokens, preemptions=sched.preemptions,
-                     hit_tokens=kv.hit_tokens, queried_tokens=kv.queried_tokens, wall_s=wall,
+                     hit_tokens=sched.prefix_cache_hits, queried_tokens=sched.prefix_cache_queries, wall_s=wall,
                      sim_time_s=clock)
 
 

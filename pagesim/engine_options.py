@@ -10,14 +10,17 @@ with the option's name before a trace is even read.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from pagesim import options as opt
 from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
-from pagesim.sim.config import SchedulerConfig, config_help
+from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 from pagesim.sim.router import ROUTERS
 from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
-from pagesim.sim.costmodel import get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model
+from pagesim.sim.costmodel import (
+    KV_CACHE_DTYPES, get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model,
+)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="model preset (see README)")
     g.add_argument("--gpu", type=opt.gpu_preset, default="h100-80gb", help="GPU preset (see README)")
     g.add_argument("--tp", type=opt.positive_int, default=1, help="tensor-parallel GPUs")
+    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                   help="K/V element type, as vLLM's: auto (the model's dtype) or fp8 (one byte: "
+                   "twice the tokens in the same memory, half the bytes read per token)")
     g.add_argument("--gpu-memory-utilization", type=opt.fraction, default=0.9,
                    help="fraction of GPU memory vLLM may use, in (0, 1] (sizes the KV cache)")
     g.add_argument("--num-gpu-blocks", type=opt.positive_int,
@@ -48,28 +54,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse cached prefix blocks (vLLM V1 semantics; default: on where the "
                    "allocator supports it, i.e. paged)")
-    helps = config_help(SchedulerConfig)
-    d = SchedulerConfig()
-    a.add_argument("--scheduler", choices=["v1", "v0"], default=d.generation, help=helps["generation"])
-    a.add_argument("--preemption", choices=["recompute", "swap"], default=d.preemption,
-                   help=helps["preemption"])
-    a.add_argument("--order", choices=list(ORDER_POLICIES), default=d.order, help=helps["order"])
-    a.add_argument("--victim", choices=list(VICTIM_POLICIES), default=d.victim, help=helps["victim"])
-    a.add_argument("--max-num-seqs", type=opt.positive_int, default=d.max_num_seqs,
-                   help=helps["max_num_seqs"])
-    a.add_argument("--max-num-batched-tokens", type=opt.positive_int,
-                   default=d.max_num_batched_tokens, help=helps["max_num_batched_tokens"])
-    a.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction,
-                   default=d.chunked_prefill, help=helps["chunked_prefill"])
-    a.add_argument("--vllm", choices=list(PROFILES), default=d.vllm, help=helps["vllm"])
-    a.add_argument("--watermark", type=opt.watermark, default=None,
-                   help=helps["watermark"] + " (in [0, 1))")
-    for name in BEHAVIOURS:  # each behaviour of the profile, also a switch of its own
-        if name != "watermark":
-            a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
-                           default=None, help=helps[name])
-    a.add_argument("--max-model-len", type=opt.int_at_least(2, " (a prompt and an output token)"),
-                   help="longest request, prompt + output tokens (default: the model's)")
+    opt.add_dataclass_options(a, SchedulerConfig)   # declared once, in sim/config.py
     a.add_argument("--seed", type=opt.non_negative_int, default=0,
                    help="seeds every random choice (a non-negative integer)")
     a.add_argument("--step-by-step", action="store_true",
@@ -92,8 +77,9 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
     """(option, problem) for engine options that cannot work together; each
     found before anything is loaded or simulated."""
     found = []
+    spec = model_spec(args)
     try:
-        kv_heads_per_gpu(get_model(args.model), args.tp)
+        kv_heads_per_gpu(spec, args.tp)
     except ValueError as exc:
         found.append(("--tp", str(exc)))
     if args.preemption == "swap":
@@ -111,21 +97,29 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
         found.append(("--events", f"the {args.allocator} allocator keeps no block-level event log"))
     if args.cost_model not in ("auto", "roofline") and not found:
         try:
-            make_cost_model(args.cost_model, args.model, args.gpu, args.tp, args.block_size)
+            make_cost_model(args.cost_model, spec, args.gpu, args.tp, args.block_size)
         except ValueError as exc:
             found.append(("--cost-model", str(exc)))
     if args.executor == "gpu":
         found += gpu_executor_conflicts(args)
     if not found and args.num_gpu_blocks is None:
         try:
-            kv_cache_blocks(args.model, args.gpu, args.block_size, args.gpu_memory_utilization,
+            kv_cache_blocks(spec, args.gpu, args.block_size, args.gpu_memory_utilization,
                             args.tp)
         except ValueError as exc:
             found.append(("--gpu-memory-utilization", str(exc)))
     return found
 
 
+def model_spec(args):
+    """The model with the run's ``--kv-cache-dtype`` (as ``ReplayConfig.model_spec``)."""
+    spec = get_model(args.model)
+    return spec if args.kv_cache_dtype == "auto" else replace(spec, kv_cache_dtype=args.kv_cache_dtype)
+
+
 def gpu_executor_conflicts(args) -> list[tuple[str, str]]:
+    if args.kv_cache_dtype != "auto":
+        return [("--executor", "gpu keeps K/V in the model's dtype: --kv-cache-dtype must be auto")]
     if args.allocator != "paged":
         return [("--executor", "gpu needs the paged allocator's block tables")]
     if args.tp != 1:

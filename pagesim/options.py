@@ -10,11 +10,13 @@ run (``--tp 0``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 from pagesim.sim.allocators import ALLOCATORS
-from pagesim.sim.costmodel import GPUS, MODELS
+from pagesim.sim.costmodel import GPUS, MODELS, get_gpu, get_model
+from pagesim.sim.costmodel.spec_files import is_spec_file
 from pagesim.sim.costmodel.table import TableCostModel
 from pagesim.sim.serving_metrics import parse_goodput, parse_percentiles
 
@@ -85,18 +87,26 @@ def block_size(text: str) -> int:
     return value
 
 
-def _preset(registry: dict, kind: str):
+def _preset(registry: dict, kind: str, load, files: str):
+    """A preset name, or a spec file read and checked now (its absolute path
+    is kept, so a summary's config re-runs from any folder)."""
     def parse(text: str) -> str:
-        if text.strip().lower() not in registry:
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {text!r}; choose from {', '.join(sorted(registry))}")
-        return text
+        if text.strip().lower() in registry:
+            return text
+        if is_spec_file(text):
+            try:
+                load(text)
+            except ValueError as exc:   # names the file and the field
+                raise argparse.ArgumentTypeError(str(exc)) from None
+            return str(Path(text).expanduser().resolve())
+        raise argparse.ArgumentTypeError(
+            f"unknown {kind} {text!r}; choose from {', '.join(sorted(registry))}, or give {files}")
     parse.__name__ = kind
     return parse
 
 
-model_preset = _preset(MODELS, "model")
-gpu_preset = _preset(GPUS, "GPU")
+model_preset = _preset(MODELS, "model", get_model, "a HuggingFace config.json")
+gpu_preset = _preset(GPUS, "GPU", get_gpu, "a GPU spec file (.json, .yaml, .toml)")
 
 
 def cost_model(text: str) -> str:
@@ -110,7 +120,7 @@ def cost_model(text: str) -> str:
         TableCostModel.from_file(text)
     except ValueError as exc:   # CalibrationError names the file
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return str(Path(text).resolve())   # absolute: a summary's config re-runs from any folder
 
 
 def allocator_list(text: str) -> list[str]:
@@ -177,3 +187,44 @@ def vary_spec(text: str) -> str:
     if not sep or not option.strip() or not [v for v in values.split(",") if v.strip()]:
         raise argparse.ArgumentTypeError(f"expected OPTION=V1,V2,..., got {text!r}")
     return text
+
+
+#: The parse-time checks a dataclass field names in its metadata (``check``;
+#: see ``sim/config.py``), so the core declares an option's check without
+#: importing the CLI.
+CHECKS = {
+    "positive_int": positive_int,
+    "non_negative_int": non_negative_int,
+    "positive_float": positive_float,
+    "fraction": fraction,
+    "watermark": watermark,
+    "max_model_len": int_at_least(2, " (a prompt and an output token)"),
+}
+
+
+def add_dataclass_options(group, cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of dataclass ``cls``, generated from the field:
+    the name (``--max-num-seqs``, or the metadata's ``cli``), a switch pair
+    (``--x/--no-x``) for a bool, the metadata's ``check`` (``CHECKS``) as
+    the option's type and its ``choices``, and the help with the default
+    appended when the text does not say it. The defaults are the
+    dataclass's own, so the command line and the library agree."""
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta, default = f.metadata, getattr(defaults, f.name)
+        name = "--" + meta.get("cli", f.name).replace("_", "-")
+        text = meta.get("help", "")
+        if "default" not in text and default is not None:
+            shown = ("on" if default else "off") if isinstance(default, bool) else default
+            text += f" (default: {shown})"
+        kw = {"dest": meta.get("cli", f.name), "default": default, "help": text}
+        if str(f.type).replace(" ", "") in ("bool", "bool|None"):
+            group.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if "check" in meta:
+            kw["type"] = CHECKS[meta["check"]]
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        group.add_argument(name, **kw)

@@ -12,7 +12,7 @@ from pagesim.sim.allocators import (
 )
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import (
-    describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
+    KV_CACHE_DTYPES, describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
 )
 from pagesim.sim.engine import Engine
 from pagesim.sim.event_log import EventLog
@@ -50,6 +50,7 @@ class ReplayConfig:
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
     metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
     goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
+    kv_cache_dtype: str = "auto"           # vLLM --kv-cache-dtype: auto (the model's) or fp8*
 
     def __post_init__(self) -> None:
         if not 1 <= self.block_size <= 256:
@@ -62,9 +63,20 @@ class ReplayConfig:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
         if self.scheduler.max_model_len is None:  # the model's own limit
             object.__setattr__(self, "scheduler", replace(
                 self.scheduler, max_model_len=get_model(self.model).max_model_len))
+
+    def model_spec(self):
+        """The model with this run's K/V dtype: what sizes the cache and
+        prices its reads (an fp8 cache holds twice the tokens per byte)."""
+        spec = get_model(self.model)
+        if self.kv_cache_dtype == "auto":
+            return spec
+        return replace(spec, kv_cache_dtype=self.kv_cache_dtype)
 
     def caching(self) -> bool:
         """Whether prefix caching is asked for (explicitly, or by default)."""
@@ -75,7 +87,7 @@ class ReplayConfig:
     def gpu_blocks(self) -> int:
         if self.num_gpu_blocks is not None:
             return self.num_gpu_blocks
-        return kv_cache_blocks(self.model, self.gpu, self.block_size,
+        return kv_cache_blocks(self.model_spec(), self.gpu, self.block_size,
                                self.gpu_memory_utilization, self.tp)
 
     def cpu_blocks(self) -> int:
@@ -83,7 +95,7 @@ class ReplayConfig:
             return self.num_cpu_blocks
         if self.scheduler.preemption != "swap" or self.allocator != "paged":
             return 0
-        return SWAP_SPACE_BYTES // (self.block_size * kv_bytes_per_token(get_model(self.model), self.tp))
+        return SWAP_SPACE_BYTES // (self.block_size * kv_bytes_per_token(self.model_spec(), self.tp))
 
 
 @dataclass
@@ -110,7 +122,7 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
                                num_cpu_blocks=cfg.cpu_blocks(), event_log=log, config=sched_cfg,
                                placement=cfg.placement)
     if executor is None:
-        executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model, cfg.gpu, cfg.tp,
+        executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model_spec(), cfg.gpu, cfg.tp,
                                                      cfg.block_size))
     generation = sched_cfg.generation
     check_supported(cfg.allocator, kv.caps, preemption=sched_cfg.preemption,
@@ -154,8 +166,8 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens, marks)
     applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
-                        preemptions=sched.preemptions, hit_tokens=kv.hit_tokens,
-                        queried_tokens=kv.queried_tokens, wall_s=engine.wall_s,
+                        preemptions=sched.preemptions, hit_tokens=sched.prefix_cache_hits,
+                        queried_tokens=sched.prefix_cache_queries, wall_s=engine.wall_s,
                         sim_time_s=engine.clock, prefix_caching_applies=applies,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pagesim import traces
 from pagesim.options import non_negative_int, positive_float, positive_int, trace_file
@@ -52,6 +53,17 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="requests longer than --max-model-len: reject (a row with the reason), "
                    "truncate (a row marked truncated) or error (stop, naming file and line)")
     g.add_argument("--limit", type=positive_int, help="replay only the first N requests")
+
+
+def workload_dict(args, parser: argparse.ArgumentParser) -> dict:
+    """The workload options of a run, for ``summary.json``'s config block
+    (a config file: ``--config``), the trace as an absolute path so the
+    summary re-runs from any folder."""
+    group = next(g for g in parser._action_groups if g.title == "workload")
+    d = {a.dest: getattr(args, a.dest) for a in group._group_actions}
+    if d.get("trace"):
+        d["trace"] = str(Path(d["trace"]).resolve())
+    return d
 
 
 def workload_conflicts(args) -> list[tuple[str, str]]:

@@ -1,6 +1,8 @@
 """Frozen, validated configuration of the scheduler and engine.
 
-Field help texts double as CLI help (``pagesim/cli.py``).
+Each field's metadata declares its command-line option once (help, parse
+check, choices; see ``_help``): ``pagesim.options.add_dataclass_options``
+generates the options from it.
 """
 from __future__ import annotations
 
@@ -10,22 +12,36 @@ from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
 from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES, Behaviour, resolve
 
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, *, check: str | None = None, choices=None, cli: str | None = None, **kw):
+    """A field with what its command-line option needs, declared once here:
+    help text, the CLI's parse-time ``check`` (a name in
+    ``pagesim.options.CHECKS``: the core imports nothing of the CLI),
+    ``choices``, and the option's name when it is not the field's."""
+    meta = {"help": text}
+    if check is not None:
+        meta["check"] = check
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if cli is not None:
+        meta["cli"] = cli
+    return field(metadata=meta, **kw)
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = _help("most sequences running at once (vLLM max_num_seqs)", default=256)
+    max_num_seqs: int = _help("most sequences running at once (vLLM max_num_seqs)",
+                              check="positive_int", default=256)
     max_num_batched_tokens: int = _help("token budget of one step (vLLM max_num_batched_tokens)",
-                                        default=8192)
+                                        check="positive_int", default=8192)
     chunked_prefill: bool = _help("split long prompts into chunks within the token budget; "
                                   "decodes are scheduled first", default=True)
     vllm: str = _help("behaviour profile: the vLLM version imitated step for step "
-                      f"({', '.join(PROFILES)}); each behaviour below overrides it", default="0.33")
+                      f"({', '.join(PROFILES)}); each behaviour below overrides it",
+                      choices=PROFILES, default="0.33")
     watermark: float | None = _help("fraction of all GPU blocks (null block included) kept free "
                                     "when admitting requests (vLLM watermark); default: the "
-                                    "profile's (0.0; V0: 0.01)", default=None)
+                                    "profile's (0.0; V0: 0.01); in [0, 1)", check="watermark",
+                                    default=None)
     watermark_only_while_running: bool | None = _help(
         "apply the watermark only while some request runs (vLLM 0.33); default: the profile's",
         default=None)
@@ -48,15 +64,18 @@ class SchedulerConfig:
         "the profile's", default=None)
     generation: str = _help("v1: recompute-only preemption, n>1 as child requests sharing the "
                             "prompt through the prefix cache; v0: sequence groups with "
-                            "fork/copy-on-write, swap or recompute preemption", default="v1")
-    preemption: str = _help("recompute or swap (swap needs v0 and a CPU pool)", default="recompute")
+                            "fork/copy-on-write, swap or recompute preemption",
+                            choices=("v1", "v0"), cli="scheduler", default="v1")
+    preemption: str = _help("recompute or swap (swap needs v0 and a CPU pool)",
+                            choices=("recompute", "swap"), default="recompute")
     order: str = _help("queue order (sim/policies.py): fcfs (arrival, vLLM default) or priority "
-                       "(lower value first, then arrival)", default="fcfs")
+                       "(lower value first, then arrival)", choices=ORDER_POLICIES, default="fcfs")
     victim: str = _help("preemption victim (sim/policies.py): latest (arrival, vLLM default), "
                         "priority (largest value), most-blocks (most KV blocks held)",
-                        default="latest")
-    max_model_len: int | None = _help("longest sequence (prompt + output) admitted; None: the "
-                                      "model preset's (filled in by ReplayConfig)", default=None)
+                        choices=VICTIM_POLICIES, default="latest")
+    max_model_len: int | None = _help("longest request, prompt + output tokens (default: the "
+                                      "model's, filled in by ReplayConfig)", check="max_model_len",
+                                      default=None)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):

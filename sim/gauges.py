@@ -19,9 +19,11 @@ pagesim's own memory split, so dashboards and habits carry over:
                              preempted or swapped.
 ``num_preemptions``          preemptions so far (a counter, cumulative).
 ``prefix_cache_queries``     tokens looked up in the prefix cache so far
-                             (counter): each admission queries all the tokens
-                             its sequence knows (prompt, plus output when it
-                             recomputes), as vLLM counts them.
+                             (counter): each first admission queries all the
+                             tokens its sequence knows (its prompt), as vLLM
+                             counts them; re-admissions after a preemption
+                             (kind ``readmit``) are vLLM's ``preempted_*``
+                             counters, not these.
 ``prefix_cache_hits``        of those, tokens found cached (counter).
 ============================ =================================================
 

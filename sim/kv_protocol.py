@@ -48,7 +48,9 @@ class KVCacheManager(Protocol):
     num_blocks: int
     #: Token slots holding live K/V (a shared block counted once).
     live_tokens: int
-    #: Prefix-cache statistics: prompt tokens found cached / looked up.
+    #: Allocator-level prefix-cache statistics: tokens found cached / tokens
+    #: allocated by ``allocate`` (the first chunk only, under chunked prefill).
+    #: The summary's hit rate uses the scheduler's vLLM counters instead.
     hit_tokens: int
     queried_tokens: int
 

@@ -65,12 +65,15 @@ class Scheduler(AsyncOutput):
         #: rejected yet (a router's measure of outstanding work).
         self.open_tokens = 0
         #: Per-request scheduling events ``(step, request id, kind, queried
-        #: tokens, cached tokens)`` with kind admit / preempt / swap_out /
-        #: swap_in (the token counts are the prefix-cache lookup of an admit,
-        #: as vLLM counts prefix_cache_queries/hits); None: not kept.
+        #: tokens, cached tokens)`` with kind admit / readmit / preempt /
+        #: swap_out / swap_in (the token counts are the prefix-cache lookup of
+        #: an admission: see ``_count_lookup``); None: not kept.
         self.request_events: list[tuple[int, int, str, int, int]] | None = None
         self.step = 0
         self.preemptions = 0
+        #: vLLM's prefix-cache counters in tokens (``_count_lookup``).
+        self.prefix_cache_queries = self.prefix_cache_hits = 0
+        self.preempted_queries = self.preempted_hits = 0
         self.next_seq_id = 0
         self.next_gid = 0
         self.behaviour = config.behaviour   # the vLLM profile's behaviours (sim/vllm_profile.py)
@@ -242,6 +245,26 @@ class Scheduler(AsyncOutput):
         if self.request_events is not None:
             self.request_events.append((self.step, g.record.id, kind, queried, cached))
 
+    def _count_lookup(self, g: Group, known: int, cached: int) -> None:
+        """The prefix-cache lookup of an admission, as vLLM counts it
+        (``PrefixCacheStats.record``): a first admission adds its known
+        tokens to ``prefix_cache_queries`` and its hits to
+        ``prefix_cache_hits`` and sets the request's ``cached_tokens``
+        (``num_cached_tokens``, set at first scheduling only); a re-admission
+        after a preemption (event kind ``readmit``) goes to the
+        ``preempted_*`` counters instead. With prefix caching off nothing is
+        looked up."""
+        queried = known if self.kv.caps.prefix_caching else 0
+        if g.preempted:
+            self.preempted_queries += queried
+            self.preempted_hits += cached
+            self._note(g, "readmit", queried, cached)
+            return
+        self.prefix_cache_queries += queried
+        self.prefix_cache_hits += cached
+        g.record.cached_tokens += cached
+        self._note(g, "admit", queried, cached)
+
     def _preempt(self, g: Group, plan: StepPlan) -> None:
         if g.status == FINISHING:
             self._preempt_finishing(g, plan)
@@ -274,6 +297,7 @@ class Scheduler(AsyncOutput):
             g.forked = False
         for s in g.seqs:
             s.computed = 0
+        g.preempted = True
         self._note(g, "preempt")
         g.status = WAITING
         self.waiting.push(self.key(g), g)
@@ -348,8 +372,7 @@ class Scheduler(AsyncOutput):
                               prompt_tokens=s.prompt_len)
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
-            g.record.cached_tokens += cached
-            self._note(g, "admit", s.known, cached)
+            self._count_lookup(g, s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             self._add_to_plan(plan, g, q)

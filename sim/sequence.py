@@ -78,6 +78,11 @@ class Group:
     beam_width: int = 1      # V0: beams kept each step
     status: str = WAITING
     forked: bool = False
+    #: Requeued to recompute at least once: a later admission is a
+    #: re-admission (vLLM's ``num_preemptions > 0``), whose prefix-cache
+    #: lookup vLLM counts apart and whose hits it leaves out of
+    #: ``num_cached_tokens``.
+    preempted: bool = False
 
     def advance(self, q: int) -> bool:
         """Apply a step that computed ``q`` tokens of every sequence (the

@@ -160,9 +160,12 @@ class TokenLedger:
             samples = (row.beam_width if row.beam_width > 1 else row.n) if forks else 1
             assert len(roots) == (1 if forks else row.n), f"request {row.id}: {len(roots)} groups"
             target = row.prompt_tokens + row.output_tokens - 1
-            cached = sum(a.start for g in roots for a in self.attempts[g])
+            # vLLM's num_cached_tokens: set at first scheduling only, so the
+            # first attempt of each group; a re-admission's hits are not added
+            cached = sum(self.attempts[g][0].start for g in roots if self.attempts[g])
             assert cached == row.cached_tokens, \
-                f"request {row.id}: {row.cached_tokens} cached tokens reported, its steps started on {cached}"
+                f"request {row.id}: {row.cached_tokens} cached tokens reported, its groups' first " \
+                f"attempts started on {cached}"
             for root in roots:
                 final_work += self._check_final_attempt(row.id, root, row.prompt_tokens, target,
                                                         samples)

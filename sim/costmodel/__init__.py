@@ -17,7 +17,7 @@ from pagesim.sim.costmodel.capacity import (
     default_activation_reserve, kv_cache_blocks, kv_cache_bytes, kv_cache_tokens,
 )
 from pagesim.sim.costmodel.presets import (
-    GPUS, MODELS, GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, kv_heads_per_gpu,
+    GPUS, KV_CACHE_DTYPES, MODELS, GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token, kv_heads_per_gpu,
     weight_bytes,
 )
 from pagesim.sim.costmodel.roofline import RooflineCostModel
@@ -26,7 +26,7 @@ from pagesim.sim.costmodel.fit import fit_table, refit
 from pagesim.sim.costmodel.table import CalibrationError, TableCostModel
 
 __all__ = [
-    "ModelSpec", "GPUSpec", "MODELS", "GPUS", "get_model", "get_gpu", "kv_bytes_per_token",
+    "ModelSpec", "GPUSpec", "MODELS", "GPUS", "KV_CACHE_DTYPES", "get_model", "get_gpu", "kv_bytes_per_token",
     "kv_heads_per_gpu", "weight_bytes", "kv_cache_blocks", "kv_cache_bytes", "kv_cache_tokens",
     "default_activation_reserve", "RooflineCostModel", "TableCostModel", "CalibrationError",
     "fit_table", "refit", "make_cost_model", "find_calibration", "describe",
@@ -72,9 +72,11 @@ def make_cost_model(
         "gpu": None if gpu is None else get_gpu(gpu).name,
         "tp": tp,
         "block_size": block_size,
+        # measured with the model's own K/V dtype unless the file says otherwise
+        "kv_cache_dtype": None if model is None else get_model(model).kv_cache_dtype,
     }
     for key, want in wanted.items():
-        have = meta.get(key, 1) if key == "tp" else meta.get(key)
+        have = {"tp": 1, "kv_cache_dtype": "auto"}.get(key) if key not in meta else meta[key]
         if want is not None and str(have).lower() != str(want).lower():
             raise ValueError(f"{kind}: calibrated for {key}={have!r}, but {key}={want!r} was asked")
     return table

@@ -26,7 +26,8 @@ def find_calibration(model, gpu, tp: int = 1, block_size: int = 16,
     ``pagesim calibrate`` (version 2 and later), or None. Version-1 files
     (fitted on the eager executor, whose steps measured launch overhead)
     stay usable by name, never picked automatically."""
-    want = (get_model(model).name.lower(), get_gpu(gpu).name.lower(), int(tp), int(block_size))
+    spec = get_model(model)
+    want = (spec.name.lower(), get_gpu(gpu).name.lower(), int(tp), int(block_size), spec.kv_cache_dtype)
     best = None
     for path in sorted((folder or calibration_dir()).glob("*.json")):
         try:
@@ -37,7 +38,8 @@ def find_calibration(model, gpu, tp: int = 1, block_size: int = 16,
             continue  # version 1: an eager-executor fit without samples; explicit use only
         meta = data.get("meta", {})
         have = (str(meta.get("model", "")).lower(), str(meta.get("gpu", "")).lower(),
-                int(meta.get("tp", 1)), int(meta.get("block_size", 0)))
+                int(meta.get("tp", 1)), int(meta.get("block_size", 0)),
+                str(meta.get("kv_cache_dtype", "auto")))
         if have == want and (best is None or str(meta.get("date", "")) >= best[0]):
             best = (str(meta.get("date", "")), path)
     return None if best is None else best[1]

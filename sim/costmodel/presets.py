@@ -15,61 +15,10 @@ the marketing "GB" by ~7%.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pagesim.sim.costmodel.specs import KV_CACHE_DTYPES, GiB, GPUSpec, MiB, ModelSpec
+from pagesim.sim.costmodel.spec_files import gpu_from_file, is_spec_file, model_from_hf_config
 
-MiB = 1 << 20
-GiB = 1 << 30
-
-
-def _help(text: str, **kw):
-    """A dataclass field carrying help text (shown by CLIs and docs)."""
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """Shape of a decoder-only transformer, as far as time and memory go."""
-
-    name: str = _help("registry name, lower case")
-    num_layers: int = _help("decoder layers")
-    hidden_size: int = _help("residual stream width")
-    num_heads: int = _help("query heads")
-    num_kv_heads: int = _help("key/value heads (< num_heads for GQA)")
-    head_dim: int = _help("width of one attention head")
-    intermediate_size: int = _help("MLP inner width (ffn_dim for OPT)")
-    vocab_size: int = _help("output vocabulary (lm_head rows)")
-    num_params: int = _help("total parameters of the checkpoint, embeddings included")
-    max_model_len: int = _help("longest context the model was trained for")
-    gated_mlp: bool = _help("SwiGLU MLP with 3 matrices (Llama); False: 2 (OPT)")
-    dtype_bytes: int = _help("bytes per weight and per K/V element (2: bf16/fp16)", default=2)
-
-    def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "vocab_size", "num_params", "max_model_len",
-                     "dtype_bytes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ModelSpec {self.name!r}: {name} must be positive")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"ModelSpec {self.name!r}: num_heads {self.num_heads} is not a "
-                             f"multiple of num_kv_heads {self.num_kv_heads}")
-
-
-@dataclass(frozen=True, slots=True)
-class GPUSpec:
-    """One accelerator. Bandwidths in bytes/s, one direction."""
-
-    name: str = _help("registry name, lower case")
-    memory_bytes: int = _help("device memory as NVML reports it")
-    mem_bandwidth: float = _help("HBM bandwidth, datasheet (bytes/s)")
-    bf16_flops: float = _help("dense BF16 tensor-core peak, datasheet (FLOP/s)")
-    pcie_bandwidth: float = _help("host<->device, one direction (bytes/s)")
-    nvlink_bandwidth: float = _help("GPU<->GPU NVLink, one direction (bytes/s)")
-
-    def __post_init__(self) -> None:
-        for name in ("memory_bytes", "mem_bandwidth", "bf16_flops", "pcie_bandwidth",
-                     "nvlink_bandwidth"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"GPUSpec {self.name!r}: {name} must be positive")
+__all__ = ["KV_CACHE_DTYPES", "GiB", "MiB", "GPUSpec", "ModelSpec"]  # re-exported from specs
 
 
 def _models() -> dict[str, ModelSpec]:
@@ -131,13 +80,23 @@ def _lookup(registry: dict, kind: str, name: str):
 
 
 def get_model(name: str | ModelSpec) -> ModelSpec:
-    """Registry lookup, case-insensitive; a ModelSpec passes through."""
-    return name if isinstance(name, ModelSpec) else _lookup(MODELS, "model", name)
+    """Registry lookup, case-insensitive; a ModelSpec passes through; a
+    path (``.json``, or an existing file) is read as a HuggingFace config."""
+    if isinstance(name, ModelSpec):
+        return name
+    if str(name).strip().lower() not in MODELS and is_spec_file(name):
+        return model_from_hf_config(name)
+    return _lookup(MODELS, "model", name)
 
 
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
-    """Registry lookup, case-insensitive; a GPUSpec passes through."""
-    return name if isinstance(name, GPUSpec) else _lookup(GPUS, "gpu", name)
+    """Registry lookup, case-insensitive; a GPUSpec passes through; a path
+    (``.json``/``.yaml``/``.toml``, or an existing file) is a GPU spec file."""
+    if isinstance(name, GPUSpec):
+        return name
+    if str(name).strip().lower() not in GPUS and is_spec_file(name):
+        return gpu_from_file(name)
+    return _lookup(GPUS, "gpu", name)
 
 
 def _check_tp(model: ModelSpec, tp: int) -> None:
@@ -159,7 +118,7 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int = 1) -> int:
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1) -> int:
     """Bytes of K and V one token occupies on one GPU, all layers."""
-    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.dtype_bytes
+    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.kv_dtype_bytes
 
 
 def weight_bytes(model: ModelSpec, tp: int = 1) -> float:

@@ -1,0 +1,187 @@
+"""``--config FILE``: the options of ``replay`` and ``compare`` kept in a
+YAML, TOML or JSON file, so that a run can be kept, shared and re-run.
+
+Keys are the options' names (``block_size`` or ``block-size``); the
+positional trace is ``trace``. Each value goes through the same check as
+on the command line (the option's ``type`` and ``choices``, from
+``pagesim.options``), and the checked values become the parser's defaults,
+so an option given on the command line overrides the file. A bad key or
+value is refused with the file, the key (and, in YAML, the line) named,
+before anything runs: ``main`` exits 2.
+
+A ``summary.json`` is a config file too: its ``config`` block (or the whole
+file) holds the ``ReplayConfig`` and, from the CLI, a ``workload`` block
+and the ``executor``, so ``replay --config OUT/summary.json`` re-runs the
+run exactly. Its nested ``scheduler`` block is flattened (its
+``generation`` is ``--scheduler``), ``fast`` is the opposite of
+``--step-by-step`` and ``capacity_tokens`` (derived) is skipped.
+
+Relative paths of input files (``trace``, ``cost_model``, ``model``,
+``gpu``) are looked up next to the config file first, then from the
+current folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: Options whose value may name an input file (see the module doc).
+PATH_KEYS = ("trace", "cost_model", "model", "gpu")
+#: Keys of a summary's config block that are not options: derived values.
+DERIVED = ("capacity_tokens",)
+#: Parser entries that are not options a file may set.
+NOT_OPTIONS = {"help", "config"}
+#: summary.json keys that a command without that option leaves aside.
+SUMMARY_ONLY = {"compare": ("events",)}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, key, line."""
+
+
+def read_mapping(path: str) -> tuple[dict, dict[str, int]]:
+    """The file's top-level mapping and, for YAML, each key's line (keys of
+    nested blocks as ``block.key``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    lines: dict[str, int] = {}
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+            lines = _yaml_lines(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json, "
+                              f"not {suffix or 'a file without a suffix'!r}")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values at the top, "
+                          f"got {type(data).__name__}")
+    if isinstance(data.get("config"), dict):    # a whole summary.json
+        data = data["config"]
+        lines = {k.removeprefix("config."): v for k, v in lines.items()}
+    return data, lines
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    node = yaml.compose(text)
+    out: dict[str, int] = {}
+
+    def walk(n, prefix: str) -> None:
+        if not isinstance(n, yaml.MappingNode):
+            return
+        for key, value in n.value:
+            name = prefix + str(key.value).replace("-", "_")
+            out[name] = key.start_mark.line + 1
+            walk(value, name + ".")
+    walk(node, "")
+    return out
+
+
+def flatten(data: dict, command: str) -> list[tuple[str, str, object]]:
+    """``(option dest, key as written, value)`` for every key of ``data``,
+    with a summary's nested blocks and renamed keys mapped to options."""
+    out = []
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "scheduler" and isinstance(value, dict):
+            for k, v in value.items():
+                sub = str(k).replace("-", "_")
+                out.append(("scheduler" if sub == "generation" else sub, f"scheduler.{k}", v))
+        elif name == "workload" and isinstance(value, dict):
+            out += [(str(k).replace("-", "_"), f"workload.{k}", v) for k, v in value.items()]
+        elif name == "fast" and isinstance(value, bool):
+            out.append(("step_by_step", key, not value))
+        elif name not in DERIVED and name not in SUMMARY_ONLY.get(command, ()):
+            out.append((name, key, value))
+    return out
+
+
+def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict:
+    """The file's options as ``{dest: checked value}``, for ``set_defaults``."""
+    data, lines = read_mapping(path)
+    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_OPTIONS}
+    values = {}
+    for dest, key, value in flatten(data, command):
+        where = f"{path}:{lines[key.replace('-', '_')]}" if key.replace("-", "_") in lines else path
+        action = actions.get(dest)
+        if action is None or dest in values:
+            problem = "given twice" if action is not None else (
+                f"unknown option for pagesim {command} (see pagesim {command} --help)")
+            raise ConfigError(f"{where}: key {key!r}: {problem}")
+        if value is None:
+            continue    # unset: the option's default
+        if dest in PATH_KEYS and isinstance(value, str):
+            value = _near(path, value)
+        try:
+            values[dest] = convert(action, value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: key {key!r}: {exc}") from None
+    return values
+
+
+def _near(config_path: str, value: str) -> str:
+    """A relative input path next to the config file if a file is there."""
+    p = Path(value).expanduser()
+    beside = Path(config_path).parent / p
+    return str(beside) if not p.is_absolute() and beside.is_file() else value
+
+
+def convert(action: argparse.Action, value):
+    """``value`` (from YAML/TOML/JSON) checked as the option checks its text."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if action.nargs in ("+", "*"):
+        items = list(value.items()) if isinstance(value, dict) else value
+        if not isinstance(items, list):
+            items = [items]
+        return [_one(action, ":".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                for v in items]
+    if isinstance(value, list):   # comma-separated options: --allocators, --metric-percentiles
+        value = ",".join(str(_plain(v)) for v in value)
+    return _one(action, value)
+
+
+def _plain(v):
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _one(action: argparse.Action, value):
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise TypeError(f"expected a single value, got {value!r}")
+    if not isinstance(value, (str, int, float)):
+        raise TypeError(f"unexpected value {value!r}")
+    text = str(value)
+    parsed = action.type(text) if action.type is not None else text
+    if action.choices is not None and parsed not in action.choices:
+        raise ValueError(f"invalid choice {text!r} (choose from "
+                         f"{', '.join(map(str, action.choices))})")
+    return parsed
+
+
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="read options from a YAML, TOML or JSON file (keys: option names, e.g. "
+                   "block_size: 32), or a run's summary.json to re-run it; options given on the "
+                   "command line override the file")
