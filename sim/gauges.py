@@ -50,9 +50,17 @@ def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int
     the whole steps table twice: 0.7 GB at 6 M steps); the prefix-cache
     counters need ``marks``, the scheduler's request events."""
     out = steps
-    free = steps["free"].to_numpy(dtype=np.float64) + steps["cached_free"].to_numpy(dtype=np.float64)
-    out["kv_cache_usage_perc"] = 1.0 - free / capacity_tokens if capacity_tokens else 0.0
-    running = steps["num_seqs"].to_numpy(dtype=np.int64)
+    # in place where the operations allow it, so that a 6 M-step table
+    # needs one float temporary at a time (x / -c + 1.0 is 1.0 - x / c exactly)
+    usage = steps["free"].to_numpy(dtype=np.float64) + steps["cached_free"].to_numpy(dtype=np.float64)
+    if capacity_tokens:
+        usage /= -capacity_tokens
+        usage += 1.0
+    else:
+        usage[:] = 0.0
+    out["kv_cache_usage_perc"] = usage
+    del usage
+    running = steps["num_seqs"].to_numpy()
     out["num_requests_running"] = running
     t = steps["start_s"].to_numpy(dtype=np.float64)
     seqs = _seqs_per_request(requests)
@@ -63,9 +71,12 @@ def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int
     done = np.isfinite(fin)
     order = np.argsort(fin[done], kind="stable")
     fin_t, fin_seqs = fin[done][order], seqs[done][order]
-    arrived = np.concatenate(([0], np.cumsum(arr_seqs)))[np.searchsorted(arrivals, t, side="right")]
-    finished = np.concatenate(([0], np.cumsum(fin_seqs)))[np.searchsorted(fin_t, t, side="right")]
-    out["num_requests_waiting"] = np.maximum(arrived - finished - running, 0)
+    waiting = np.concatenate(([0], np.cumsum(arr_seqs)))[np.searchsorted(arrivals, t, side="right")]
+    waiting -= np.concatenate(([0], np.cumsum(fin_seqs)))[np.searchsorted(fin_t, t, side="right")]
+    waiting -= running
+    np.maximum(waiting, 0, out=waiting)
+    out["num_requests_waiting"] = waiting.astype(np.int32)  # sequences: far below 2**31
+    del waiting
     out["num_preemptions"] = np.cumsum(steps["preemptions"].to_numpy(dtype=np.int64))
     if marks is not None:
         admits = marks[marks["kind"] == "admit"]

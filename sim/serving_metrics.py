@@ -82,12 +82,16 @@ def weighted_stats(values, counts, percentiles) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
     w = np.asarray(counts, dtype=np.int64)
     keep = w > 0
-    v, w = v[keep], w[keep]
+    if not keep.all():
+        v, w = v[keep], w[keep]
+    del keep
     n = int(w.sum())
     if n == 0:  # vLLM reports 0 for a metric with no samples (np.mean(x or 0))
         return {"mean": 0.0, "median": 0.0, "std": 0.0, **{percentile_key(p): 0.0 for p in percentiles}}
     order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
+    v = v[order]
+    w = w[order]
+    del order
     cum = np.cumsum(w)
     mean = float((v * w).sum() / n)
     std = float(np.sqrt(max((((v - mean) ** 2) * w).sum() / n, 0.0)))
@@ -125,12 +129,14 @@ def itl_samples(requests: pd.DataFrame, steps: pd.DataFrame):
     stall = ends[start] - first                             # its first gap
     # step gaps ends[j+1]-ends[j] for j in [start, hi-1): count requests per j
     gaps = np.diff(ends)
-    cover = np.zeros(len(ends) + 1, dtype=np.int64)
+    del ends  # (a 6 M-step run: each temporary here is 50 MB; free them early)
+    cover = np.zeros(len(gaps) + 2, dtype=np.int64)
     np.add.at(cover, start, 1)
     np.add.at(cover, hi - 1, -1)
-    counts = np.cumsum(cover)[: len(gaps)]
+    np.cumsum(cover, out=cover)
     values = np.concatenate([gaps, stall])
-    weights = np.concatenate([counts, np.ones(len(stall), dtype=np.int64)])
+    del gaps
+    weights = np.concatenate([cover[: len(values) - len(stall)], np.ones(len(stall), dtype=np.int64)])
     return values, weights
 
 
@@ -166,13 +172,16 @@ def serving_metrics(requests: pd.DataFrame, steps: pd.DataFrame, *, end_s: float
             good &= per_metric[name] <= ms / 1000.0
         out["request_goodput"] = per_s(int(good.sum()))
         out["goodput_slo_ms"] = dict(goodput)
-    samples = {"ttft": (ttft, None), "tpot": (tpot, None), "e2el": (e2el, None),
-               "itl": itl_samples(requests, steps)}
+    samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
     for name in METRICS:
-        values, counts = samples[name]
-        if counts is None:
+        if name == "itl":  # one value per step: made here and dropped after (large runs)
+            values, counts = itl_samples(requests, steps)
+        else:
+            values = samples[name]
             counts = np.ones(len(values), dtype=np.int64)
-        stats = weighted_stats(np.asarray(values) * 1000.0, counts, percentiles)
+        values = np.asarray(values) * 1000.0
+        stats = weighted_stats(values, counts, percentiles)
+        del values, counts
         for stat, value in stats.items():
             out[f"{stat}_{name}_ms"] = value
     return out

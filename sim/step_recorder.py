@@ -33,6 +33,13 @@ from pagesim.sim.accounting import CATEGORIES
 STEP_COLUMNS = ("step", "start_s", "duration_s", "num_seqs", "num_tokens", "num_prefill_seqs",
                 "kv_tokens_read", "preemptions") + CATEGORIES
 FLOAT_COLUMNS = ("start_s", "duration_s")
+#: Each column's type. Counts of sequences, tokens per step, preemptions per
+#: step and the memory split (tokens of one GPU's KV cache: far below 2**31)
+#: are 32-bit: a 6 M-step table is 0.25 GB smaller that way, which is what
+#: keeps a 100k-request replay under 1 GB. Step numbers and the context
+#: tokens a step reads (sum over a batch) stay 64-bit.
+COLUMN_DTYPES = {c: np.float64 if c in FLOAT_COLUMNS else
+                 np.int64 if c in ("step", "kv_tokens_read") else np.int32 for c in STEP_COLUMNS}
 
 #: Steps buffered as Python objects before they become typed columns: large
 #: enough that the per-chunk numpy calls are negligible, small enough (a few
@@ -58,8 +65,7 @@ class StepRecorder:
         self._rows: list[tuple] = []
         self._stretches: list[tuple] = []
         self._pending = 0                      # steps in the two buffers
-        self._cols = {c: np.empty(0, dtype=np.float64 if c in FLOAT_COLUMNS else np.int64)
-                      for c in STEP_COLUMNS}
+        self._cols = {c: np.empty(0, dtype=COLUMN_DTYPES[c]) for c in STEP_COLUMNS}
         self._n = 0                            # rows written into the columns
 
     def add(self, step, start, dur, shape, preemptions, live, counters) -> None:
@@ -85,13 +91,16 @@ class StepRecorder:
             return
         cols = {}
         for c in STEP_COLUMNS[:8] + ("live",):
-            dtype = np.float64 if c in FLOAT_COLUMNS else np.int64
+            dtype = COLUMN_DTYPES.get(c, np.int64)  # live: the split's input, not a column
             cols[c] = np.concatenate([p[c] for p in parts]).astype(dtype, copy=False)
         counters = [np.concatenate([p["counters"][i] for p in parts])
                     for i in range(len(parts[0]["counters"]))]
         split = self.usage_from(cols.pop("live"), *counters)
         for c in CATEGORIES:
-            cols[c] = np.asarray(getattr(split, c), dtype=np.int64)
+            v = np.asarray(getattr(split, c), dtype=np.int64)
+            assert v.size == 0 or (v.min() >= -2**31 and v.max() < 2**31), (
+                f"memory category {c} out of its column's int32 range")
+            cols[c] = v.astype(COLUMN_DTYPES[c])
         order = np.argsort(cols["step"], kind="stable")
         self._append({c: v[order] for c, v in cols.items()})
 

@@ -11,11 +11,11 @@ from pagesim.analysis import plots
 from pagesim.replay import ReplayConfig, build, replace
 from pagesim.sim.accounting import CATEGORIES
 from pagesim.sim.metrics import requests_dataframe
-from pagesim.sim.step_recorder import FLOAT_COLUMNS, STEP_COLUMNS, StepRecorder
+from pagesim.sim.step_recorder import COLUMN_DTYPES, STEP_COLUMNS, StepRecorder
 from pagesim.traces import synthetic
 
 #: Bytes of one row of the table: every column is 8 bytes wide.
-ROW_BYTES = 8 * len(STEP_COLUMNS)
+ROW_BYTES = sum(np.dtype(COLUMN_DTYPES[c]).itemsize for c in STEP_COLUMNS)
 
 
 def replay_tables(trace, cfg, chunk_steps):
@@ -57,7 +57,7 @@ def test_dtypes_and_empty_table():
     empty = StepRecorder(lambda live, *c: None).to_dataframe()
     assert list(empty.columns) == list(STEP_COLUMNS) and len(empty) == 0
     for c in STEP_COLUMNS:
-        assert empty[c].dtype == (np.float64 if c in FLOAT_COLUMNS else np.int64), c
+        assert empty[c].dtype == COLUMN_DTYPES[c], c
 
 
 def test_to_dataframe_twice_gives_the_same_table():
