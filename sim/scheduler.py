@@ -34,6 +34,7 @@ from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
 from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
+from pagesim.sim.offload import LoadsFromTier, steps_before_offload
 from pagesim.sim.plan import DecodeStretch, StepPlan
 from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
@@ -82,6 +83,19 @@ class Scheduler(AsyncOutput):
         self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
         # forks, frees and finishes since the last step, for the next record
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+        #: Block transfers overlap compute (PCIe links on; set by the engine):
+        #: a group swapped in, or admitted with prefix blocks to load from
+        #: the CPU offload tier, waits in the running list until its blocks
+        #: are resident instead of running in the step that moved them.
+        self.async_transfers = False
+        self.tier = kv if isinstance(kv, LoadsFromTier) else None
+        #: Waiting groups: gid -> [time their blocks are resident (None: the
+        #: engine has not said yet), query tokens already reserved]. The
+        #: engine learns new ones from ``take_holds`` and answers with
+        #: ``resident_at``; ``now`` is its clock when it asks for a step.
+        self.held: dict[int, list] = {}
+        self._new_holds: list = []
+        self.now = 0.0
 
     # --------------------------------------------------------------- requests
     def add_request(self, req) -> None:
@@ -180,9 +194,17 @@ class Scheduler(AsyncOutput):
         i = 0
         running = self.running
         finishing = self.finishing
+        held = self.held
         while i < len(running):
             g = running[i]
             if finishing and g.status == FINISHING:  # done; its output is not applied yet
+                i += 1
+                continue
+            if held and g.gid in held:
+                left = self._resume_held(plan, g, i, budget)
+                if left is None:
+                    continue  # g itself was preempted and left the running list
+                budget = left
                 i += 1
                 continue
             seqs = g.seqs
@@ -247,6 +269,8 @@ class Scheduler(AsyncOutput):
             self._preempt_finishing(g, plan)
             return
         self.running.remove_group(g, self.key(g))
+        if self.held:
+            self._drop_hold(g)
         self.preemptions += 1
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
@@ -294,10 +318,14 @@ class Scheduler(AsyncOutput):
             if not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + grow):
                 break
             heapq.heappop(self.swapped)
-            plan.swap_in.extend(kv.swap_in(ids))
+            moved = kv.swap_in(ids)
+            plan.swap_in.extend(moved)
             self._note(g, "swap_in")
             index = self.running.insert_group(g, self.key(g))
             g.status = RUNNING
+            if self.async_transfers:
+                self._hold(g, "swap_in", len(moved), 0)  # it runs once its blocks are back
+                continue
             if not self._reserve(g, q, index, plan):
                 break  # it was preempted after all: no retry within this step
             self._add_to_plan(plan, g, q)
@@ -352,6 +380,9 @@ class Scheduler(AsyncOutput):
             self._note(g, "admit", s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
+            if self.async_transfers and self.tier is not None and self.tier.blocks_loading(s.seq_id):
+                self._hold(g, "load", self.tier.blocks_loading(s.seq_id), q)  # q's slots are taken
+                continue
             self._add_to_plan(plan, g, q)
             budget -= q
 
@@ -395,6 +426,8 @@ class Scheduler(AsyncOutput):
         k = lazy.steps_to_first_finish()
         if k and lazy.paged:
             k = lazy.memory_limit(k, self.kv.pool.num_free)
+            if k and self.async_transfers and self.tier is not None:
+                k = steps_before_offload(lazy, self.kv.pool, k)
         if k == 0:
             return None
         st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
@@ -457,7 +490,55 @@ class Scheduler(AsyncOutput):
         scheduled, self._scheduled = self._scheduled, []
         self.step += 1
         if self.fast:
-            self.lazy.adopt([g for g, _ in scheduled] if mixed else self.running, self.key)
+            groups = [g for g, _ in scheduled] if mixed else self.running
+            if self.held:  # a group waiting on a transfer does not decode yet
+                groups = [g for g in groups if g.gid not in self.held]
+            self.lazy.adopt(groups, self.key)
+
+    # ------------------------------------------------- transfers (links on)
+    def _hold(self, g: Group, kind: str, blocks: int, reserved: int) -> None:
+        self.held[g.gid] = [None, reserved]
+        self._new_holds.append((g, kind, blocks))
+
+    def _drop_hold(self, g: Group) -> None:
+        self.held.pop(g.gid, None)
+
+    def take_holds(self) -> list[tuple[Group, str, int]]:
+        """Groups held since the last call, why (``swap_in`` or ``load``
+        from the CPU tier) and the blocks they wait for, for the engine's link."""
+        out, self._new_holds = self._new_holds, []
+        return out
+
+    def resident_at(self, g: Group, t: float) -> None:
+        """The engine's answer: ``g``'s blocks are on the GPU from ``t`` on."""
+        self.held[g.gid][0] = t
+
+    def next_resident(self) -> float | None:
+        """Earliest time a held group's blocks arrive (None: none held)."""
+        return min((h[0] for h in self.held.values()), default=None)
+
+    def _resume_held(self, plan: StepPlan, g: Group, index: int, budget: int) -> int | None:
+        """A held group runs once its blocks are resident (at the engine's
+        ``now``): a swapped-in one as any running group (``reserved`` 0),
+        one admitted with loads by computing the ``reserved`` query tokens
+        whose slots its admission took. Returns the budget left, or None
+        when ``g`` was preempted making room for itself."""
+        ready, reserved = self.held[g.gid]
+        if ready is None or ready > self.now:
+            return budget
+        if not reserved:
+            q = self._tokens_for(g, budget)
+            if q == 0:
+                return budget
+            if not self._reserve(g, q, index, plan):
+                return None
+        elif reserved > budget:
+            return budget
+        else:
+            q = reserved
+        del self.held[g.gid]
+        self._add_to_plan(plan, g, q)
+        return budget - q * len(g.seqs)
 
     def _finish(self, g: Group, now: float) -> None:
         self.running.remove_group(g, self.key(g))
