@@ -35,6 +35,7 @@ def replay_config(args, max_len: int):
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
+        cpu_offload_blocks=args.cpu_offload_blocks, link_model=args.link_model,
         metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()))
 
 

@@ -203,6 +203,19 @@ class OffloadingKVCacheManager(PagedKVCacheManager):
         return out
 
 
+def check_tier(tier: CpuPrefixTier) -> None:
+    """The CPU tier's invariants: bounded, each CPU block holds one key,
+    and every block is either holding a key or free, never both."""
+    used = list(tier.blocks.values())
+    assert len(used) <= tier.capacity, f"CPU tier holds {len(used)} blocks, capacity {tier.capacity}"
+    assert len(set(used)) == len(used), "a CPU tier block holds two keys"
+    assert sorted(used + tier._free) == list(range(tier.capacity)), (
+        "CPU tier blocks are not exactly the used ones plus the free ones")
+    assert tier.stores - tier.drops == len(used), (
+        f"CPU tier: {tier.stores} stores - {tier.drops} drops != {len(used)} held")
+    assert all(k < UNIQUE_KEY_BASE for k in tier.blocks), "CPU tier holds content nobody can look up"
+
+
 def tier_summary(kvs) -> dict:
     """The prefix cache's hits split by tier, and the CPU tiers' traffic,
     summed over ``kvs`` (``OffloadingKVCacheManager``s: one per replica),
