@@ -32,6 +32,7 @@ from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.held import HeldGroups
 from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
 from pagesim.sim.offload import LoadsFromTier, steps_before_offload
@@ -43,7 +44,7 @@ from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
-class Scheduler(AsyncOutput):
+class Scheduler(AsyncOutput, HeldGroups):
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
@@ -84,18 +85,10 @@ class Scheduler(AsyncOutput):
         # forks, frees and finishes since the last step, for the next record
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
         #: Block transfers overlap compute (PCIe links on; set by the engine):
-        #: a group swapped in, or admitted with prefix blocks to load from
-        #: the CPU offload tier, waits in the running list until its blocks
-        #: are resident instead of running in the step that moved them.
+        #: groups waiting on them are held (``sim/held.py``).
         self.async_transfers = False
         self.tier = kv if isinstance(kv, LoadsFromTier) else None
-        #: Waiting groups: gid -> [time their blocks are resident (None: the
-        #: engine has not said yet), query tokens already reserved]. The
-        #: engine learns new ones from ``take_holds`` and answers with
-        #: ``resident_at``; ``now`` is its clock when it asks for a step.
-        self.held: dict[int, list] = {}
-        self._new_holds: list = []
-        self.now = 0.0
+        self.init_held()
 
     # --------------------------------------------------------------- requests
     def add_request(self, req) -> None:
@@ -269,13 +262,14 @@ class Scheduler(AsyncOutput):
             self._preempt_finishing(g, plan)
             return
         self.running.remove_group(g, self.key(g))
-        if self.held:
-            self._drop_hold(g)
+        # a group admitted with loads holds slots it has not computed: it
+        # cannot be swapped as it stands, so it is recomputed
+        reserved = self._drop_hold(g) if self.held else 0
         self.preemptions += 1
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
         kv = self.kv
-        if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
+        if self.cfg.preemption == "swap" and not reserved and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
             self._note(g, "swap_out")
             g.status = SWAPPED
@@ -494,51 +488,6 @@ class Scheduler(AsyncOutput):
             if self.held:  # a group waiting on a transfer does not decode yet
                 groups = [g for g in groups if g.gid not in self.held]
             self.lazy.adopt(groups, self.key)
-
-    # ------------------------------------------------- transfers (links on)
-    def _hold(self, g: Group, kind: str, blocks: int, reserved: int) -> None:
-        self.held[g.gid] = [None, reserved]
-        self._new_holds.append((g, kind, blocks))
-
-    def _drop_hold(self, g: Group) -> None:
-        self.held.pop(g.gid, None)
-
-    def take_holds(self) -> list[tuple[Group, str, int]]:
-        """Groups held since the last call, why (``swap_in`` or ``load``
-        from the CPU tier) and the blocks they wait for, for the engine's link."""
-        out, self._new_holds = self._new_holds, []
-        return out
-
-    def resident_at(self, g: Group, t: float) -> None:
-        """The engine's answer: ``g``'s blocks are on the GPU from ``t`` on."""
-        self.held[g.gid][0] = t
-
-    def next_resident(self) -> float | None:
-        """Earliest time a held group's blocks arrive (None: none held)."""
-        return min((h[0] for h in self.held.values()), default=None)
-
-    def _resume_held(self, plan: StepPlan, g: Group, index: int, budget: int) -> int | None:
-        """A held group runs once its blocks are resident (at the engine's
-        ``now``): a swapped-in one as any running group (``reserved`` 0),
-        one admitted with loads by computing the ``reserved`` query tokens
-        whose slots its admission took. Returns the budget left, or None
-        when ``g`` was preempted making room for itself."""
-        ready, reserved = self.held[g.gid]
-        if ready is None or ready > self.now:
-            return budget
-        if not reserved:
-            q = self._tokens_for(g, budget)
-            if q == 0:
-                return budget
-            if not self._reserve(g, q, index, plan):
-                return None
-        elif reserved > budget:
-            return budget
-        else:
-            q = reserved
-        del self.held[g.gid]
-        self._add_to_plan(plan, g, q)
-        return budget - q * len(g.seqs)
 
     def _finish(self, g: Group, now: float) -> None:
         self.running.remove_group(g, self.key(g))

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from pagesim.cluster import run_cluster
 from pagesim.replay import ReplayConfig, replace, run_replay
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.offload import CpuPrefixTier
@@ -197,3 +198,15 @@ def test_cli_writes_the_links_table(tmp_path, capsys):
     s = strict_load(out / "summary.json")
     assert set(s["links"]) == {"h2d", "d2h"} and "tiers" in s["prefix_cache"]
     assert all("links" in r for r in s["replicas"])
+
+
+def test_one_replica_cluster_with_tier_and_links_equals_the_single_engine():
+    trace = conversations(families=4, turns=3, gap=0.5)
+    cfg = ReplayConfig(num_gpu_blocks=40, cpu_offload_blocks=32, link_model="pcie", events=True)
+    single, one = run_replay(trace, cfg), run_cluster(trace, cfg)
+    pd.testing.assert_frame_equal(single.requests, one.requests.drop(columns="replica"))
+    pd.testing.assert_frame_equal(single.steps, one.steps.drop(columns="replica"))
+    pd.testing.assert_frame_equal(single.events.to_dataframe(), one.events.to_dataframe())
+    pd.testing.assert_frame_equal(single.links, one.links.drop(columns="replica"))
+    assert single.summary["prefix_cache"]["tiers"] == one.summary["prefix_cache"]["tiers"]
+    assert single.summary["links"] == one.summary["links"] == one.summary["replicas"][0]["links"]
