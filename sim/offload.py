@@ -113,12 +113,13 @@ class CpuPrefixTier:
     def run(self, keys: BlockKeys, start: int, limit: int) -> list[tuple[int, int]]:
         """(key, CPU block) of the blocks ``start, start + 1, ...`` (below
         ``limit``) that the tier holds, up to the first it does not."""
-        out, blocks = [], self.blocks
+        out, blocks, key = [], self.blocks, keys.key
         for i in range(start, limit):
-            cpu = blocks.get(keys.key(i))
+            k = key(i)
+            cpu = blocks.get(k)
             if cpu is None:
                 break
-            out.append((keys.key(i), cpu))
+            out.append((k, cpu))
         return out
 
     def touch(self, key: int) -> None:
