@@ -36,6 +36,7 @@ def replay_config(args, max_len: int):
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
         cpu_offload_blocks=args.cpu_offload_blocks, link_model=args.link_model,
+        pcie_bandwidth_gbps=args.pcie_bandwidth,
         metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()))
 
 

@@ -88,6 +88,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="pcie: swaps and CPU-tier copies travel on a PCIe link per replica that "
                    "overlaps compute (bandwidth from the cost model), delaying only the groups "
                    "that wait on them; none: the step pays for them (default)")
+    c.add_argument("--pcie-bandwidth", type=opt.positive_float, metavar="GB/S",
+                   help="with --link-model pcie: the link's bandwidth per direction in GB/s "
+                   "(default: the cost model's swap time per block, from the GPU preset's PCIe "
+                   "bandwidth or the calibration file)")
     a.add_argument("--check-invariants", type=opt.non_negative_int, default=0, metavar="N",
                    help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
     m = p.add_argument_group("serving metrics (as vllm bench serve)")
@@ -116,14 +120,16 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
     if args.allocator == "paged" and args.placement is not None:
         found.append(("--placement", "places the contiguous baselines' regions; --allocator paged "
                       "has none (use --allocator orca-*)"))
-    if getattr(args, "cpu_offload_blocks", 0):
+    if args.cpu_offload_blocks:
         if args.allocator != "paged":
             found.append(("--cpu-offload-blocks", f"the {args.allocator} allocator has no prefix "
                           "cache to put a CPU tier under (use --allocator paged)"))
         elif args.prefix_caching is False:
             found.append(("--cpu-offload-blocks", "the CPU tier keeps evicted prefix-cache blocks: "
                           "it needs --prefix-caching"))
-    if getattr(args, "link_model", "none") != "none" and args.executor == "gpu":
+    if args.pcie_bandwidth is not None and args.link_model == "none":
+        found.append(("--pcie-bandwidth", "sets the PCIe link's bandwidth: it needs --link-model pcie"))
+    if args.link_model != "none" and args.executor == "gpu":
         found.append(("--link-model", "the GPU executor moves its blocks itself: use --executor sim"))
     if args.allocator != "paged" and getattr(args, "events", False):
         found.append(("--events", f"the {args.allocator} allocator keeps no block-level event log"))

@@ -51,6 +51,7 @@ class ReplayConfig:
     router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
     cpu_offload_blocks: int = 0            # CPU tier under the prefix cache (sim/offload.py); 0: none
     link_model: str = "none"               # "pcie": swaps and tier copies on a link per replica
+    pcie_bandwidth_gbps: float | None = None   # the link's bandwidth (GB/s); None: the cost model's
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
     metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
     goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
@@ -66,6 +67,10 @@ class ReplayConfig:
             raise ValueError(f"cpu_offload_blocks must be an int >= 0, got {self.cpu_offload_blocks!r}")
         if self.link_model not in LINK_MODELS:
             raise ValueError(f"link_model must be one of {', '.join(LINK_MODELS)}, got {self.link_model!r}")
+        if self.pcie_bandwidth_gbps is not None and (
+                self.link_model == "none" or not self.pcie_bandwidth_gbps > 0):
+            raise ValueError("pcie_bandwidth_gbps must be a positive number of GB/s, with "
+                             f"link_model 'pcie'; got {self.pcie_bandwidth_gbps!r} with {self.link_model!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
@@ -143,6 +148,10 @@ def make_transfers(cfg: ReplayConfig, engine, sched, kv) -> Transfers | None:
     if engine.executor.needs_plans:
         raise ValueError("--link-model pcie prices transfers with a cost model: an executor that "
                          "runs steps (e.g. --executor gpu) moves its blocks itself")
+    if cfg.pcie_bandwidth_gbps is not None:  # one block's K and V over the given bandwidth
+        block_bytes = kv_bytes_per_token(get_model(cfg.model), cfg.tp) * cfg.block_size
+        return Transfers(engine.env, sched, kv, links=True,
+                         block_s=block_bytes / (cfg.pcie_bandwidth_gbps * 1e9))
     model = getattr(engine.executor, "model", None)
     if not isinstance(model, PricesSwaps):
         raise ValueError("--link-model pcie needs a cost model with a per-block swap time "

@@ -3,6 +3,7 @@ mode with both on (per replica), the tier keeps and serves evicted prefix
 blocks by identity, and a transfer delays only the group that waits on it."""
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from pagesim.cluster import run_cluster
 from pagesim.replay import ReplayConfig, replace, run_replay
+from pagesim.sim.costmodel import get_model, kv_bytes_per_token
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.offload import CpuPrefixTier
 from pagesim.sim.router import ROUTERS
@@ -210,3 +212,17 @@ def test_one_replica_cluster_with_tier_and_links_equals_the_single_engine():
     pd.testing.assert_frame_equal(single.links, one.links.drop(columns="replica"))
     assert single.summary["prefix_cache"]["tiers"] == one.summary["prefix_cache"]["tiers"]
     assert single.summary["links"] == one.summary["links"] == one.summary["replicas"][0]["links"]
+
+
+def test_pcie_bandwidth_sets_the_links_block_time(tmp_path, capsys):
+    """--pcie-bandwidth: a block's K and V over that many GB/s, per transfer."""
+    trace = conversations(families=4, turns=2, gap=40.0)
+    cfg = ReplayConfig(num_gpu_blocks=24, cpu_offload_blocks=64, link_model="pcie", pcie_bandwidth_gbps=2.0)
+    links = run_replay(trace, cfg).links
+    block_s = kv_bytes_per_token(get_model(cfg.model), 1) * 16 / 2e9
+    assert len(links) > 0
+    # end = start + blocks * block_s, one float addition: equal up to its rounding
+    assert np.allclose(links["end_s"] - links["start_s"], links["blocks"] * block_s, rtol=1e-9, atol=0)
+    code, _, err = run(capsys, "replay", "--workload", "sharegpt", "--num-requests", "3",
+                       "--pcie-bandwidth", "16", "--out", tmp_path / "o", *FAST)
+    assert code == 2 and "--pcie-bandwidth" in err and "--link-model pcie" in err
