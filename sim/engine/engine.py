@@ -24,6 +24,13 @@ modes thus report the same steps.
 allocator and scheduler at the first step boundary at or after every
 multiple of ``N`` steps (stretches are not cut for it).
 
+Block moves beyond the plans' swaps (a CPU offload tier's loads and
+offloads; swaps and loads on a PCIe link with ``--link-model pcie``) are
+handed to ``transfers`` (``links.Transfers``) after each ``schedule`` and
+each pure stretch's commit. With links, a step in which only groups waiting
+on the link are left runs nothing and costs nothing: the clock moves to the
+first transfer's end or the next arrival.
+
 The engine keeps its own clock (a float advanced by exactly the executor's
 durations) and admits every request with ``arrival_s <= clock`` before each
 step, so that tie-breaking between an arrival and a step ending at the same
