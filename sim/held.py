@@ -45,8 +45,11 @@ class HeldGroups:
         return out
 
     def resident_at(self, g: Group, t: float) -> None:
-        """The engine's answer: ``g``'s blocks are on the GPU from ``t`` on."""
-        self.held[g.gid][0] = t
+        """The engine's answer: ``g``'s blocks are on the GPU from ``t`` on
+        (a group preempted since it was held waits for nothing any more)."""
+        h = self.held.get(g.gid)
+        if h is not None:
+            h[0] = t
 
     def next_resident(self) -> float | None:
         """Earliest time a held group's blocks arrive (None: none held)."""
