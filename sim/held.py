@@ -16,6 +16,8 @@ needs to know about transfers.
 """
 from __future__ import annotations
 
+import math
+
 from pagesim.sim.plan import StepPlan
 from pagesim.sim.sequence import Group
 
@@ -23,14 +25,53 @@ from pagesim.sim.sequence import Group
 class HeldGroups:
     def init_held(self) -> None:
         #: gid -> [time its blocks are resident (None: the engine has not
-        #: said yet), query tokens whose slots its admission took]
+        #: said yet), query tokens whose slots its admission took, ids of
+        #: the GPU blocks it waits for, the earliest time it may run]
         self.held: dict[int, list] = {}
         self._new_holds: list = []
+        #: GPU block id -> when its copy ends, for blocks a transfer fills
+        #: (infinity until the engine has timed it): a later admission
+        #: whose prefix hits one waits for it too.
+        self.block_ready: dict[int, float] = {}
         self.now = 0.0   # the engine's clock when it asks for a step
 
-    def _hold(self, g: Group, kind: str, blocks: int, reserved: int) -> None:
-        self.held[g.gid] = [None, reserved]
+    def _group_blocks(self, g: Group) -> list[int]:
+        seen = {}
+        for s in g.seqs:
+            seen.update(dict.fromkeys(self.kv.block_table(s.seq_id)))
+        return list(seen)
+
+    def _wait_for_blocks(self, g: Group, cached: int, q: int) -> bool:
+        """Hold ``g``, just admitted with ``cached`` tokens found, if part
+        of its prefix is not resident yet: blocks it loads from the CPU
+        tier (a new transfer), or cached blocks another group's transfer is
+        still filling (their known arrival)."""
+        sid = g.seqs[0].seq_id
+        loading = self.tier.blocks_loading(sid) if self.tier is not None else 0
+        if not loading and not self.block_ready:
+            return False
+        table = self.kv.block_table(sid)
+        hit_end = cached // self.kv.block_size
+        ready = self.block_ready
+        after = max((ready.get(b, 0.0) for b in table[:hit_end - loading]), default=0.0)
+        if loading or after == math.inf:
+            # a copy of its own, or one made in this very step and not timed
+            # yet: the link serves in order, so its own entry (of no blocks
+            # if it loads nothing) ends after the copy it hits
+            self._hold(g, "load", loading, q, table[hit_end - loading:hit_end],
+                       0.0 if after == math.inf else after)
+            return True
+        if after > self.now:
+            self.held[g.gid] = [after, q, [], after]
+            return True
+        return False
+
+    def _hold(self, g: Group, kind: str, blocks: int, reserved: int, block_ids: list[int],
+              after: float = 0.0) -> None:
+        self.held[g.gid] = [None, reserved, block_ids, after]
         self._new_holds.append((g, kind, blocks))
+        for b in block_ids:
+            self.block_ready[b] = math.inf
 
     def _drop_hold(self, g: Group) -> int:
         """Forget ``g``'s hold (it was preempted); returns the query tokens
@@ -48,8 +89,15 @@ class HeldGroups:
         """The engine's answer: ``g``'s blocks are on the GPU from ``t`` on
         (a group preempted since it was held waits for nothing any more)."""
         h = self.held.get(g.gid)
-        if h is not None:
-            h[0] = t
+        if h is None:
+            return
+        h[0] = t if t > h[3] else h[3]
+        ready, now = self.block_ready, self.now
+        if len(ready) > 4096:  # forget copies long done
+            for b in [b for b, end in ready.items() if end <= now]:
+                del ready[b]
+        for b in h[2]:
+            ready[b] = t
 
     def next_resident(self) -> float | None:
         """Earliest time a held group's blocks arrive (None: none held)."""
@@ -61,7 +109,7 @@ class HeldGroups:
         one admitted with loads by computing the ``reserved`` query tokens
         whose slots its admission took. Returns the budget left, or None
         when ``g`` was preempted making room for itself."""
-        ready, reserved = self.held[g.gid]
+        ready, reserved, _, _ = self.held[g.gid]
         if ready is None or ready > self.now:
             return budget
         if not reserved:

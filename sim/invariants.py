@@ -136,7 +136,7 @@ def check_scheduler(sched) -> None:
     for _, g in sched.swapped:
         assert g.status == "swapped", f"group {g.gid} in the swapped heap is {g.status}"
     running_gids = {g.gid for g in running}
-    for gid, (ready, _) in sched.held.items():
+    for gid, (ready, *_) in sched.held.items():
         # the engine answers every hold before the next step is scheduled
         assert gid in running_gids, f"group {gid} waits on a transfer but is not running"
         assert ready is not None, f"group {gid} waits on a transfer nobody timed"

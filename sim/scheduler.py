@@ -318,7 +318,7 @@ class Scheduler(AsyncOutput, HeldGroups):
             index = self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             if self.async_transfers:
-                self._hold(g, "swap_in", len(moved), 0)  # it runs once its blocks are back
+                self._hold(g, "swap_in", len(moved), 0, self._group_blocks(g))  # runs once they are back
                 continue
             if not self._reserve(g, q, index, plan):
                 break  # it was preempted after all: no retry within this step
@@ -374,9 +374,8 @@ class Scheduler(AsyncOutput, HeldGroups):
             self._note(g, "admit", s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
-            if self.async_transfers and self.tier is not None and self.tier.blocks_loading(s.seq_id):
-                self._hold(g, "load", self.tier.blocks_loading(s.seq_id), q)  # q's slots are taken
-                continue
+            if self.async_transfers and self._wait_for_blocks(g, cached, q):
+                continue  # its prefix is still arriving (q's slots are taken)
             self._add_to_plan(plan, g, q)
             budget -= q
 

@@ -226,3 +226,25 @@ def test_pcie_bandwidth_sets_the_links_block_time(tmp_path, capsys):
     code, _, err = run(capsys, "replay", "--workload", "sharegpt", "--num-requests", "3",
                        "--pcie-bandwidth", "16", "--out", tmp_path / "o", *FAST)
     assert code == 2 and "--pcie-bandwidth" in err and "--link-model pcie" in err
+
+
+def test_a_hit_on_blocks_still_arriving_waits_for_them():
+    """Two turns of one conversation arrive together after its prefix went
+    to the CPU: the first loads it, the second hits the blocks the load is
+    still filling, so neither computes before the load has ended."""
+    reqs = list(conversations(families=4, turns=1, gap=40.0))
+    t = reqs[-1].arrival_s + 40.0
+    for j in range(2):  # conversation 0 again, twice at once
+        hashes = tuple([1000 + b for b in range(8)] + [60_000 + j])
+        reqs.append(Request(len(reqs), t, 8 * 16 + 16, 4, block_hashes=hashes, hash_block_size=16))
+    cfg = ReplayConfig(num_gpu_blocks=24, cpu_offload_blocks=64, link_model="pcie", events=True,
+                       check_invariants=1)
+    ex = CostModelExecutor(LinearCost())
+    res = run_replay(Trace(reqs, source="t"), cfg, executor=ex)
+    slow = run_replay(Trace(reqs, source="t"), replace(cfg, fast=False), executor=ex)
+    same(res, slow)
+    loads = res.links[res.links["kind"] == "load"]
+    assert list(loads["blocks"]) == [8]  # loaded once, by the first
+    first = res.requests.set_index("id")["first_token_s"]
+    assert first[4] > loads["end_s"].iloc[0] and first[5] > loads["end_s"].iloc[0]
+    assert res.summary["prefix_cache"]["tiers"]["gpu_hit_tokens"] == 8 * 16  # the second's hit

@@ -56,8 +56,12 @@ class Link:
         self.rows: list[tuple] = []
 
     def transfer(self, kind: str, blocks: int, at: float, step: int) -> float:
-        """Enqueue ``blocks`` at ``at``; returns when the last one has arrived."""
+        """Enqueue ``blocks`` at ``at``; returns when the last one has
+        arrived. No blocks: when the transfers queued before have ended (a
+        group waiting on blocks another transfer of this step fills)."""
         start = at if at > self.free_at else self.free_at
+        if not blocks:
+            return start
         end = start + blocks * self.block_s
         self.free_at = end
         self.rows.append((self.direction, kind, step, at, start, end, blocks))
