@@ -135,28 +135,28 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
                     check_invariants=cfg.check_invariants, env=env, source=source)
-    engine.transfers = make_transfers(cfg, engine, sched, kv)
+    engine.transfers = make_transfers(cfg, engine, sched)
     return engine, sched, kv, recorder
 
 
-def make_transfers(cfg: ReplayConfig, engine, sched, kv) -> Transfers | None:
+def make_transfers(cfg: ReplayConfig, engine, sched) -> Transfers | None:
     """The replica's block moves beyond its plans' swaps (``sim/engine/links.py``):
     None unless a CPU offload tier or a link model is asked for, so that
     other runs take exactly today's path."""
     if cfg.link_model == "none":
-        return Transfers(engine.env, sched, kv, links=False) if sched.tier is not None else None
+        return Transfers(engine.env, sched, links=False) if sched.tier is not None else None
     if engine.executor.needs_plans:
         raise ValueError("--link-model pcie prices transfers with a cost model: an executor that "
                          "runs steps (e.g. --executor gpu) moves its blocks itself")
     if cfg.pcie_bandwidth_gbps is not None:  # one block's K and V over the given bandwidth
         block_bytes = kv_bytes_per_token(get_model(cfg.model), cfg.tp) * cfg.block_size
-        return Transfers(engine.env, sched, kv, links=True,
+        return Transfers(engine.env, sched, links=True,
                          block_s=block_bytes / (cfg.pcie_bandwidth_gbps * 1e9))
     model = getattr(engine.executor, "model", None)
     if not isinstance(model, PricesSwaps):
         raise ValueError("--link-model pcie needs a cost model with a per-block swap time "
                          "(swap_block_s: the roofline's PCIe bandwidth or a calibration file's)")
-    return Transfers(engine.env, sched, kv, links=True, block_s=float(model.swap_block_s))
+    return Transfers(engine.env, sched, links=True, block_s=float(model.swap_block_s))
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,

@@ -86,9 +86,9 @@ class Transfers:
     asynchronous store). With links the plan pays for none of them
     (``StepPlan.on_link``) and they go on ``h2d`` / ``d2h``."""
 
-    def __init__(self, env: simpy.Environment, sched, kv, *, links: bool, block_s: float = 0.0) -> None:
-        self.sched, self.kv = sched, kv
-        self.tier = sched.tier
+    def __init__(self, env: simpy.Environment, sched, *, links: bool, block_s: float = 0.0) -> None:
+        self.sched = sched
+        self.tier = sched.tier   # the manager, if it has a CPU offload tier
         self.links = links
         self.h2d = Link(env, H2D, block_s) if links else None
         self.d2h = Link(env, D2H, block_s) if links else None
