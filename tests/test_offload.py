@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from pagesim.cluster import run_cluster
-from pagesim.replay import ReplayConfig, replace, run_replay
+from pagesim.replay import ReplayConfig, build, replace, run_replay
 from pagesim.sim.costmodel import get_model, kv_bytes_per_token
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.offload import CpuPrefixTier
@@ -168,8 +168,9 @@ def test_a_load_on_the_link_delays_only_its_group():
 
 
 def test_a_swap_in_on_the_link_delays_only_its_group():
-    """V0 swap preemption with links: swapped-in groups wait for their
-    blocks in the running list, and fast mode still equals step by step."""
+    """V0 swap preemption with links: a swapped-in sequence runs in no step
+    that starts before its swap-in has ended, while the other sequences
+    keep running meanwhile; fast mode still equals step by step."""
     reqs = [Request(i, 0.1 * i, 24, 40) for i in range(8)]
     cfg = replace(config(num_blocks=20, block_size=4, generation="v0", preemption="swap"),
                   num_cpu_blocks=64, link_model="pcie", check_invariants=1)
@@ -177,9 +178,23 @@ def test_a_swap_in_on_the_link_delays_only_its_group():
     fast = run_replay(Trace(reqs, source="t"), cfg, executor=ex)
     slow = run_replay(Trace(reqs, source="t"), replace(cfg, fast=False), executor=ex)
     same(fast, slow)
-    kinds = set(fast.links["kind"])
-    assert {"swap_in", "swap_out"} <= kinds
-    assert fast.summary["links"]["h2d"]["busy_s"] > 0
+    assert {"swap_in", "swap_out"} <= set(fast.links["kind"])
+    # step by step, watching every plan
+    engine, sched, kv, _ = build(Trace(reqs, source="t"), replace(cfg, fast=False), ex)
+    ran = []  # (start, seq ids) of every step
+    engine.on_step = lambda plan, start, dt: ran.append((start, set(plan.seq_ids)))
+    engine.run()
+    ev = sched.log.to_dataframe()
+    swapped_in = ev[ev["kind"] == "swap_in"].groupby("step")["seq"].agg(set)
+    links = fast.links[fast.links["kind"] == "swap_in"].groupby("step")["end_s"].min()
+    assert len(swapped_in) > 0 and list(swapped_in.index) == list(links.index)
+    others_ran = False
+    for step, seqs in swapped_in.items():
+        end = links[step]
+        during = [ids for start, ids in ran if start < end]
+        assert not any(ids & seqs for ids in during[step + 1:]), f"step {step}: ran before its swap-in ended"
+        others_ran |= any(ids for ids in during[step:])
+    assert others_ran
 
 
 def test_cli_refuses_a_tier_without_prefix_caching(tmp_path, capsys):
