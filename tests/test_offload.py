@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from pagesim.analysis.links import link_utilisation
 from pagesim.cluster import run_cluster
 from pagesim.replay import ReplayConfig, build, replace, run_replay
 from pagesim.sim.costmodel import get_model, kv_bytes_per_token
@@ -263,3 +264,14 @@ def test_a_hit_on_blocks_still_arriving_waits_for_them():
     first = res.requests.set_index("id")["first_token_s"]
     assert first[4] > loads["end_s"].iloc[0] and first[5] > loads["end_s"].iloc[0]
     assert res.summary["prefix_cache"]["tiers"]["gpu_hit_tokens"] == 8 * 16  # the second's hit
+
+
+def test_link_utilisation_over_time_keeps_every_busy_second():
+    trace = conversations(families=4, turns=3, gap=3.0)
+    cfg = ReplayConfig(num_gpu_blocks=24, cpu_offload_blocks=64, link_model="pcie")
+    res = run_replay(trace, cfg, executor=CostModelExecutor(LinearCost()))
+    util = link_utilisation(res.links, 2.0)
+    for d in ("h2d", "d2h"):
+        assert util[d].between(0, 1).all()
+        assert np.isclose(util[d].sum() * 2.0, res.summary["links"][d]["busy_s"])
+    assert util["h2d"].sum() > 0
