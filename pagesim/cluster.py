@@ -5,7 +5,11 @@ KV-cache manager, scheduler, executor, step recorder, event log), over one
 shared SimPy environment (``sim/engine/cluster.py``). Outputs: the requests
 table gains a ``replica`` column (trace order kept), the steps table one
 row per replica step with a ``replica`` column, and ``summary.json`` the
-cluster's numbers plus one summary per replica under ``replicas``.
+cluster's numbers plus one summary per replica under ``replicas``. With
+``--cpu-offload-blocks`` / ``--link-model pcie`` each replica has its own
+CPU tier and PCIe link: the tiers' hits are summed, the links' traffic is
+summed per direction (utilisation: the replicas' mean), and the links table
+gains a ``replica`` column.
 """
 from __future__ import annotations
 
