@@ -37,6 +37,8 @@ def replay_config(args, max_len: int):
         cost_model=args.cost_model, scheduler=sched, seed=args.seed,
         events=getattr(args, "events", False), fast=not args.step_by_step,
         check_invariants=args.check_invariants, replicas=args.replicas, router=args.router,
+        cpu_offload_blocks=args.cpu_offload_blocks, link_model=args.link_model,
+        pcie_bandwidth_gbps=args.pcie_bandwidth,
         metric_percentiles=args.metric_percentiles, goodput=tuple(dict(args.goodput or ()).items()),
         kv_cache_dtype=args.kv_cache_dtype)
 
@@ -71,6 +73,14 @@ def print_summary(s: dict, out=None) -> None:
         ("simulated", f"{sim['sim_time_s']:.1f} s in {sim['steps']} steps, wall {sim['wall_s']:.2f} s "
                       f"({sim['sim_time_s'] / max(sim['wall_s'], 1e-9):.0f}x real time)"),
     ]
+    tiers = s["prefix_cache"].get("tiers")
+    if tiers is not None:  # --cpu-offload-blocks
+        rows.insert(8, ("hits by tier (GPU + CPU)", f"{f(tiers['gpu_hit_rate_tokens'], 100, '{:.1f}')} % + "
+                        f"{f(tiers['cpu_hit_rate_tokens'], 100, '{:.1f}')} % "
+                        f"({tiers['loaded_blocks']} blocks loaded, {tiers['offloaded_blocks']} offloaded)"))
+    if "links" in s:  # --link-model pcie
+        rows.insert(-2, ("PCIe utilisation", "  ".join(
+            f"{d} {f(v['utilisation'], 100, '{:.2f}')} % ({v['blocks']} blocks)" for d, v in s["links"].items())))
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}", file=out)

@@ -5,18 +5,23 @@ KV-cache manager, scheduler, executor, step recorder, event log), over one
 shared SimPy environment (``sim/engine/cluster.py``). Outputs: the requests
 table gains a ``replica`` column (trace order kept), the steps table one
 row per replica step with a ``replica`` column, and ``summary.json`` the
-cluster's numbers plus one summary per replica under ``replicas``.
+cluster's numbers plus one summary per replica under ``replicas``. With
+``--cpu-offload-blocks`` / ``--link-model pcie`` each replica has its own
+CPU tier and PCIe link: the tiers' hits are summed, the links' traffic is
+summed per direction (utilisation: the replicas' mean), and the links table
+gains a ``replica`` column.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from pagesim.replay import ReplayResult, _check_drained, build, config_dict
+from pagesim.replay import ReplayResult, _check_drained, add_transfer_summary, build, config_dict
 from pagesim.sim.engine.cluster import Cluster
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.gauges import add_gauges
 from pagesim.sim.metrics import requests_dataframe, summarize
+from pagesim.sim.offload import tier_summary
 from pagesim.sim.router import make_router
 from pagesim.traces.trace import Trace
 
@@ -36,7 +41,7 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
 
     cluster = Cluster(trace, make_router(cfg.router), make_engine, cfg.replicas)
     cluster.run(pause_gc=pause_gc)
-    reqs, steps, per_replica = [], [], []
+    reqs, steps, per_replica, links = [], [], [], []
     truncated = trace.meta.get("truncated_ids", ()) if isinstance(trace, Trace) else ()
     for i in range(cfg.replicas):
         sched, kv, recorder = parts[i]
@@ -47,6 +52,9 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
         st = add_gauges(recorder.to_dataframe(), rq, kv.capacity_tokens, marks).assign(replica=i)
         rq = rq.assign(replica=i)
         per_replica.append(_summary(rq, st, sched, kv, cluster.engines[i].clock, 0.0))
+        lk = add_transfer_summary(per_replica[-1], cfg, cluster.engines[i], kv)
+        if lk is not None:
+            links.append(lk.assign(replica=i))
         reqs.append(rq)
         steps.append(st)
     req_df = _trace_order(reqs, cluster.dispatcher.order)
@@ -59,8 +67,21 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
                         wall_s=cluster.wall_s, sim_time_s=cluster.clock,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv0)
+    if cfg.cpu_offload_blocks:
+        summary["prefix_cache"]["tiers"] = tier_summary([p[1] for p in parts.values()])
+    link_df = pd.concat(links, ignore_index=True) if links else None
+    if link_df is not None:  # the cluster's links: per direction, summed over replicas
+        summary["links"] = {d: _sum_links([r["links"][d] for r in per_replica], cluster.clock)
+                            for d in per_replica[0]["links"]}
     summary["replicas"] = per_replica
-    return ReplayResult(summary, req_df, step_df, _merged_events(parts, cfg), cfg)
+    return ReplayResult(summary, req_df, step_df, _merged_events(parts, cfg), cfg, links=link_df)
+
+
+def _sum_links(parts: list[dict], sim_time_s: float) -> dict:
+    out = {k: sum(p[k] for p in parts) for k in ("transfers", "blocks", "busy_s", "queued_s")}
+    # mean utilisation of the replicas' links over the cluster's time
+    out["utilisation"] = out["busy_s"] / (len(parts) * sim_time_s) if sim_time_s > 0 else None
+    return out
 
 
 def _summary(rq, st, sched, kv, clock, wall) -> dict:

@@ -16,6 +16,7 @@ from pagesim import options as opt
 from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
+from pagesim.sim.engine.links import LINK_MODELS
 from pagesim.sim.router import ROUTERS
 from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
 from pagesim.sim.costmodel import (
@@ -64,6 +65,18 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="serving replicas behind a router, each with its own KV cache (default 1)")
     c.add_argument("--router", choices=sorted(ROUTERS), default="round-robin",
                    help="routing policy with --replicas > 1 (sim/router.py)")
+    c.add_argument("--cpu-offload-blocks", type=opt.non_negative_int, default=0, metavar="N",
+                   help="CPU tier of N blocks under each replica's prefix cache (LRU): evicted "
+                   "prefix blocks are kept there and loaded back instead of recomputed (vLLM's "
+                   "KV-offload connector, LMCache); 0: none")
+    c.add_argument("--link-model", choices=LINK_MODELS, default="none",
+                   help="pcie: swaps and CPU-tier copies travel on a PCIe link per replica that "
+                   "overlaps compute (bandwidth from the cost model), delaying only the groups "
+                   "that wait on them; none: the step pays for them (default)")
+    c.add_argument("--pcie-bandwidth", type=opt.positive_float, metavar="GB/S",
+                   help="with --link-model pcie: the link's bandwidth per direction in GB/s "
+                   "(default: the cost model's swap time per block, from the GPU preset's PCIe "
+                   "bandwidth or the calibration file)")
     a.add_argument("--check-invariants", type=opt.non_negative_int, default=0, metavar="N",
                    help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
     m = p.add_argument_group("serving metrics (as vllm bench serve)")
@@ -93,6 +106,17 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
     if args.allocator == "paged" and args.placement is not None:
         found.append(("--placement", "places the contiguous baselines' regions; --allocator paged "
                       "has none (use --allocator orca-*)"))
+    if args.cpu_offload_blocks:
+        if args.allocator != "paged":
+            found.append(("--cpu-offload-blocks", f"the {args.allocator} allocator has no prefix "
+                          "cache to put a CPU tier under (use --allocator paged)"))
+        elif args.prefix_caching is False:
+            found.append(("--cpu-offload-blocks", "the CPU tier keeps evicted prefix-cache blocks: "
+                          "it needs --prefix-caching"))
+    if args.pcie_bandwidth is not None and args.link_model == "none":
+        found.append(("--pcie-bandwidth", "sets the PCIe link's bandwidth: it needs --link-model pcie"))
+    if args.link_model != "none" and args.executor == "gpu":
+        found.append(("--link-model", "the GPU executor moves its blocks itself: use --executor sim"))
     if args.allocator != "paged" and getattr(args, "events", False):
         found.append(("--events", f"the {args.allocator} allocator keeps no block-level event log"))
     if args.cost_model not in ("auto", "roofline") and not found:

@@ -28,7 +28,7 @@ from pagesim.analysis.timeline import write_timeline
 #: only folders holding nothing else: a mistyped ``--out .`` or ``--out ~``
 #: must not delete a working directory.
 OUTPUT_FILES = frozenset(
-    [f"{name}.{ext}" for name in ("requests", "steps", "events", "sequences")
+    [f"{name}.{ext}" for name in ("requests", "steps", "events", "sequences", "links")
      for ext in ("parquet", "csv")]
     + ["summary.json", "memory.png", "latency.png", "compare.csv", "provenance.json",
        "report.html", "timeline.json", "compare.png", "block_size.png"])
@@ -138,6 +138,8 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
     if result.events is not None:
         tables += [("events", result.events.to_dataframe()),
                    ("sequences", result.events.sequences_dataframe())]
+    if result.links is not None:  # --link-model pcie: the links' transfers
+        tables.append(("links", result.links))
     written = []
     for name, df in tables:
         path = folder / f"{name}.{ext}"

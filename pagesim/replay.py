@@ -15,10 +15,12 @@ from pagesim.sim.costmodel import (
     KV_CACHE_DTYPES, describe, get_model, kv_bytes_per_token, kv_cache_blocks, make_cost_model,
 )
 from pagesim.sim.engine import Engine
+from pagesim.sim.engine.links import LINK_COLUMNS, LINK_MODELS, PricesSwaps, Transfers, link_summary
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
 from pagesim.sim.gauges import add_gauges
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
+from pagesim.sim.offload import tier_summary
 from pagesim.sim.scheduler import Scheduler
 from pagesim.traces.trace import Trace
 from pagesim.sim.workload import forks_of
@@ -47,6 +49,9 @@ class ReplayConfig:
     fast: bool = True                      # skip over determined decode stretches
     replicas: int = 1                      # serving replicas behind a router
     router: str = "round-robin"            # routing policy (sim/router.py) when replicas > 1
+    cpu_offload_blocks: int = 0            # CPU tier under the prefix cache (sim/offload.py); 0: none
+    link_model: str = "none"               # "pcie": swaps and tier copies on a link per replica
+    pcie_bandwidth_gbps: float | None = None   # the link's bandwidth (GB/s); None: the cost model's
     check_invariants: int = 0              # check allocator/scheduler invariants every N steps (0: off)
     metric_percentiles: tuple[float, ...] = (99.0,)   # vllm bench serve --metric-percentiles
     goodput: tuple[tuple[str, float], ...] = ()       # SLOs in ms: (("ttft", 500.0), ...)
@@ -59,6 +64,14 @@ class ReplayConfig:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if not isinstance(self.replicas, int) or self.replicas < 1:
             raise ValueError(f"replicas must be an int >= 1, got {self.replicas!r}")
+        if not isinstance(self.cpu_offload_blocks, int) or self.cpu_offload_blocks < 0:
+            raise ValueError(f"cpu_offload_blocks must be an int >= 0, got {self.cpu_offload_blocks!r}")
+        if self.link_model not in LINK_MODELS:
+            raise ValueError(f"link_model must be one of {', '.join(LINK_MODELS)}, got {self.link_model!r}")
+        if self.pcie_bandwidth_gbps is not None and (
+                self.link_model == "none" or not self.pcie_bandwidth_gbps > 0):
+            raise ValueError("pcie_bandwidth_gbps must be a positive number of GB/s, with "
+                             f"link_model 'pcie'; got {self.pcie_bandwidth_gbps!r} with {self.link_model!r}")
         if not isinstance(self.check_invariants, int) or self.check_invariants < 0:
             raise ValueError(f"check_invariants must be an int >= 0, got {self.check_invariants!r}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
@@ -106,6 +119,7 @@ class ReplayResult:
     events: EventLog | None
     config: ReplayConfig
     request_events: object = None  # DataFrame (step, request, kind, queried, cached)
+    links: object = None           # DataFrame of PCIe transfers (--link-model pcie), else None
 
 
 def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
@@ -120,7 +134,7 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
                                max_model_len=sched_cfg.max_model_len,
                                enable_prefix_caching=cfg.caching(),
                                num_cpu_blocks=cfg.cpu_blocks(), event_log=log, config=sched_cfg,
-                               placement=cfg.placement)
+                               placement=cfg.placement, cpu_offload_blocks=cfg.cpu_offload_blocks)
     if executor is None:
         executor = CostModelExecutor(make_cost_model(cfg.cost_model, cfg.model_spec(), cfg.gpu, cfg.tp,
                                                      cfg.block_size))
@@ -133,7 +147,28 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
     recorder = StepRecorder(kv.usage_from)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
                     check_invariants=cfg.check_invariants, env=env, source=source)
+    engine.transfers = make_transfers(cfg, engine, sched)
     return engine, sched, kv, recorder
+
+
+def make_transfers(cfg: ReplayConfig, engine, sched) -> Transfers | None:
+    """The replica's block moves beyond its plans' swaps (``sim/engine/links.py``):
+    None unless a CPU offload tier or a link model is asked for, so that
+    other runs take exactly today's path."""
+    if cfg.link_model == "none":
+        return Transfers(engine.env, sched, links=False) if sched.tier is not None else None
+    if engine.executor.needs_plans:
+        raise ValueError("--link-model pcie prices transfers with a cost model: an executor that "
+                         "runs steps (e.g. --executor gpu) moves its blocks itself")
+    if cfg.pcie_bandwidth_gbps is not None:  # one block's K and V over the given bandwidth
+        block_bytes = kv_bytes_per_token(get_model(cfg.model), cfg.tp) * cfg.block_size
+        return Transfers(engine.env, sched, links=True,
+                         block_s=block_bytes / (cfg.pcie_bandwidth_gbps * 1e9))
+    model = getattr(engine.executor, "model", None)
+    if not isinstance(model, PricesSwaps):
+        raise ValueError("--link-model pcie needs a cost model with a per-block swap time "
+                         "(swap_block_s: the roofline's PCIe bandwidth or a calibration file's)")
+    return Transfers(engine.env, sched, links=True, block_s=float(model.swap_block_s))
 
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
@@ -171,11 +206,26 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                         sim_time_s=engine.clock, prefix_caching_applies=applies,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
+    links = add_transfer_summary(summary, cfg, engine, kv)
     model = getattr(engine.executor, "model", None)
     summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
                                                                        "name": type(engine.executor).__name__}
     return ReplayResult(summary, req_df, step_df, sched.log, cfg,
-                        marks if record_requests else None)
+                        marks if record_requests else None, links)
+
+
+def add_transfer_summary(summary: dict, cfg: ReplayConfig, engine, kv):
+    """The CPU tier's split of the hit rate (``prefix_cache.tiers``) and
+    the link's traffic (``links``) where asked for; returns the link's
+    transfers as a DataFrame (None without links). Runs without either
+    keep today's summary."""
+    if cfg.cpu_offload_blocks:
+        summary["prefix_cache"]["tiers"] = tier_summary([kv])
+    if cfg.link_model == "none":
+        return None
+    rows = sorted(engine.transfers.rows(), key=lambda r: (r[2], r[0]))  # by step, h2d first
+    summary["links"] = link_summary(rows, engine.clock)
+    return pd.DataFrame(rows, columns=list(LINK_COLUMNS))
 
 
 def has_content_identity(trace, cfg: ReplayConfig) -> bool:

@@ -29,6 +29,7 @@ from pagesim.sim.contiguous import PLACEMENTS as CONTIGUOUS_PLACEMENTS
 from pagesim.sim.contiguous import ContiguousKVCacheManager
 from pagesim.sim.kv_cache_manager import PagedKVCacheManager
 from pagesim.sim.kv_protocol import Capabilities, KVCacheManager
+from pagesim.sim.offload import OffloadingKVCacheManager
 
 ALLOCATORS = ("paged", "orca-max", "orca-pow2", "orca-oracle")
 PLACEMENTS = tuple(CONTIGUOUS_PLACEMENTS)
@@ -46,7 +47,7 @@ def default_prefix_caching(name: str) -> bool:
 def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_model_len: int,
                           enable_prefix_caching: bool = False, num_cpu_blocks: int = 0,
                           event_log=None, config: SchedulerConfig | None = None,
-                          placement: str | None = None) -> KVCacheManager:
+                          placement: str | None = None, cpu_offload_blocks: int = 0) -> KVCacheManager:
     """Build the named allocator over the same memory (``num_blocks *
     block_size`` token slots), so that baselines compare like for like.
 
@@ -56,19 +57,29 @@ def make_kv_cache_manager(name: str, *, num_blocks: int, block_size: int, max_mo
     (default: ``SchedulerConfig()``, the CLI's default profile).
     ``placement`` places the contiguous baselines' regions: ``buddy`` (the
     vLLM paper's Orca; None means it) or ``first-fit`` on exact sizes; the
-    paged allocator has no regions to place and refuses one."""
+    paged allocator has no regions to place and refuses one.
+    ``cpu_offload_blocks``: a CPU tier under the paged prefix cache
+    (``sim/offload.py``); 0: none."""
     if name == "paged":
         refuse(name, [(placement is not None,
                        f"--placement {placement} (no contiguous regions): leave out --placement")])
         b = (config or SchedulerConfig()).behaviour
-        return PagedKVCacheManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
-                                   num_cpu_blocks=num_cpu_blocks, null_block=b.null_block,
-                                   unhashed_first=b.unhashed_first,
-                                   cache_duplicates=b.cache_duplicates, event_log=event_log)
+        kw = dict(enable_prefix_caching=enable_prefix_caching, num_cpu_blocks=num_cpu_blocks,
+                  null_block=b.null_block, unhashed_first=b.unhashed_first,
+                  cache_duplicates=b.cache_duplicates, event_log=event_log)
+        if cpu_offload_blocks:
+            refuse(name, [(not enable_prefix_caching,
+                           "a CPU offload tier without prefix caching (nothing to find again): "
+                           "use --prefix-caching")])
+            return OffloadingKVCacheManager(num_blocks, block_size,
+                                            cpu_offload_blocks=cpu_offload_blocks, **kw)
+        return PagedKVCacheManager(num_blocks, block_size, **kw)
     if name.startswith("orca-") and name[5:] in ("max", "pow2", "oracle"):
         refuse(name, [
             (enable_prefix_caching, "prefix caching (no shared blocks): use --no-prefix-caching"),
             (num_cpu_blocks > 0, "a CPU pool (no swapping): leave out --num-cpu-blocks"),
+            (cpu_offload_blocks > 0, "a CPU offload tier (no prefix cache): leave out "
+                                     "--cpu-offload-blocks"),
             (event_log is not None, "an event log (no blocks to log): leave out --events"),
             (placement is not None and placement not in PLACEMENTS,
              f"--placement {placement}: choose one of {', '.join(PLACEMENTS)}"),

@@ -198,6 +198,10 @@ class BlockPool:
         self.cache_duplicates = cache_duplicates
         self.num_cached_free = 0
         self.on_evict = on_evict  # callback(block_id) for the event log
+        #: callback(block_id, key) when a block of known content (a key
+        #: below UNIQUE_KEY_BASE) is evicted: the CPU offload tier's hook
+        #: (``sim/offload.py``); None: no tier.
+        self.on_evict_content = None
         self.null_block: Block | None = None
         if null_block:
             # Block 0 pads block tables (vLLM V1): held forever, never freed.
@@ -241,6 +245,8 @@ class BlockPool:
                     self.num_cached_free -= 1
                     if self.on_evict is not None:
                         self.on_evict(b.id)
+                    if self.on_evict_content is not None and h < UNIQUE_KEY_BASE:
+                        self.on_evict_content(b.id, h)
                 b.ref_cnt = 1
                 b.fill = fill
         else:

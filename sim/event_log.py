@@ -13,8 +13,13 @@ Schema (documented in README.md; external tools read it):
 * ``evict``     a block nobody holds loses its cached content (no seq)
 * ``swap_out``  seq drops GPU ``src_block`` and takes CPU ``block``
 * ``swap_in``   seq drops CPU ``src_block`` and takes GPU ``block``
+* ``offload``   GPU ``src_block``'s content, just evicted, is copied to CPU
+                offload-tier ``block`` (no seq; ``--cpu-offload-blocks``)
+* ``load``      seq's GPU ``block`` (taken by the ``alloc`` just before) is
+                filled from CPU offload-tier ``src_block`` instead of computed
 
-GPU and CPU block ids are separate spaces. Rows are stored as parallel int
+GPU and CPU block ids are separate spaces (the swap pool's and the offload
+tier's too). Rows are stored as parallel int
 lists (cheap to append) and become a DataFrame only when asked.
 
 The log also keeps the sequence map that makes ``seq`` traceable to the
@@ -27,8 +32,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KINDS = ("alloc", "free", "fork", "cow", "cache_hit", "evict", "swap_out", "swap_in")
-ALLOC, FREE, FORK, COW, CACHE_HIT, EVICT, SWAP_OUT, SWAP_IN = range(len(KINDS))
+KINDS = ("alloc", "free", "fork", "cow", "cache_hit", "evict", "swap_out", "swap_in",
+         "offload", "load")
+ALLOC, FREE, FORK, COW, CACHE_HIT, EVICT, SWAP_OUT, SWAP_IN, OFFLOAD, LOAD = range(len(KINDS))
+#: Kinds every log's ``kind`` column lists as categories; the offload
+#: tier's are listed only in logs that have some, so that the files of
+#: runs without a tier stay byte-identical to those before it existed.
+BASE_KINDS = 8
 
 
 class EventLog:
@@ -84,10 +94,16 @@ class EventLog:
         return pd.DataFrame({
             "step": np.asarray(self.steps, dtype=np.int64),
             "seq": nullable(self.seqs),
-            "kind": pd.Categorical.from_codes(np.asarray(self.kinds, dtype=np.int8), categories=list(KINDS)),
+            "kind": pd.Categorical.from_codes(np.asarray(self.kinds, dtype=np.int8),
+                                              categories=list(self._categories())),
             "block": np.asarray(self.blocks, dtype=np.int64),
             "src_block": nullable(self.srcs),
         })
+
+    def _categories(self) -> tuple[str, ...]:
+        if max(self.kinds, default=0) >= BASE_KINDS:
+            return KINDS
+        return KINDS[:BASE_KINDS]
 
     def write(self, path: str | Path) -> Path:
         """Write as .parquet or .csv (by suffix), atomically (tmp + rename)."""

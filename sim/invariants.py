@@ -12,6 +12,7 @@ from collections import Counter
 
 from pagesim.sim.accounting import CATEGORIES
 from pagesim.sim.block_keys import UNIQUE_KEY_BASE
+from pagesim.sim.offload import OffloadingKVCacheManager, check_tier
 
 
 def check_pool_links(pool) -> set[int]:
@@ -77,6 +78,8 @@ def check_manager(m) -> None:
     check_pool(m.pool, gpu)
     if m.cpu_pool is not None:
         check_pool(m.cpu_pool, cpu)
+    if isinstance(m, OffloadingKVCacheManager):
+        check_tier(m.tier)
     live = sum(m.pool.blocks[b].fill for b in gpu)
     assert live == m.live_tokens, f"live_tokens {m.live_tokens} != {live} filled slots in held blocks"
     for b in m.pool.blocks:
@@ -132,6 +135,13 @@ def check_scheduler(sched) -> None:
         "groups awaiting their finish are not exactly the finishing groups of the running list")
     for _, g in sched.swapped:
         assert g.status == "swapped", f"group {g.gid} in the swapped heap is {g.status}"
+    running_gids = {g.gid for g in running}
+    for gid, (ready, *_) in sched.held.items():
+        # the engine answers every hold before the next step is scheduled
+        assert gid in running_gids, f"group {gid} waits on a transfer but is not running"
+        assert ready is not None, f"group {gid} waits on a transfer nobody timed"
+        assert not any(m.group.gid == gid for m in sched.lazy.members.values()), (
+            f"group {gid} waits on a transfer but decodes in the lazy set")
     check_decode_set(sched.lazy, kv, {g.seqs[0].seq_id for g in running})
     if kv.caps.paged:
         check_manager(kv)

@@ -46,6 +46,11 @@ class StepPlan:
     forks: list[tuple[int, int]] = field(default_factory=list)     # (parent seq, child seq)
     freed: list[int] = field(default_factory=list)  # seqs whose KV was released after the last step
     finished: list[int] = field(default_factory=list)  # of those, seqs that are done for good
+    load: list[tuple[int, int]] = field(default_factory=list)  # (cpu, gpu): CPU offload tier loads
+    #: The block moves (swap_in, swap_out, load) travel on a PCIe link that
+    #: overlaps compute (``sim/engine/links.py``), so the step's price
+    #: leaves them out; False: the step waits for them and pays for them.
+    on_link: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -55,8 +60,9 @@ class StepPlan:
         """(num_seqs, num_tokens, kv_tokens_read, attn_pairs,
         num_prefill_seqs, copy_blocks, swap_blocks) as plain numbers."""
         q, c = self.query_lens, self.context_lens
+        moves = 0 if self.on_link else len(self.swap_out) + len(self.swap_in) + len(self.load)
         return (len(q), sum(q), sum(c), _attn_pairs(q, c),
-                sum(1 for x in q if x > 1), len(self.cow), len(self.swap_out) + len(self.swap_in))
+                sum(1 for x in q if x > 1), len(self.cow), moves)
 
     def shapes(self) -> "StepShapes":
         """Price view of this single step (arrays of length 1)."""
@@ -215,6 +221,7 @@ class DecodeStretch:
                     p.query_lens += a.query_lens
                     p.context_lens += a.context_lens
                     p.cow, p.swap_out, p.swap_in = list(a.cow), list(a.swap_out), list(a.swap_in)
+                    p.load, p.on_link = list(a.load), a.on_link
                     p.forks += a.forks
                     p.freed += a.freed
                     p.finished += a.finished

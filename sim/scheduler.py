@@ -32,8 +32,10 @@ from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.held import HeldGroups
 from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
+from pagesim.sim.offload import LoadsFromTier, steps_before_offload
 from pagesim.sim.plan import DecodeStretch, StepPlan
 from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
@@ -42,7 +44,7 @@ from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
-class Scheduler(AsyncOutput):
+class Scheduler(AsyncOutput, HeldGroups):
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
@@ -85,6 +87,11 @@ class Scheduler(AsyncOutput):
         self._scheduled: list[tuple[Group, int]] = []   # (group, query tokens) of this step
         # forks, frees and finishes since the last step, for the next record
         self._pending_forks, self._pending_freed, self._pending_finished = [], [], []
+        #: Block transfers overlap compute (PCIe links on; set by the engine):
+        #: groups waiting on them are held (``sim/held.py``).
+        self.async_transfers = False
+        self.tier = kv if isinstance(kv, LoadsFromTier) else None
+        self.init_held()
 
     # --------------------------------------------------------------- requests
     def add_request(self, req) -> None:
@@ -183,9 +190,17 @@ class Scheduler(AsyncOutput):
         i = 0
         running = self.running
         finishing = self.finishing
+        held = self.held
         while i < len(running):
             g = running[i]
             if finishing and g.status == FINISHING:  # done; its output is not applied yet
+                i += 1
+                continue
+            if held and g.gid in held:
+                left = self._resume_held(plan, g, i, budget)
+                if left is None:
+                    continue  # g itself was preempted and left the running list
+                budget = left
                 i += 1
                 continue
             seqs = g.seqs
@@ -270,11 +285,14 @@ class Scheduler(AsyncOutput):
             self._preempt_finishing(g, plan)
             return
         self.running.remove_group(g, self.key(g))
+        # a group admitted with loads holds slots it has not computed: it
+        # cannot be swapped as it stands, so it is recomputed
+        reserved = self._drop_hold(g) if self.held else 0
         self.preemptions += 1
         g.record.preemptions += 1
         ids = [s.seq_id for s in g.seqs]
         kv = self.kv
-        if self.cfg.preemption == "swap" and kv.caps.swap and kv.can_swap_out(ids):
+        if self.cfg.preemption == "swap" and not reserved and kv.caps.swap and kv.can_swap_out(ids):
             plan.swap_out.extend(kv.swap_out(ids))
             self._note(g, "swap_out")
             g.status = SWAPPED
@@ -318,10 +336,14 @@ class Scheduler(AsyncOutput):
             if not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + grow):
                 break
             heapq.heappop(self.swapped)
-            plan.swap_in.extend(kv.swap_in(ids))
+            moved = kv.swap_in(ids)
+            plan.swap_in.extend(moved)
             self._note(g, "swap_in")
             index = self.running.insert_group(g, self.key(g))
             g.status = RUNNING
+            if self.async_transfers:
+                self._hold(g, "swap_in", len(moved), 0, self._group_blocks(g))  # runs once they are back
+                continue
             if not self._reserve(g, q, index, plan):
                 break  # it was preempted after all: no retry within this step
             self._add_to_plan(plan, g, q)
@@ -375,6 +397,8 @@ class Scheduler(AsyncOutput):
             self._count_lookup(g, s.known, cached)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
+            if self.async_transfers and self._wait_for_blocks(g, cached, q):
+                continue  # its prefix is still arriving (q's slots are taken)
             self._add_to_plan(plan, g, q)
             budget -= q
 
@@ -418,6 +442,8 @@ class Scheduler(AsyncOutput):
         k = lazy.steps_to_first_finish()
         if k and lazy.paged:
             k = lazy.memory_limit(k, self.kv.pool.num_free)
+            if k and self.async_transfers and self.tier is not None:
+                k = steps_before_offload(lazy, self.kv.pool, k)
         if k == 0:
             return None
         st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
@@ -480,7 +506,10 @@ class Scheduler(AsyncOutput):
         scheduled, self._scheduled = self._scheduled, []
         self.step += 1
         if self.fast:
-            self.lazy.adopt([g for g, _ in scheduled] if mixed else self.running, self.key)
+            groups = [g for g, _ in scheduled] if mixed else self.running
+            if self.held:  # a group waiting on a transfer does not decode yet
+                groups = [g for g in groups if g.gid not in self.held]
+            self.lazy.adopt(groups, self.key)
 
     def _finish(self, g: Group, now: float) -> None:
         self.running.remove_group(g, self.key(g))

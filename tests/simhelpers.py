@@ -9,7 +9,10 @@ from pagesim.traces import Request, Trace
 
 class LinearCost:
     """A cost model with round numbers: 1 s per step + 1/8 s per token
-    (binary fractions, so times are exact)."""
+    (binary fractions, so times are exact); a swapped block costs 1/2 s,
+    in the step or on a PCIe link (``swap_block_s``)."""
+
+    swap_block_s = 0.5
 
     def price(self, shapes):
         return 1.0 + shapes.num_tokens.astype(np.float64) / 8 + shapes.swap_blocks * 0.5

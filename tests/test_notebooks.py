@@ -51,6 +51,21 @@ for name, res in results.items():
 assert results["round-robin"].requests["replica"].value_counts().max() == 30
 hit = {n: r.summary["prefix_cache"]["hit_rate_tokens"] for n, r in results.items()}
 assert hit["prefix-aware"] >= hit["round-robin"]
+# with and without the CPU tier: hits split by tier, the tier's loads are its hits
+assert set(tiered) == {(n, s) for n in results for s in ("GPU only", "GPU + CPU tier")}
+for router in results:
+    without = tiered[router, "GPU only"].summary["prefix_cache"]
+    with_tier = tiered[router, "GPU + CPU tier"]
+    t = with_tier.summary["prefix_cache"]["tiers"]
+    assert t["gpu_hit_rate_tokens"] == with_tier.summary["prefix_cache"]["hit_rate_tokens"]
+    assert t["cpu_hit_tokens"] == 16 * t["loaded_blocks"] > 0, (router, t)
+    assert t["offloaded_blocks"] > 0 and "tiers" not in without
+    # what the text claims: the total hit rate is at least the GPU-only run's
+    assert t["hit_rate_tokens"] >= without["hit_rate_tokens"], (router, t, without)
+    links = with_tier.summary["links"]
+    assert links["h2d"]["blocks"] == t["loaded_blocks"] and 0 < links["h2d"]["utilisation"] < 1
+    assert len(with_tier.links) == links["h2d"]["transfers"] + links["d2h"]["transfers"]
+assert tier_table.shape[0] == 6
 """,
     "prefix_caching": """
 assert len(trace) == SLICE

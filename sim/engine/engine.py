@@ -24,6 +24,13 @@ modes thus report the same steps.
 allocator and scheduler at the first step boundary at or after every
 multiple of ``N`` steps (stretches are not cut for it).
 
+Block moves beyond the plans' swaps (a CPU offload tier's loads and
+offloads; swaps and loads on a PCIe link with ``--link-model pcie``) are
+handed to ``transfers`` (``links.Transfers``) after each ``schedule`` and
+each pure stretch's commit. With links, a step in which only groups waiting
+on the link are left runs nothing and costs nothing: the clock moves to the
+first transfer's end or the next arrival.
+
 The engine keeps its own clock (a float advanced by exactly the executor's
 durations) and admits every request with ``arrival_s <= clock`` before each
 step, so that tie-breaking between an arrival and a step ending at the same
@@ -69,7 +76,7 @@ class TraceSource:
 class Engine:
     def __init__(self, trace, scheduler, executor, *, fast: bool = True, recorder=None,
                  progress: bool = False, on_step=None, check_invariants: int = 0,
-                 env: simpy.Environment | None = None, source=None) -> None:
+                 env: simpy.Environment | None = None, source=None, transfers=None) -> None:
         #: Where requests come from: the trace itself, or a replica's inbox
         #: (``sim/engine/cluster.py``), which a router fills.
         own = source is None
@@ -94,6 +101,9 @@ class Engine:
         #: for the duration, so only the CLI opts in.
         self.pause_gc = False
         self.env = env if env is not None else simpy.Environment()
+        #: The replica's block moves (``links.Transfers``), or None when
+        #: the manager makes none beyond the swaps its plans pay for.
+        self.transfers = transfers
         self.clock = 0.0
         self._idle: simpy.Event | None = None
         self.wall_s = 0.0
@@ -130,7 +140,10 @@ class Engine:
                 self.clock = max(self.clock, env.now if woken_at is None else woken_at)
                 continue
             done_before, preempted = sched.step, sched.preemptions
+            sched.now = self.clock
             outcome = sched.schedule()
+            if self.transfers is not None:
+                self.transfers.scheduled(outcome, self.clock)
             if type(outcome) is StepPlan:
                 new_clock = self._run_plan(outcome, sched.preemptions - preempted)
             else:
@@ -150,7 +163,9 @@ class Engine:
         sched, kv = self.sched, self.sched.kv
         counters = kv.counters(sched.pending_tokens())
         live = sched.live_tokens()
-        dt = self.executor.execute(plan)
+        waiting = self.transfers is not None and not plan.seq_ids and sched.held
+        # nothing runs while every running group waits on the link: no step is paid
+        dt = 0.0 if waiting else self.executor.execute(plan)
         start = self.clock
         end = start + dt
         if self.recorder is not None:
@@ -160,6 +175,8 @@ class Engine:
         if self.on_step is not None:
             self.on_step(plan, start, dt)
         sched.commit(plan, end)
+        if waiting:
+            return self.transfers.idle_until(end, self._next_arrival())
         return end
 
     def _run_stretch(self, st) -> float:
@@ -186,6 +203,8 @@ class Engine:
             self.on_step(st, times[:k], dts[:k])
         end = float(times[k])
         sched.commit(st, end)
+        if self.transfers is not None:
+            self.transfers.committed(st, start)
         if self.recorder is not None:
             self.recorder.add_stretch(st.step, k, st.num_seqs, st.sum_context0, st.live_tokens0,
                                       times, dts, st.event_steps, st.event_counters)
