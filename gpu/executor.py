@@ -18,9 +18,8 @@ dominate). The CPU has no graphs: everything runs eagerly there.
 The step's duration (``measured_s``) is GPU time from the block moves to the
 end of the forward: CUDA events around them on a GPU, ``time.perf_counter``
 on the CPU (where everything is synchronous). Before the first event the GPU
-is held in a spin while the host enqueues the step (a short one before a
-graph replay, one sized from the last eager step's enqueue time before an
-eager step), so that the host's launch rate is not billed as idle GPU time:
+is held in a spin while the host enqueues the step (sized from the host's
+enqueue time of the last step of its kind, graph replay or eager), so that the host's launch rate is not billed as idle GPU time:
 the clock is the device's, as in a serving engine that hides launches in
 graphs. A step whose spin ran out before the host was done (``launch_gap``),
 that compiled a Triton kernel (``compiles``) or captured a graph
@@ -122,7 +121,8 @@ class GPUExecutor:
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self.model, self.cache, block_size, graph_max_batch,
                                        taps=check_every > 0)
-        self._eager_spin = int(0.02 * SPIN_HZ)  # until the first eager step says how long (``_timed``)
+        # spin before a graph replay / an eager step, until the host's enqueue times say (``_timed``)
+        self._spin = {True: SPIN_CYCLES, False: int(0.02 * SPIN_HZ)}
         _watch_compiles()
         self.reset()
 
@@ -187,14 +187,13 @@ class GPUExecutor:
         """(seconds of the block moves, seconds of the step, launch gap?).
 
         The GPU is held in a spin while the host enqueues the step, so that
-        the measured time is the device's work, not the host's launch rate:
-        a short fixed spin before a graph replay (one launch), and for an
-        eager step (hundreds of launches, tens of ms of host time) a spin
-        sized from the host's enqueue time of the previous eager step. If
-        the spin ran out before the host finished (``gap``), the GPU waited
-        for launches inside the timed region and the time is not clean; the
-        next eager spin is made longer."""
-        spin = SPIN_CYCLES if graph else self._eager_spin
+        the measured time is the device's work, not the host's launch rate.
+        The spin is sized from the host's enqueue time of the last step of
+        the same kind (graph replay: one launch and two copies, ~0.1 ms;
+        eager: hundreds of launches, tens of ms). If the spin ran out before
+        the host finished (``gap``), the GPU waited for launches inside the
+        timed region and the time is not clean; the next spin is longer."""
+        spin = self._spin[graph]
         gc_on = gc.isenabled()
         gc.disable()  # a collection inside the timed region would be billed to the step
         try:
@@ -209,8 +208,7 @@ class GPUExecutor:
         finally:
             if gc_on:
                 gc.enable()
-        if not graph:
-            self._eager_spin = eager_spin_cycles(enqueue, gap, self._eager_spin)
+        self._spin[graph] = spin_cycles(enqueue, gap, spin)
         return moves_s, measured, gap
 
     def _retime(self, moves_s: float, graphs, bucket: int, batch) -> tuple[float, bool]:
@@ -318,12 +316,13 @@ class _Timer:
         return self.t1 - self.t0, t - self.t0
 
 
-def eager_spin_cycles(enqueue_s: float, gap: bool, previous: int) -> int:
-    """The spin before the next eager step: 1.5x this step's host enqueue
-    time plus 1 ms, at a nominal 2 GHz (a slower clock spins longer, the
-    safe side); after a launch gap at least twice the previous spin. Capped
-    at 0.5 s (a step that compiled spent its enqueue in the compiler)."""
-    cycles = int((1.5 * min(enqueue_s, 0.2) + 1e-3) * SPIN_HZ)
+def spin_cycles(enqueue_s: float, gap: bool, previous: int) -> int:
+    """The spin before the next step of a kind: 1.5x this step's host
+    enqueue time plus 0.1 ms, at a nominal 2 GHz (a slower clock spins
+    longer, the safe side); after a launch gap at least twice the previous
+    spin. Capped at 0.5 s (a step that compiled spent its enqueue in the
+    compiler)."""
+    cycles = int((1.5 * min(enqueue_s, 0.2) + 1e-4) * SPIN_HZ)
     if gap:
         cycles = max(cycles, 2 * previous)
     return min(cycles, int(0.5 * SPIN_HZ))

@@ -52,6 +52,7 @@ def table(executor, base):
 def test_grid_covers_every_part_and_fits_the_pool(base):
     pts = grid(base, max_num_seqs=4, scale=0.01)
     assert {p.part for p in pts} == {"decode", "prefill", "mixed", "cow", "swap"}
+    assert len([p for p in pts if p.part == "mixed"]) == 2
     for p in pts:
         if p.part == "decode":  # a decode point must never preempt
             r = p.trace.requests
@@ -66,7 +67,8 @@ def test_calibration_file_has_samples_provenance_and_round_trips(table, tmp_path
     for key in ("device_name", "torch", "triton", "date", "copy_block_s", "swap_block_s", "steps"):
         assert key in meta, key
     assert meta["steps"] == len(table.samples) > 0
-    assert (table.samples["compiles"] == 0).all()  # compiling steps never reach the fit
+    # compiling steps reach the fit only when run and timed again
+    assert ((table.samples["compiles"] == 0) | (table.samples["retimed"] == 1)).all()
     path = tmp_path / "cal.json"
     table.save(path)
     loaded = TableCostModel.from_file(path)
