@@ -34,7 +34,8 @@ Steps with checks (``check_every``) time the checks too; their records say
 ``checked`` (a graph step then also copies each layer's q/k/v/output out of
 the graph for the shadow). Calibrate with ``check_every=0`` (checked steps are never retimed: the
 shadow sees each layer once). ``graph_bucket`` is the batch
-size the step was padded to (0: eager). The garbage collector is held off
+size the step was padded to (0: eager), ``graph_width`` the table width in
+blocks its graph was captured for (the decode grid depends on it). The garbage collector is held off
 during the timed region.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ from pagesim.sim.plan import StepPlan, StepShapes
 
 RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
                   "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s",
-                  "prep_s", "graph_bucket", "captures", "retimed", "launch_gap")
+                  "prep_s", "graph_bucket", "captures", "retimed", "launch_gap", "graph_width")
 _compiles = [0]  # Triton compilations in this process so far (see _watch_compiles)
 
 
@@ -178,7 +179,8 @@ class GPUExecutor:
         self.cache.finish_swaps()
         checked = shadow is not None and (shadow.checking or bool(plan.cow or plan.swap_in or plan.swap_out))
         self._record(plan, measured, err, checked, compiled, time.perf_counter() - t0,
-                     prep, bucket, int(capture), int(retimed), int(gap))
+                     prep, bucket, int(capture), int(retimed), int(gap),
+                     graphs.width if graphs is not None else 0)
         if self.time_from == "measured":
             return measured
         return float(self.time_from.price(plan.shapes())[0])
@@ -253,13 +255,14 @@ class GPUExecutor:
             shadow.after_cow(plan.step, plan.cow)
 
     def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, compiles: int,
-                wall: float, prep: float, bucket: int, captures: int, retimed: int, gap: int) -> None:
+                wall: float, prep: float, bucket: int, captures: int, retimed: int, gap: int,
+                width: int) -> None:
         s = plan.shapes()
         self.records.append((plan.step, int(s.num_seqs[0]), int(s.num_tokens[0]),
                              int(s.kv_tokens_read[0]), float(s.attn_pairs[0]),
                              int(s.num_prefill_seqs[0]), int(s.copy_blocks[0]),
                              int(s.swap_blocks[0]), measured, err, checked, compiles, wall,
-                             prep, bucket, captures, retimed, gap))
+                             prep, bucket, captures, retimed, gap, width))
 
     def records_frame(self) -> pd.DataFrame:
         """One row per executed step, in the columns ``fit_table`` reads."""

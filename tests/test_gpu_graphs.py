@@ -53,6 +53,8 @@ def test_decode_steps_through_graph_views_pass_the_shadow():
     assert (dec["graph_bucket"] >= dec["num_seqs"]).all()
     assert df["checked"].all() and (df["max_rel_err"] <= (2e-2 if HAS_CUDA else 1e-4)).all()
     assert ex.graphs.width == 8  # widened from 2 blocks to the longest table (29 tokens / 4)
+    assert set(dec["graph_width"]) <= {2, 4, 8} and dec["graph_width"].is_monotonic_increasing
+    assert (df.loc[df["graph_bucket"] == 0, "graph_width"] == 0).all()
     assert (df.loc[df["graph_bucket"] == 0, "num_prefill_seqs"] > 0).all()  # only mixed steps eager
     assert (df["captures"] <= (df["graph_bucket"] > 0)).all() and df["captures"].sum() >= 1
     assert len(gpu_rows(df)) == int(((df["compiles"] == 0) & (df["captures"] == 0)).sum())
