@@ -5,6 +5,11 @@
 #   MODE=1: calibrate, then validate a copy-on-write/swap workload, 120
 #           Mooncake requests and the first 60 s of the Azure conversation trace
 #   MODE=2: validate the first AZURE_S seconds of the Azure conversation trace
+# Note: the device tool sends the session's main checkout, not a helper's
+# worktree (and its .git holds main's history only). The 2026-12-04 record
+# was made by sending this branch's diff against main in base64 chunks to
+# /tmp on the warm machine, applying it to `git archive` of main there, and
+# running the same commands as below (calibrate 226 s, validations 64-326 s).
 MODE=${1:-1}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
