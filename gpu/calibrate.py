@@ -98,11 +98,15 @@ def fit(rows: pd.DataFrame, executor, cfg, trace=None, *, meta: dict | None = No
 def gpu_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Steps that measured the GPU: a step during which Triton compiled a
     kernel variant measures the compiler (hundreds of ms), once per process;
-    a step that captured a CUDA graph ran eagerly, unlike its bucket's others."""
+    a step that captured a CUDA graph ran eagerly, unlike its bucket's others.
+    Such a step counts only if the executor ran and timed it again
+    (``retimed``, see ``GPUExecutor._retime``)."""
     keep = pd.Series(True, index=rows.index)
     for col in ("compiles", "captures"):
         if col in rows.columns:
             keep &= rows[col] == 0
+    if "retimed" in rows.columns:
+        keep |= rows["retimed"] == 1
     return rows[keep]
 
 

@@ -17,21 +17,25 @@ dominate). The CPU has no graphs: everything runs eagerly there.
 
 The step's duration (``measured_s``) is GPU time from the block moves to the
 end of the forward: CUDA events around them on a GPU, ``time.perf_counter``
-on the CPU (where everything is synchronous). Before a graph step's first
-event the GPU is held in a short spin, so the host's enqueueing of the moves
-and the replay is not billed as idle GPU time. The host's preparation of the
-step (bookkeeping, tokens, metadata, filling the graph's input buffers) is
-``prep_s``; ``wall_s`` is the whole ``execute``. With ``time_from`` set to a
-cost model the step still runs, but the cost model's price is returned, so
-the schedule is exactly a simulated replay's (tests compare them).
+on the CPU (where everything is synchronous). Before the first event the GPU
+is held in a spin while the host enqueues the step (sized from the host's
+enqueue time of the last step of its kind, graph replay or eager), so that the host's launch rate is not billed as idle GPU time:
+the clock is the device's, as in a serving engine that hides launches in
+graphs. A step whose spin ran out before the host was done (``launch_gap``),
+that compiled a Triton kernel (``compiles``) or captured a graph
+(``captures``) has its forward run and timed again (``retimed``; see
+``_retime``). The host's preparation of the step (bookkeeping, tokens,
+metadata, filling the graph's input buffers) is ``prep_s``; ``wall_s`` is the
+whole ``execute``, host time included. With ``time_from`` set to a cost
+model the step still runs, but the cost model's price is returned, so the
+schedule is exactly a simulated replay's (tests compare them).
 
 Steps with checks (``check_every``) time the checks too; their records say
 ``checked`` (a graph step then also copies each layer's q/k/v/output out of
-the graph for the shadow). Calibrate with ``check_every=0``. Records also
-count the Triton compilations a step triggered (``compiles``) and the graph
-it captured (``captures``; that step runs eagerly): such steps measure the
-compiler, and calibration leaves them out. ``graph_bucket`` is the batch
-size the step was padded to (0: eager). The garbage collector is held off
+the graph for the shadow). Calibrate with ``check_every=0`` (checked steps are never retimed: the
+shadow sees each layer once). ``graph_bucket`` is the batch
+size the step was padded to (0: eager), ``graph_width`` the table width in
+blocks its graph was captured for (the decode grid depends on it). The garbage collector is held off
 during the timed region.
 """
 from __future__ import annotations
@@ -46,7 +50,7 @@ import torch
 
 from pagesim.gpu.batch import build_batch
 from pagesim.gpu.cache import PagedCache
-from pagesim.gpu.graphs import SPIN_CYCLES, DecodeGraphs
+from pagesim.gpu.graphs import SPIN_CYCLES, SPIN_HZ, DecodeGraphs
 from pagesim.gpu.model import MODES, SyntheticDecoder
 from pagesim.gpu.shadow import Shadow
 from pagesim.gpu.tokens import TokenBook
@@ -55,7 +59,7 @@ from pagesim.sim.plan import StepPlan, StepShapes
 
 RECORD_COLUMNS = ("step", "num_seqs", "num_tokens", "kv_tokens_read", "attn_pairs", "num_prefill_seqs",
                   "copy_blocks", "swap_blocks", "measured_s", "max_rel_err", "checked", "compiles", "wall_s",
-                  "prep_s", "graph_bucket", "captures")
+                  "prep_s", "graph_bucket", "captures", "retimed", "launch_gap", "graph_width")
 _compiles = [0]  # Triton compilations in this process so far (see _watch_compiles)
 
 
@@ -118,6 +122,8 @@ class GPUExecutor:
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self.model, self.cache, block_size, graph_max_batch,
                                        taps=check_every > 0)
+        # spin before a graph replay / an eager step, until the host's enqueue times say (``_timed``)
+        self._spin = {True: SPIN_CYCLES, False: int(0.02 * SPIN_HZ)}
         _watch_compiles()
         self.reset()
 
@@ -146,34 +152,80 @@ class GPUExecutor:
         if graphs is None:
             batch.pack(self.device)
         prep = time.perf_counter() - t0
-        gc_on = gc.isenabled()
-        gc.disable()  # a collection inside the timed region would be billed to the step
-        try:
-            timer = _Timer(self.device, spin=graphs is not None and not capture)
-            self._move_blocks(plan)
+
+        def forward() -> None:
             if graphs is None:
-                batch.upload()
                 self.model.forward(self.cache, batch, hook)
             elif capture:
                 graphs.eager(bucket, plan.step, _first_rows(hook, len(batch.seq_ids)))
             else:
                 graphs.replay(bucket)
-            measured = timer.stop()
-        finally:
-            if gc_on:
-                gc.enable()
+
+        def moves() -> None:
+            self._move_blocks(plan)
+            if graphs is None:
+                batch.upload()
+
+        moves_s, measured, gap = self._timed(moves, forward, graphs is not None and not capture)
         if capture:
             graphs.capture(bucket)
         elif graphs is not None and hook is not None:
             graphs.replay_taps(len(batch.seq_ids), hook)
+        compiled = _compiles[0] - compiles
+        retimed = shadow is None and bool(compiled or capture or gap)
+        if retimed:  # see ``_retime``
+            measured, gap = self._retime(moves_s, graphs, bucket, batch)
         err = shadow.end() if shadow is not None else math.nan
         self.cache.finish_swaps()
         checked = shadow is not None and (shadow.checking or bool(plan.cow or plan.swap_in or plan.swap_out))
-        self._record(plan, measured, err, checked, _compiles[0] - compiles, time.perf_counter() - t0,
-                     prep, bucket, int(capture))
+        self._record(plan, measured, err, checked, compiled, time.perf_counter() - t0,
+                     prep, bucket, int(capture), int(retimed), int(gap),
+                     graphs.width if graphs is not None else 0)
         if self.time_from == "measured":
             return measured
         return float(self.time_from.price(plan.shapes())[0])
+
+    def _timed(self, moves, forward, graph: bool) -> tuple[float, float, bool]:
+        """(seconds of the block moves, seconds of the step, launch gap?).
+
+        The GPU is held in a spin while the host enqueues the step, so that
+        the measured time is the device's work, not the host's launch rate.
+        The spin is sized from the host's enqueue time of the last step of
+        the same kind (graph replay: one launch and two copies, ~0.1 ms;
+        eager: hundreds of launches, tens of ms). If the spin ran out before
+        the host finished (``gap``), the GPU waited for launches inside the
+        timed region and the time is not clean; the next spin is longer."""
+        spin = self._spin[graph]
+        gc_on = gc.isenabled()
+        gc.disable()  # a collection inside the timed region would be billed to the step
+        try:
+            t0 = time.perf_counter()
+            timer = _Timer(self.device, spin=spin)
+            moves()
+            timer.mark()
+            forward()
+            gap = timer.started()
+            enqueue = time.perf_counter() - t0
+            moves_s, measured = timer.stop()
+        finally:
+            if gc_on:
+                gc.enable()
+        self._spin[graph] = spin_cycles(enqueue, gap, spin)
+        return moves_s, measured, gap
+
+    def _retime(self, moves_s: float, graphs, bucket: int, batch) -> tuple[float, bool]:
+        """A step that compiled a kernel, captured a graph or waited for the
+        host measured the host, not the GPU; a serving engine compiles and
+        captures before it serves. Its forward is run and timed again (it
+        is idempotent: the same K/V are stored to the same slots and the
+        same cache is read); the block moves, which are not (a swapped-out
+        block may have been overwritten since), keep their first timing.
+        Returns (seconds charged, launch gap in the second timing?)."""
+        if graphs is not None:
+            _, fwd, gap = self._timed(lambda: None, lambda: graphs.replay(bucket), True)
+        else:
+            _, fwd, gap = self._timed(lambda: None, lambda: self.model.forward(self.cache, batch), False)
+        return moves_s + fwd, gap
 
     def _bookkeeping(self, plan: StepPlan) -> None:
         """Forks happened at the last commit, before any free of this plan
@@ -203,13 +255,14 @@ class GPUExecutor:
             shadow.after_cow(plan.step, plan.cow)
 
     def _record(self, plan: StepPlan, measured: float, err: float, checked: bool, compiles: int,
-                wall: float, prep: float, bucket: int, captures: int) -> None:
+                wall: float, prep: float, bucket: int, captures: int, retimed: int, gap: int,
+                width: int) -> None:
         s = plan.shapes()
         self.records.append((plan.step, int(s.num_seqs[0]), int(s.num_tokens[0]),
                              int(s.kv_tokens_read[0]), float(s.attn_pairs[0]),
                              int(s.num_prefill_seqs[0]), int(s.copy_blocks[0]),
                              int(s.swap_blocks[0]), measured, err, checked, compiles, wall,
-                             prep, bucket, captures))
+                             prep, bucket, captures, retimed, gap, width))
 
     def records_frame(self) -> pd.DataFrame:
         """One row per executed step, in the columns ``fit_table`` reads."""
@@ -231,25 +284,51 @@ def _first_rows(hook, n: int):
 
 class _Timer:
     """CUDA events on a GPU (device time of the region), perf_counter on the CPU.
-    ``spin``: keep the GPU busy for a moment before the first event, so that
-    the time the host takes to enqueue the region is not measured as GPU time."""
+    ``spin`` (cycles): keep the GPU busy for a moment before the first event,
+    so that the time the host takes to enqueue the region is not measured as
+    GPU time. ``mark`` splits the region in two (block moves, forward)."""
 
-    def __init__(self, device: torch.device, spin: bool = False) -> None:
+    def __init__(self, device: torch.device, spin: int = 0) -> None:
         self.cuda = device.type == "cuda"
         if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start, self.mid, self.end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
             if spin:
-                torch.cuda._sleep(SPIN_CYCLES)
+                torch.cuda._sleep(int(spin))
             self.start.record()
         else:
             self.t0 = time.perf_counter()
 
-    def stop(self) -> float:
+    def mark(self) -> None:
+        if self.cuda:
+            self.mid.record()
+        else:
+            self.t1 = time.perf_counter()
+
+    def started(self) -> bool:
+        """Did the GPU reach the first event already (the spin ran out while
+        the host was still enqueueing)? Always False on the CPU."""
+        return self.cuda and self.start.query()
+
+    def stop(self) -> tuple[float, float]:
+        """(seconds to the mark, seconds of the whole region)."""
         if self.cuda:
             self.end.record()
             self.end.synchronize()
-            return self.start.elapsed_time(self.end) / 1e3
-        return time.perf_counter() - self.t0
+            return self.start.elapsed_time(self.mid) / 1e3, self.start.elapsed_time(self.end) / 1e3
+        t = time.perf_counter()
+        return self.t1 - self.t0, t - self.t0
+
+
+def spin_cycles(enqueue_s: float, gap: bool, previous: int) -> int:
+    """The spin before the next step of a kind: 1.5x this step's host
+    enqueue time plus 0.1 ms, at a nominal 2 GHz (a slower clock spins
+    longer, the safe side); after a launch gap at least twice the previous
+    spin. Capped at 0.5 s (a step that compiled spent its enqueue in the
+    compiler)."""
+    cycles = int((1.5 * min(enqueue_s, 0.2) + 1e-4) * SPIN_HZ)
+    if gap:
+        cycles = max(cycles, 2 * previous)
+    return min(cycles, int(0.5 * SPIN_HZ))
 
 
 def executor_for_replay(cfg, **kwargs) -> GPUExecutor:

@@ -30,6 +30,7 @@ import torch
 
 from pagesim.gpu.batch import ALIGN, StepBatch
 
+SPIN_HZ = 2e9  # nominal SM clock for converting spin seconds to cycles
 SPIN_CYCLES = 200_000  # ~0.1 ms at 2 GHz: the GPU waits while the host enqueues the replay
 
 

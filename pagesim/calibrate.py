@@ -10,8 +10,9 @@ would reject). Together they cover:
   B in batch buckets and C in a few context lengths;
 * ``prefill``: one prompt of P new tokens on top of a cached prefix of C
   tokens (a first request with the prefix's token ids warms the cache);
-* ``mixed``: a ShareGPT-like stream whose arrivals are prefilled beside
-  running decodes (chunked prefill);
+* ``mixed``: ShareGPT-like streams (16 and 48 requests/s) whose arrivals
+  are prefilled beside running decodes (chunked prefill), at small and
+  large batch sizes;
 * ``cow``: V0 parallel sampling (n = 4): forks and copy-on-write copies;
 * ``swap``: V0 with swap preemption on a pool too small for the stream.
 
@@ -90,9 +91,11 @@ def grid(base: ReplayConfig, *, max_num_seqs: int = 256, decode_tokens: int = 32
         for c in sorted({int(c * scale) for c in PREFILL_CACHED}):
             points.append(GridPoint("prefill", f"{p}+{c}", _prefill_trace(p, c, seed), base))
     stream = synthetic("sharegpt", num_requests=s(96), rate=16.0, seed=seed)
+    busy = synthetic("sharegpt", num_requests=s(160), rate=48.0, seed=seed + 1)
     if scale < 1:
-        stream = _shrunk(stream, scale)
+        stream, busy = _shrunk(stream, scale), _shrunk(busy, scale)
     points.append(GridPoint("mixed", "sharegpt", stream, base))
+    points.append(GridPoint("mixed", "sharegpt@48", busy, base))  # prefills beside large batches
     v0 = replace(base.scheduler, generation="v0")
     sampled = Trace([replace(r, n=4) for r in stream[: s(32)]], source="grid:cow")
     points.append(GridPoint("cow", "n=4", sampled, replace(base, scheduler=v0)))
@@ -109,20 +112,18 @@ def _shrunk(trace: Trace, scale: float) -> Trace:
 
 
 def profile(points: list[GridPoint], executor, *, progress: bool = True) -> pd.DataFrame:
-    """Replay each grid point through ``executor``; its records, tagged by
-    ``part`` and ``label``. Each point is replayed twice and only the
-    second replay kept: the first compiles Triton kernel variants (and
-    captures graphs) for its shapes."""
+    """Replay each grid point once through ``executor``; its records,
+    tagged by ``part`` and ``label``. A step that compiled a Triton kernel
+    variant or captured a graph is run and timed again by the executor
+    (``retimed``), so no point needs a warm-up replay of its own."""
     bar = _bar(len(points), progress)
     frames = []
     for pt in points:
-        for keep in (False, True):
-            executor.reset()
-            first = len(executor.records)
-            run_replay(pt.trace, pt.cfg, executor=executor)
-            if keep:
-                rows = executor.records_frame().iloc[first:].reset_index(drop=True)
-                frames.append(rows.assign(part=pt.part, label=pt.label))
+        executor.reset()
+        first = len(executor.records)
+        run_replay(pt.trace, pt.cfg, executor=executor)
+        rows = executor.records_frame().iloc[first:].reset_index(drop=True)
+        frames.append(rows.assign(part=pt.part, label=pt.label))
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{pt.part} {pt.label}")

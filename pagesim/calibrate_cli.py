@@ -20,6 +20,7 @@ from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
 
+WARMUP = 16  # requests replayed before a validation run (kernels compile, graphs capture)
 GPU_HINT = "needs the gpu extra: pip install 'pagesim[gpu]' (torch and triton)"
 
 
@@ -73,39 +74,106 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pagesim import traces
     from pagesim.validate import format_table, validate
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CommandError(f"--out {out}: exists (give --overwrite to replace it)")
     table = TableCostModel.from_file(args.calibration)
-    torch, GPUExecutor, preset_of = _gpu_modules()
-    _, preset = _device(torch, preset_of)
-    meta = table.meta
-    trace = traces.load_trace(args.trace) if args.trace else traces.default_workload(args.seed)
-    if args.limit:
-        trace = trace[: args.limit]
-    if args.duration_s:
-        trace = trace.select(trace.arrival_s < trace.arrival_s[0] + args.duration_s)
-    sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, generation=args.scheduler,
-                            preemption=args.preemption)
-    cfg = ReplayConfig(model=meta["model"], gpu=meta["gpu"] if preset != "cpu" else "h100-80gb",
-                       block_size=int(meta["block_size"]), num_gpu_blocks=args.num_gpu_blocks,
-                       scheduler=sched, seed=args.seed, cost_model=args.calibration)
-    ex = GPUExecutor(get_model(cfg.model), cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size,
-                     mode=meta.get("mode", "model"), seed=args.seed)
-    if args.warmup:
-        validate(trace[: args.warmup], cfg, table, ex)  # compiles kernels, captures graphs
-    record = validate(trace, cfg, table, ex)
+    trace = validation_trace(args)
+    if args.measured:
+        record = revalidate(args, trace, table)
+    else:
+        torch, GPUExecutor, preset_of = _gpu_modules()
+        _, preset = _device(torch, preset_of)
+        cfg = validation_config(args, table.meta, preset)
+        ex = GPUExecutor(get_model(cfg.model), cfg.gpu_blocks(), cfg.cpu_blocks(), cfg.block_size,
+                         mode=table.meta.get("mode", "model"), seed=args.seed,
+                         graph_max_batch=args.max_num_seqs)
+        warmup = WARMUP if args.warmup is None else args.warmup
+        if warmup:
+            validate(trace[:warmup], cfg, table, ex)  # compiles kernels, captures graphs
+        record = validate(trace, cfg, table, ex)
+        record["gpu_preset"] = preset
+    record["workload"] = workload_of(args)
     write_validation(record, out)
     print(format_table(record))
     print(f"wrote {out}/")
     return 0
 
 
+#: Options that choose the validated workload: ``--measured`` needs the same.
+WORKLOAD_OPTIONS = ("trace", "limit", "duration_s", "n", "beam_width", "scheduler", "preemption",
+                    "max_num_seqs", "num_gpu_blocks", "num_cpu_blocks", "seed")
+
+
+def workload_of(args) -> dict:
+    return {k: getattr(args, k) for k in WORKLOAD_OPTIONS} | {"calibration": args.calibration}
+
+
+def validation_trace(args):
+    """The trace file (or the built-in workload), cut by --limit and
+    --duration-s, with --n / --beam-width set for every request."""
+    from pagesim import traces
+    from pagesim.traces.trace import Trace
+
+    trace = traces.load_trace(args.trace) if args.trace else traces.default_workload(args.seed)
+    if args.limit:
+        trace = trace[: args.limit]
+    if args.duration_s:
+        trace = trace.select(trace.arrival_s < trace.arrival_s[0] + args.duration_s)
+    fanout = {k: v for k, v in (("n", args.n), ("beam_width", args.beam_width)) if v is not None}
+    if fanout:
+        trace = Trace.from_frame(trace.to_dataframe().assign(**fanout), trace.source,
+                                 {**trace.meta, **fanout})
+    return trace
+
+
+def validation_config(args, meta: dict, preset: str) -> ReplayConfig:
+    sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, generation=args.scheduler,
+                            preemption=args.preemption)
+    return ReplayConfig(model=meta["model"], gpu=meta["gpu"] if preset != "cpu" else "h100-80gb",
+                        block_size=int(meta["block_size"]), num_gpu_blocks=args.num_gpu_blocks,
+                        num_cpu_blocks=args.num_cpu_blocks, scheduler=sched, seed=args.seed,
+                        cost_model=args.calibration)
+
+
+def revalidate(args, trace, table: TableCostModel) -> dict:
+    """``--measured DIR``: the record of an earlier GPU run (its raw step
+    records and requests, written by ``write_validation``) against
+    ``table``; no GPU. Memory identity does not depend on the calibration
+    and is taken from that run's record."""
+    import pandas as pd
+
+    from pagesim.validate import evaluate
+
+    src = Path(args.measured)
+    try:
+        old = json.loads((src / "validation.json").read_text())
+        rows = pd.read_csv(src / GPU_STEPS)
+        requests = pd.read_csv(src / GPU_REQUESTS)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--measured {src}: not a validate output folder with raw GPU data "
+                           f"({e})") from None
+    now = workload_of(args)
+    differ = [k for k in WORKLOAD_OPTIONS if k in old.get("workload", {}) and k != "trace"
+              and old["workload"][k] != now[k]]
+    if differ or len(requests) != len(trace):
+        raise CommandError(f"--measured {src}: that run had other workload options "
+                           f"({', '.join(differ) or 'request count'}); give the same ones")
+    preset = old.get("gpu_preset", table.meta["gpu"])
+    cfg = validation_config(args, table.meta, preset)
+    record = evaluate(trace, cfg, table, rows, requests, old["memory"])
+    record.update(measured_from=str(src), gpu_preset=preset)
+    return record
+
+
+GPU_STEPS, GPU_REQUESTS = "gpu_steps.csv.gz", "gpu_requests.csv.gz"
+
+
 def write_validation(record: dict, out: Path) -> None:
-    """validation.json, validation.md and the figures, as one folder."""
+    """validation.json, validation.md, the figures, and the GPU run's raw
+    step records and requests (for ``--measured``), as one folder."""
     from pagesim.analysis.validation_plots import FIGURES
     from pagesim.validate import format_table, public
 
@@ -113,10 +181,22 @@ def write_validation(record: dict, out: Path) -> None:
         (tmp / "validation.json").write_text(json.dumps(public(record), indent=2, allow_nan=False,
                                                         default=_jsonable) + "\n")
         (tmp / "validation.md").write_text(format_table(record) + "\n")
+        record["_gpu_rows"].to_csv(tmp / GPU_STEPS, index=False)
+        record["_gpu_requests"].to_csv(tmp / GPU_REQUESTS, index=False)
         for name, draw in FIGURES.items():
             draw(record).savefig(tmp / name, dpi=110)
 
     _write_dir_atomically(out, fill)
+
+
+def check_validate(args) -> list[tuple[str, str]]:
+    """Cross-option problems of ``validate``, with replay's rules."""
+    from pagesim.engine_options import swap_conflicts
+
+    found = swap_conflicts(args.preemption, args.scheduler, args.num_cpu_blocks)
+    if args.measured and args.warmup:
+        found.append(("--warmup", "--measured re-reads an earlier GPU run; nothing is warmed"))
+    return found
 
 
 def _jsonable(x):
@@ -163,19 +243,34 @@ def add_subcommands(sub) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_calibrate)
     v = sub.add_parser("validate", help="a trace on the GPU against the same trace simulated")
-    v.add_argument("trace", nargs="?", help="trace file (default: the built-in workload)")
+    v.add_argument("trace", nargs="?", type=opt.trace_file,
+                   help="trace file (default: the built-in workload)")
     v.add_argument("--calibration", required=True, help="calibration file (pagesim calibrate)")
     v.add_argument("--limit", type=opt.positive_int, help="first N requests only")
-    v.add_argument("--duration-s", type=float, help="requests arriving in the first S seconds only")
+    v.add_argument("--duration-s", type=opt.positive_float,
+                   help="requests arriving in the first S seconds only")
+    v.add_argument("--n", type=opt.positive_int,
+                   help="parallel samples per request, set for every request (forks and "
+                   "copy-on-write under --scheduler v0)")
+    v.add_argument("--beam-width", type=opt.positive_int,
+                   help="beam search width, set for every request")
     v.add_argument("--scheduler", choices=["v1", "v0"], default="v1")
-    v.add_argument("--preemption", choices=["recompute", "swap"], default="recompute")
+    v.add_argument("--preemption", choices=["recompute", "swap"], default="recompute",
+                   help="swap needs --scheduler v0")
     v.add_argument("--max-num-seqs", type=opt.positive_int, default=256)
-    v.add_argument("--num-gpu-blocks", type=opt.positive_int, help="KV blocks (default: from memory)")
-    v.add_argument("--warmup", type=int, default=16, help="requests replayed first, unrecorded")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--num-gpu-blocks", type=opt.positive_int,
+                   help="KV blocks (default: from memory; small to force preemption)")
+    v.add_argument("--num-cpu-blocks", type=opt.non_negative_int,
+                   help="CPU swap blocks (default 4 GiB with --preemption swap)")
+    v.add_argument("--warmup", type=opt.non_negative_int,
+                   help=f"requests replayed first, unrecorded (default {WARMUP})")
+    v.add_argument("--measured", metavar="DIR",
+                   help="no GPU: re-check an earlier validate output folder's GPU run against "
+                   "--calibration (same workload options)")
+    v.add_argument("--seed", type=opt.non_negative_int, default=0)
     v.add_argument("--out", default="validation", help="output folder")
     v.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=cmd_validate, check=check_validate, parser=v)
 
 
 __all__ = ["add_subcommands", "cmd_calibrate", "cmd_validate", "CommandError", "CalibrationError"]

@@ -95,14 +95,7 @@ def engine_conflicts(args) -> list[tuple[str, str]]:
         kv_heads_per_gpu(spec, args.tp)
     except ValueError as exc:
         found.append(("--tp", str(exc)))
-    if args.preemption == "swap":
-        if args.scheduler != "v0":
-            found.append(("--preemption", "swap exists only in the v0 scheduler (--scheduler v0)"))
-        if args.num_cpu_blocks == 0:
-            found.append(("--num-cpu-blocks", "--preemption swap needs CPU blocks to swap to; "
-                          "got 0 (omit it for 4 GiB, or use --preemption recompute)"))
-    elif args.num_cpu_blocks:
-        found.append(("--num-cpu-blocks", "CPU blocks are used only by --preemption swap"))
+    found += swap_conflicts(args.preemption, args.scheduler, args.num_cpu_blocks)
     if args.allocator == "paged" and args.placement is not None:
         found.append(("--placement", "places the contiguous baselines' regions; --allocator paged "
                       "has none (use --allocator orca-*)"))
@@ -139,6 +132,21 @@ def model_spec(args):
     """The model with the run's ``--kv-cache-dtype`` (as ``ReplayConfig.model_spec``)."""
     spec = get_model(args.model)
     return spec if args.kv_cache_dtype == "auto" else replace(spec, kv_cache_dtype=args.kv_cache_dtype)
+
+
+def swap_conflicts(preemption: str, scheduler: str, num_cpu_blocks: int | None) -> list[tuple[str, str]]:
+    """(option, problem) for swap preemption without what it needs, or CPU
+    blocks without swap (``replay``, ``compare`` and ``validate`` share it)."""
+    found = []
+    if preemption == "swap":
+        if scheduler != "v0":
+            found.append(("--preemption", "swap exists only in the v0 scheduler (--scheduler v0)"))
+        if num_cpu_blocks == 0:
+            found.append(("--num-cpu-blocks", "--preemption swap needs CPU blocks to swap to; "
+                          "got 0 (omit it for 4 GiB, or use --preemption recompute)"))
+    elif num_cpu_blocks:
+        found.append(("--num-cpu-blocks", "CPU blocks are used only by --preemption swap"))
+    return found
 
 
 def gpu_executor_conflicts(args) -> list[tuple[str, str]]:

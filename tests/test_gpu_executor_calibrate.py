@@ -118,3 +118,42 @@ def test_gpu_preset_names():
     assert gpu_preset_name("NVIDIA H200") == "h200"
     assert gpu_preset_name("NVIDIA A100-SXM4-40GB", 40 * 2**30) == "a100-40gb"
     assert gpu_preset_name("NVIDIA L4") == "nvidia-l4"
+
+
+def test_a_compiling_step_is_run_and_timed_again_and_leaves_the_same_cache(monkeypatch):
+    """A step that compiled a kernel measured the compiler: the executor runs
+    its forward again and charges that timing (``retimed``). Running the
+    forward twice must store exactly what running it once stores."""
+    import pagesim.gpu.executor as gx
+    from pagesim.gpu.calibrate import gpu_rows
+    from pagesim.replay import run_replay
+
+    trace = trace_of((0.0, 7, 3), (0.0, 4, 4), (0.05, 10, 2))
+    cfg = replace(config(num_blocks=40, block_size=4), model="tiny")
+    plain = executor_for_replay(cfg, cuda_graphs=False)
+    run_replay(trace, cfg, executor=ScriptedTimes(plain))
+    faked = executor_for_replay(cfg, cuda_graphs=False)
+    calls = []
+    forward = faked.model.forward
+
+    def compiling_forward(cache, batch, hook=None):
+        calls.append(batch.step)
+        if len(calls) in (1, 4):  # "compile" in the first and the fourth forward
+            gx._compiles[0] += 1
+        return forward(cache, batch, hook)
+
+    monkeypatch.setattr(faked.model, "forward", compiling_forward)
+    run_replay(trace, cfg, executor=ScriptedTimes(faked))
+    df = faked.records_frame()
+    assert df["compiles"].sum() == 2 and (df["retimed"] == (df["compiles"] > 0)).all()
+    assert len(calls) == len(df) + 2 and calls[0] == calls[1]  # the first step ran twice
+    assert len(gpu_rows(df)) == len(df)  # retimed steps count
+    assert torch.equal(torch.isnan(faked.cache.kv), torch.isnan(plain.cache.kv))
+    assert torch.equal(torch.nan_to_num(faked.cache.kv), torch.nan_to_num(plain.cache.kv))
+
+
+def test_spin_follows_the_host_and_grows_after_a_gap():
+    from pagesim.gpu.executor import SPIN_HZ, spin_cycles
+    assert spin_cycles(0.010, False, 10**9) == int((0.015 + 1e-4) * SPIN_HZ)
+    assert spin_cycles(0.001, True, 10**8) == 2 * 10**8  # a gap: at least twice the last
+    assert spin_cycles(5.0, True, 10**9) == int(0.5 * SPIN_HZ)  # capped (a compile)

@@ -53,6 +53,8 @@ def test_decode_steps_through_graph_views_pass_the_shadow():
     assert (dec["graph_bucket"] >= dec["num_seqs"]).all()
     assert df["checked"].all() and (df["max_rel_err"] <= (2e-2 if HAS_CUDA else 1e-4)).all()
     assert ex.graphs.width == 8  # widened from 2 blocks to the longest table (29 tokens / 4)
+    assert set(dec["graph_width"]) <= {2, 4, 8} and dec["graph_width"].is_monotonic_increasing
+    assert (df.loc[df["graph_bucket"] == 0, "graph_width"] == 0).all()
     assert (df.loc[df["graph_bucket"] == 0, "num_prefill_seqs"] > 0).all()  # only mixed steps eager
     assert (df["captures"] <= (df["graph_bucket"] > 0)).all() and df["captures"].sum() >= 1
     assert len(gpu_rows(df)) == int(((df["compiles"] == 0) & (df["captures"] == 0)).sum())
@@ -69,6 +71,9 @@ def test_graph_path_same_schedule_and_tokens_as_eager():
     run_replay(trace, cfg, executor=ex_e)
     df_e = ex_e.records_frame()
     assert df_g["num_seqs"].tolist() == df_e["num_seqs"].tolist()
+    # each capture step's forward ran twice (retimed); the caches below show it is idempotent
+    assert (df_g["retimed"] == df_g["captures"]).all() and df_g["retimed"].sum() >= 1
+    assert len(gpu_rows(df_g)) == len(df_g)
     a, b = ex_g.cache.kv, ex_e.cache.kv
     written = ~torch.isnan(b)
     assert torch.equal(torch.isnan(a), ~written), "graph and eager steps wrote different slots"

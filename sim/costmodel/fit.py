@@ -39,8 +39,9 @@ from pagesim.sim.costmodel.table import (
 
 #: Columns of the measured rows kept in the file: the shape, the measured
 #: device time, host time, and where in the grid the step came from.
-SAMPLE_COLUMNS = ROW_COLUMNS + ("copy_blocks", "swap_blocks", "step", "wall_s", "host_s",
-                                "compiles", "part", "label")
+SAMPLE_COLUMNS = ROW_COLUMNS + ("copy_blocks", "swap_blocks", "step", "wall_s", "prep_s",
+                                "compiles", "captures", "retimed", "launch_gap", "graph_bucket", "graph_width",
+                                "part", "label")
 
 FEATURE_WHY = {
     "const": "per-step cost independent of the batch: weights read once, launch/graph overhead",
