@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pagesim.analysis.plots import (COLORS, LABELS, binned_max, latency_samples, new_figure, save,
-                                    time_bins, weighted_cdf)
+from pagesim.analysis.plots import (CDF_POINTS, COLORS, LABELS, binned_max, latency_samples,
+                                    new_figure, save, time_bins, weighted_cdf)
 from pagesim.sim.accounting import CATEGORIES
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def overlay(results: dict, path=None, *, title: str | None = None) -> Figure:
                      label=label, linewidth=1.2)
         samples = latency_samples(res.requests)
         for ax, name in zip(axes[1], ("TTFT", "TPOT", "E2EL")):
-            x, y = weighted_cdf(*samples[name])
+            x, y = weighted_cdf(*samples[name], max_points=CDF_POINTS)
             ax.plot(x, y, color=color, label=label, linewidth=1.3)
     usage.set(ylabel="kv_cache_usage_perc", xlabel="simulated time (s)", ylim=(0, 1.02),
               title="KV cache usage (time-weighted)")

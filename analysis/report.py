@@ -85,11 +85,7 @@ def queue_spec(steps) -> dict:
 
 
 def cdf_series(values, counts, name, color) -> dict:
-    x, y = weighted_cdf(values, counts)
-    if len(x) > CDF_POINTS:
-        idx = np.unique(np.concatenate((np.searchsorted(y, np.linspace(0, 1, CDF_POINTS)).clip(0, len(x) - 1),
-                                        [0, len(x) - 1])))
-        x, y = x[idx], y[idx]
+    x, y = weighted_cdf(values, counts, max_points=CDF_POINTS)
     return {"name": name, "x": _r(x), "y": _r(y), "color": color, "kind": "line"}
 
 

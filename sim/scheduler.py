@@ -12,7 +12,10 @@ drives it (``schedule`` -> executor -> ``commit``). One step, as in vLLM:
    sequence limit and the free blocks (minus the watermark) allow.
 
 See ``sim/sequence.py`` for the progress rule shared by prefill, decode and
-recompute.
+recompute. Parts of the scheduler live beside it as mixins, one concern a
+file: preemption and swap-in (``sim/preemption.py``), fast mode's decode
+stretches (``sim/decode_stretches.py``), async output (``sim/async_output.py``)
+and groups waiting on a transfer (``sim/held.py``).
 
 Fast mode (``fast = True``): the scheduler owns a ``LazyDecodeSet``
 (``sim/lazy_decode.py``) of the running groups that are one sequence in plain
@@ -31,20 +34,21 @@ import heapq
 from pagesim.sim.async_output import AsyncOutput
 from pagesim.sim.branching import apply_branch
 from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.errors import OutOfBlocks
+from pagesim.sim.decode_stretches import DecodeStretches
 from pagesim.sim.held import HeldGroups
 from pagesim.sim.kv_protocol import KVCacheManager
 from pagesim.sim.lazy_decode import LazyDecodeSet
-from pagesim.sim.offload import LoadsFromTier, steps_before_offload
+from pagesim.sim.offload import LoadsFromTier
 from pagesim.sim.plan import DecodeStretch, StepPlan
+from pagesim.sim.preemption import Preemption
 from pagesim.sim.policies import order_policy, victim_policy
 from pagesim.sim.running import RunningList
-from pagesim.sim.sequence import FINISHED, FINISHING, REJECTED, RUNNING, SWAPPED, WAITING, Group
+from pagesim.sim.sequence import FINISHED, FINISHING, REJECTED, RUNNING, Group
 from pagesim.sim.waiting_queue import WaitingQueue
 from pagesim.sim.workload import admit_request
 
 
-class Scheduler(AsyncOutput, HeldGroups):
+class Scheduler(Preemption, DecodeStretches, AsyncOutput, HeldGroups):
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, *, rng, event_log=None) -> None:
         self.cfg = config
         self.token_budget = config.token_budget  # tokens one step may compute (cfg is frozen)
@@ -218,44 +222,6 @@ class Scheduler(AsyncOutput, HeldGroups):
             i += 1
         return budget
 
-    def _reserve(self, g: Group, q: int, index: int, plan: StepPlan) -> bool:
-        """Slots for ``q`` more tokens of every sequence of ``g``, preempting
-        victims until they fit. False when ``g`` itself was preempted.
-
-        A group's copy-on-write pairs enter the plan only once all its
-        sequences got their slots: a group that copies for one sequence and
-        is then preempted for the next has freed the copy's destination, so
-        an executor must not copy into it."""
-        append = self.kv.append_slots
-        cow = []
-        for s in g.seqs:
-            while True:
-                # append_slots checks before it acts: OutOfBlocks means
-                # nothing changed (cheaper than can_append on every step).
-                try:
-                    pairs = append(s.seq_id, q)
-                    break
-                except OutOfBlocks:
-                    victim = self._pick_victim(index)
-                    self._preempt(victim, plan)
-                    if victim is g:
-                        return False
-            if pairs:
-                cow.extend(pairs)
-        if cow:
-            plan.cow.extend(cow)
-        return True
-
-    def _pick_victim(self, index: int) -> Group:
-        """Among the running groups not yet scheduled this step (``index``
-        onwards, the one asking included), the one the policy gives up.
-
-        The head of the running list (kept longest) is never a victim while
-        another group runs: it always progresses, so every run ends even
-        when preemption loses work (restarted V0 sample groups)."""
-        candidates = self.running[max(index, 1):] or self.running[index:]
-        return self.victim.pick(candidates, self.kv)
-
     def _note(self, g: Group, kind: str, queried: int = 0, cached: int = 0) -> None:
         if self.request_events is not None:
             self.request_events.append((self.step, g.record.id, kind, queried, cached))
@@ -279,76 +245,6 @@ class Scheduler(AsyncOutput, HeldGroups):
         self.prefix_cache_hits += cached
         g.record.cached_tokens += cached
         self._note(g, "admit", queried, cached)
-
-    def _preempt(self, g: Group, plan: StepPlan) -> None:
-        if g.status == FINISHING:
-            self._preempt_finishing(g, plan)
-            return
-        self.running.remove_group(g, self.key(g))
-        # a group admitted with loads holds slots it has not computed: it
-        # cannot be swapped as it stands, so it is recomputed
-        reserved = self._drop_hold(g) if self.held else 0
-        self.preemptions += 1
-        g.record.preemptions += 1
-        ids = [s.seq_id for s in g.seqs]
-        kv = self.kv
-        if self.cfg.preemption == "swap" and not reserved and kv.caps.swap and kv.can_swap_out(ids):
-            plan.swap_out.extend(kv.swap_out(ids))
-            self._note(g, "swap_out")
-            g.status = SWAPPED
-            heapq.heappush(self.swapped, (self.key(g), g))
-            return
-        self._requeue_for_recompute(g, plan)
-
-    def _requeue_for_recompute(self, g: Group, plan: StepPlan) -> None:
-        """Free the group's KV (GPU or CPU copy) and queue it to recompute."""
-        for s in g.seqs:
-            self.kv.free(s.seq_id)
-            plan.freed.append(s.seq_id)
-        if len(g.seqs) > 1:
-            # Forked samples/beams cannot be recomputed from the prompt alone
-            # (vLLM V0 requires swap for them): the group restarts, losing its
-            # generated tokens; the dropped children never come back.
-            plan.finished.extend(s.seq_id for s in g.seqs[1:])
-            g.seqs = [g.seqs[0]]
-            g.seqs[0].generated = 0
-            g.forked = False
-        for s in g.seqs:
-            s.computed = 0
-        g.preempted = True
-        self._note(g, "preempt")
-        g.status = WAITING
-        self.waiting.push(self.key(g), g)
-
-    def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
-        kv = self.kv
-        bs = kv.block_size
-        while self.swapped:
-            g = self.swapped[0][1]
-            ids = [s.seq_id for s in g.seqs]
-            q = self._tokens_for(g, budget)
-            if q == 0 or self.running.num_seqs + len(ids) > self.cfg.max_num_seqs:
-                break
-            # Room for the blocks themselves and for this step's q tokens of
-            # every sequence (a group swapped mid-prefill continues with a
-            # chunk): otherwise it would preempt itself right back out.
-            grow = len(ids) * -(-q // bs)
-            if not kv.can_swap_in(ids, watermark_blocks=self.watermark_blocks + grow):
-                break
-            heapq.heappop(self.swapped)
-            moved = kv.swap_in(ids)
-            plan.swap_in.extend(moved)
-            self._note(g, "swap_in")
-            index = self.running.insert_group(g, self.key(g))
-            g.status = RUNNING
-            if self.async_transfers:
-                self._hold(g, "swap_in", len(moved), 0, self._group_blocks(g))  # runs once they are back
-                continue
-            if not self._reserve(g, q, index, plan):
-                break  # it was preempted after all: no retry within this step
-            self._add_to_plan(plan, g, q)
-            budget -= q * len(ids)
-        return budget
 
     def admission_watermark(self) -> int:
         """Blocks to keep free when admitting: vLLM 0.33 keeps them only
@@ -428,54 +324,6 @@ class Scheduler(AsyncOutput, HeldGroups):
             if tables is not None:
                 plan.block_tables.append(tables(s.seq_id))
         self._scheduled.append((g, q))
-
-    # ------------------------------------------------------------- fast mode
-    def _stretch_ahead(self) -> DecodeStretch | None:
-        """The determined decode steps ahead, when every running group is a
-        plain decoder in the lazy set (None otherwise): until the first
-        finish or the first crossing the free blocks cannot cover."""
-        lazy = self.lazy
-        n = len(lazy)
-        if (not n or n + len(self.finishing) != len(self.running) or self.swapped
-                or n > self.token_budget):
-            return None
-        k = lazy.steps_to_first_finish()
-        if k and lazy.paged:
-            k = lazy.memory_limit(k, self.kv.pool.num_free)
-            if k and self.async_transfers and self.tier is not None:
-                k = steps_before_offload(lazy, self.kv.pool, k)
-        if k == 0:
-            return None
-        st = DecodeStretch(self.step, k, n, lazy.sum_computed + n)
-        if self.stretch_detail:
-            st.seq_ids = [g.seqs[0].seq_id for g in self.running if g.status != FINISHING]
-            st.context_lens0 = lazy.computed_of(st.seq_ids, plus=1)
-        return st
-
-    def _reserve_decoders(self) -> int:
-        """The running phase of a mixed step: the lazy members' decode of
-        this step in bulk (their allocator events, then ``D`` advances).
-        Returns the tokens it takes from the budget."""
-        lazy = self.lazy
-        lazy.apply_events(0)
-        lazy.D += 1
-        return len(lazy)
-
-    def _commit_stretch(self, st: DecodeStretch, now: float) -> None:
-        """Apply a pure stretch's allocator events step by step (recording
-        the counters after each in ``st``), advance the members, and finish
-        those whose last token came in its last step."""
-        self.lazy.run(st, self.pending_tokens(), self.log)
-        self._finish_members(now)
-        self.step += st.num_steps
-
-    def _finish_members(self, now: float) -> None:
-        lazy = self.lazy
-        done = []
-        for m in lazy.finished_by(lazy.D):
-            lazy.remove(m.sid)
-            done.append(m.group)
-        self.end_groups(done, now)
 
     # ----------------------------------------------------------------- commit
     def commit(self, outcome: StepPlan | DecodeStretch, now: float) -> None:

@@ -208,9 +208,13 @@ def test_sigint_mid_run_exits_130_with_one_line(tmp_path):
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
+    # A job started in the background by a non-interactive shell (a CI
+    # runner, `cmd &`) inherits SIGINT ignored, and Python then keeps it
+    # ignored: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "pagesim", "replay", "--num-requests", "50000",
                              "--quiet", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stderr.readline()
     assert first.startswith("replaying 50000 requests"), first
     proc.send_signal(signal.SIGINT)

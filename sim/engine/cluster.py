@@ -99,8 +99,7 @@ class Replica:
 
     def cached_prefix_tokens(self, req) -> int:
         kv = self.engine.sched.kv
-        caps = getattr(kv, "enable_prefix_caching", False)
-        if not caps:
+        if not kv.caps.prefix_caching:
             return 0
         keys = request_keys(req, kv.block_size, shared_prompt=False)
         return kv.num_cached_tokens(req.prompt_tokens, keys) if keys is not None else 0

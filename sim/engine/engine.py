@@ -176,7 +176,7 @@ class Engine:
             self.on_step(plan, start, dt)
         sched.commit(plan, end)
         if waiting:
-            return self.transfers.idle_until(end, self._next_arrival())
+            return self.transfers.idle_until(end, self.source.next_arrival())
         return end
 
     def _run_stretch(self, st) -> float:
