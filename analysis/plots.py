@@ -170,6 +170,27 @@ def queue_panel(steps, *, ax):
     return ax
 
 
+def memory_per_replica(steps, summary=None, path=None) -> Figure:
+    """``memory_over_time`` for each replica of a cluster run (the steps
+    table's ``replica`` column), one row of panels each, on one time axis:
+    the replicas' steps interleave in time, so one panel over all of them
+    would mix their memory."""
+    replicas = sorted(int(r) for r in steps["replica"].unique())
+    fig = new_figure((10, 4.2 * len(replicas)))
+    axes = fig.subplots(2 * len(replicas), 1, sharex=True, height_ratios=[3, 2] * len(replicas))
+    per = (summary or {}).get("replicas") or []
+    for k, r in enumerate(replicas):
+        part = steps[steps["replica"].to_numpy() == r]
+        title = f"KV memory of replica {r}"
+        if r < len(per) and "memory_split" in per[r]:
+            title += f" · token states {per[r]['memory_split']['token_states']:.1%} (time-averaged)"
+        memory_over_time(part, None, axes=axes[2 * k:2 * k + 2], title=title)
+    if summary:
+        fig.suptitle(run_title(summary), fontsize=10)
+    save(fig, path)
+    return fig
+
+
 # ---------------------------------------------------------------- latency
 def weighted_cdf(values, counts=None, max_points: int | None = None):
     """(sorted values, cumulative fraction) of a weighted sample; with
@@ -259,5 +280,5 @@ def latency_cdfs(requests, steps=None, path=None, *, summary=None, axes=None) ->
     return fig
 
 
-__all__ = ["memory_over_time", "memory_breakdown", "queue_panel", "latency_cdfs", "binned_memory",
+__all__ = ["memory_over_time", "memory_per_replica", "memory_breakdown", "queue_panel", "latency_cdfs", "binned_memory",
            "binned_max", "weighted_cdf", "latency_samples", "new_figure", "run_title"]

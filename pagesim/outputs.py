@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pagesim.analysis.plots import latency_cdfs, memory_over_time
+from pagesim.analysis.plots import latency_cdfs, memory_over_time, memory_per_replica
 from pagesim.analysis.report import replay_report
 from pagesim.analysis.timeline import write_timeline
 
@@ -149,7 +149,10 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
             df.to_csv(path, index=False)
         written.append(path)
     if plots:
-        memory_over_time(result.steps, result.summary, folder / "memory.png")
+        if "replica" in result.steps and result.steps["replica"].nunique() > 1:
+            memory_per_replica(result.steps, result.summary, folder / "memory.png")
+        else:
+            memory_over_time(result.steps, result.summary, folder / "memory.png")
         latency_cdfs(result.requests, result.steps, folder / "latency.png", summary=result.summary)
         written += [folder / "memory.png", folder / "latency.png"]
     if report:

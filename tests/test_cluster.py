@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from pagesim.analysis.plots import binned_memory, memory_per_replica
 from pagesim.cluster import run_cluster
 from pagesim.replay import ReplayConfig, replace, run_replay
 from pagesim.sim.executor import CostModelExecutor
@@ -108,3 +109,20 @@ def test_cluster_refuses_an_executor_that_runs_steps():
     with pytest.raises(ValueError, match="drives one replica only"):
         run_replay(synthetic("sharegpt", num_requests=3, seed=0),
                    ReplayConfig(num_gpu_blocks=100, replicas=2), executor=Runs())
+
+
+def test_memory_plot_has_one_panel_pair_per_replica():
+    """A cluster's replicas interleave in time: the memory figure draws each
+    replica's own rows (its stacked split ends at its own last step)."""
+    trace = synthetic("sharegpt", num_requests=120, rate=30, seed=5)
+    res = run_replay(trace, ReplayConfig(num_gpu_blocks=200, replicas=3, router="round-robin"))
+    fig = memory_per_replica(res.steps, res.summary)
+    axes = fig.get_axes()
+    assert len(axes) == 6
+    for r in range(3):
+        top = axes[2 * r]
+        assert top.get_title().startswith(f"KV memory of replica {r}")
+        own = res.steps[res.steps["replica"] == r]
+        x, _ = binned_memory(own)
+        stack = top.collections[0].get_paths()[0].vertices[:, 0]  # token-states area's outline
+        assert stack.max() == pytest.approx(x[-1]), f"replica {r}'s panel is not drawn from its own steps"
