@@ -68,7 +68,8 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv0)
     if cfg.cpu_offload_blocks:
-        summary["prefix_cache"]["tiers"] = tier_summary([p[1] for p in parts.values()])
+        scheds, kvs = zip(*((p[0], p[1]) for p in parts.values()))
+        summary["prefix_cache"]["tiers"] = tier_summary(scheds, kvs)
     link_df = pd.concat(links, ignore_index=True) if links else None
     if link_df is not None:  # the cluster's links: per direction, summed over replicas
         summary["links"] = {d: _sum_links([r["links"][d] for r in per_replica], cluster.clock)

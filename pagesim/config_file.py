@@ -40,6 +40,8 @@ PATH_KEYS = ("trace", "cost_model", "model", "gpu")
 DERIVED = ("capacity_tokens",)
 #: Parser entries that are not options a file may set.
 NOT_OPTIONS = {"help", "config"}
+#: Config fields whose option has another name.
+RENAMED = {"pcie_bandwidth_gbps": "pcie_bandwidth"}
 #: summary.json keys that a command without that option leaves aside.
 SUMMARY_ONLY = {"compare": ("events",)}
 
@@ -112,7 +114,7 @@ def flatten(data: dict, command: str) -> list[tuple[str, str, object]]:
         elif name == "fast" and isinstance(value, bool):
             out.append(("step_by_step", key, not value))
         elif name not in DERIVED and name not in SUMMARY_ONLY.get(command, ()):
-            out.append((name, key, value))
+            out.append((RENAMED.get(name, name), key, value))
     return out
 
 

@@ -220,7 +220,7 @@ def add_transfer_summary(summary: dict, cfg: ReplayConfig, engine, kv):
     transfers as a DataFrame (None without links). Runs without either
     keep today's summary."""
     if cfg.cpu_offload_blocks:
-        summary["prefix_cache"]["tiers"] = tier_summary([kv])
+        summary["prefix_cache"]["tiers"] = tier_summary([engine.sched], [kv])
     if cfg.link_model == "none":
         return None
     rows = sorted(engine.transfers.rows(), key=lambda r: (r[2], r[0]))  # by step, h2d first

@@ -217,13 +217,15 @@ def check_tier(tier: CpuPrefixTier) -> None:
     assert all(k < UNIQUE_KEY_BASE for k in tier.blocks), "CPU tier holds content nobody can look up"
 
 
-def tier_summary(kvs) -> dict:
-    """The prefix cache's hits split by tier, and the CPU tiers' traffic,
-    summed over ``kvs`` (``OffloadingKVCacheManager``s: one per replica),
-    for ``summary.json``; rates are None when nothing was queried."""
-    q = sum(kv.queried_tokens for kv in kvs)
-    gpu = sum(kv.hit_tokens for kv in kvs)
-    cpu = sum(kv.cpu_hit_tokens for kv in kvs)
+def tier_summary(scheds, kvs) -> dict:
+    """The prefix cache's hits split by tier (the schedulers' counters: first
+    admissions, as the summary's ``hit_rate_tokens``, which is the GPU
+    tier's) and the CPU tiers' traffic, summed over replicas (``kvs``:
+    their ``OffloadingKVCacheManager``s), for ``summary.json``; rates are
+    None when nothing was queried."""
+    q = sum(s.prefix_cache_queries for s in scheds)
+    gpu = sum(s.prefix_cache_hits for s in scheds)
+    cpu = sum(s.prefix_cache_cpu_hits for s in scheds)
     return {
         "gpu_hit_tokens": gpu, "cpu_hit_tokens": cpu, "queried_tokens": q,
         "gpu_hit_rate_tokens": gpu / q if q else None,

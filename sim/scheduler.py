@@ -78,7 +78,7 @@ class Scheduler(Preemption, DecodeStretches, AsyncOutput, HeldGroups):
         self.step = 0
         self.preemptions = 0
         #: vLLM's prefix-cache counters in tokens (``_count_lookup``).
-        self.prefix_cache_queries = self.prefix_cache_hits = 0
+        self.prefix_cache_queries = self.prefix_cache_hits = self.prefix_cache_cpu_hits = 0
         self.preempted_queries = self.preempted_hits = 0
         self.next_seq_id = 0
         self.next_gid = 0
@@ -226,25 +226,29 @@ class Scheduler(Preemption, DecodeStretches, AsyncOutput, HeldGroups):
         if self.request_events is not None:
             self.request_events.append((self.step, g.record.id, kind, queried, cached))
 
-    def _count_lookup(self, g: Group, known: int, cached: int) -> None:
+    def _count_lookup(self, g: Group, known: int, cached: int, loaded: int = 0) -> None:
         """The prefix-cache lookup of an admission, as vLLM counts it
         (``PrefixCacheStats.record``): a first admission adds its known
-        tokens to ``prefix_cache_queries`` and its hits to
-        ``prefix_cache_hits`` and sets the request's ``cached_tokens``
-        (``num_cached_tokens``, set at first scheduling only); a re-admission
-        after a preemption (event kind ``readmit``) goes to the
+        tokens to ``prefix_cache_queries`` and its GPU hits to
+        ``prefix_cache_hits`` (the ``loaded`` tokens found in the CPU offload
+        tier go to ``prefix_cache_cpu_hits``, as vLLM keeps a connector's
+        hits apart) and sets the request's ``cached_tokens`` (vLLM's
+        ``num_cached_tokens``: both tiers, set at first scheduling only); a
+        re-admission after a preemption (event kind ``readmit``) goes to the
         ``preempted_*`` counters instead. With prefix caching off nothing is
         looked up."""
         queried = known if self.kv.caps.prefix_caching else 0
+        gpu = cached - loaded
         if g.preempted:
             self.preempted_queries += queried
-            self.preempted_hits += cached
-            self._note(g, "readmit", queried, cached)
+            self.preempted_hits += gpu
+            self._note(g, "readmit", queried, gpu)
             return
         self.prefix_cache_queries += queried
-        self.prefix_cache_hits += cached
+        self.prefix_cache_hits += gpu
+        self.prefix_cache_cpu_hits += loaded
         g.record.cached_tokens += cached
-        self._note(g, "admit", queried, cached)
+        self._note(g, "admit", queried, gpu)
 
     def admission_watermark(self) -> int:
         """Blocks to keep free when admitting: vLLM 0.33 keeps them only
@@ -290,7 +294,8 @@ class Scheduler(Preemption, DecodeStretches, AsyncOutput, HeldGroups):
                               prompt_tokens=s.prompt_len)
             assert hit == cached, f"cache hit changed between check and act ({cached} -> {hit})"
             s.computed = cached
-            self._count_lookup(g, s.known, cached)
+            loaded = self.tier.blocks_loading(s.seq_id) * kv.block_size if self.tier is not None else 0
+            self._count_lookup(g, s.known, cached, loaded)
             self.running.insert_group(g, self.key(g))
             g.status = RUNNING
             if self.async_transfers and self._wait_for_blocks(g, cached, q):

@@ -58,13 +58,15 @@ for router in results:
     with_tier = tiered[router, "GPU + CPU tier"]
     t = with_tier.summary["prefix_cache"]["tiers"]
     assert t["gpu_hit_rate_tokens"] == with_tier.summary["prefix_cache"]["hit_rate_tokens"]
-    assert t["cpu_hit_tokens"] == 16 * t["loaded_blocks"] > 0, (router, t)
+    # first admissions' CPU hits; loads also serve re-admissions after a preemption
+    assert t["cpu_hit_tokens"] <= 16 * t["loaded_blocks"] and t["loaded_blocks"] > 0, (router, t)
     assert t["offloaded_blocks"] > 0 and "tiers" not in without
     # what the text claims: the total hit rate is at least the GPU-only run's
     assert t["hit_rate_tokens"] >= without["hit_rate_tokens"], (router, t, without)
     links = with_tier.summary["links"]
     assert links["h2d"]["blocks"] == t["loaded_blocks"] and 0 < links["h2d"]["utilisation"] < 1
     assert len(with_tier.links) == links["h2d"]["transfers"] + links["d2h"]["transfers"]
+assert tiered["prefix-aware", "GPU + CPU tier"].summary["prefix_cache"]["tiers"]["cpu_hit_tokens"] > 0
 assert tier_table.shape[0] == 6
 """,
     "prefix_caching": """

@@ -74,7 +74,10 @@ def test_fast_mode_equals_step_by_step_with_the_tier_and_links(run):
     r = fast.requests
     assert (r["finish_s"].notna() | r["rejected"].notna()).all()
     tiers = fast.summary["prefix_cache"]["tiers"]
-    assert tiers["cpu_hit_tokens"] == tiers["loaded_blocks"] * cfg.block_size
+    # hits count first admissions (as vLLM's counters); loads also serve re-admissions
+    assert tiers["cpu_hit_tokens"] <= tiers["loaded_blocks"] * cfg.block_size
+    if not fast.summary["preemptions"]:
+        assert tiers["cpu_hit_tokens"] == tiers["loaded_blocks"] * cfg.block_size
     ev = fast.events.to_dataframe()
     assert (ev["kind"] == "load").sum() == tiers["loaded_blocks"]
     assert (ev["kind"] == "offload").sum() == tiers["offloaded_blocks"]
