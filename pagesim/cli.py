@@ -11,7 +11,7 @@ from dataclasses import replace
 from pagesim import options as opt
 from pagesim.config_file import ConfigError, add_config_option, config_defaults
 from pagesim.engine_options import add_engine_options, engine_conflicts
-from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_outputs
+from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_replay
 from pagesim.provenance import provenance
 from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import SchedulerConfig
@@ -92,17 +92,27 @@ def cmd_replay(args) -> int:
     cfg = replay_config(args, work.max_model_len)
     print(f"replaying {len(work.trace)} requests from {work.trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
-    result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
-                        pause_gc=True,  # a CLI run owns its process
-                        record_requests=bool(args.timeline))
-    result.summary["config"].update(workload=workload_dict(args, args.parser), executor=args.executor)
-    result.summary["provenance"] = provenance(args.argv, work.info)
-    print_summary(result.summary)
-    if args.out is not None:
-        files = write_outputs(result, args.out, plots=not args.no_plots,
-                              table_format=args.table_format, overwrite=args.overwrite,
-                              report=args.report, timeline=args.timeline)
-        print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
+
+    def replay(steps_path=None):
+        result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
+                            pause_gc=True,  # a CLI run owns its process
+                            record_requests=bool(args.timeline), steps_path=steps_path)
+        result.summary["config"].update(workload=workload_dict(args, args.parser), executor=args.executor)
+        result.summary["provenance"] = provenance(args.argv, work.info)
+        print_summary(result.summary)
+        return result
+
+    if args.out is None:
+        replay()
+        return 0
+    # the steps table streams into the staged output folder as the run goes:
+    # memory stays bounded however many steps the run takes
+    with staged_dir(args.out, args.overwrite) as tmp:
+        result = replay(steps_path=tmp / "steps.parquet")
+        names = [p.name for p in write_replay(result, tmp, plots=not args.no_plots,
+                                              table_format=args.table_format, report=args.report,
+                                              timeline=args.timeline)]
+    print(f"wrote {len(names)} files to {args.out}/ ({', '.join(names)})")
     return 0
 
 
