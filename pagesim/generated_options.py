@@ -26,8 +26,11 @@ from tyro.constructors import PrimitiveConstructorSpec
 from pagesim.options import CHECKS
 
 
-class OptionError(ValueError):
-    """A value refused at parse time, naming its option (exit code 2)."""
+class OptionError(Exception):
+    """A value refused at parse time, naming its option (exit code 2). Not a
+    ValueError: tyro would catch that and print its own box, wrapping the
+    message; this one passes through tyro to ``main``, which prints it as
+    argparse did (``pagesim replay: error: argument --tp: ...``)."""
 
     def __init__(self, option: str, problem: str):
         super().__init__(f"argument {option}: {problem}")
@@ -36,13 +39,15 @@ class OptionError(ValueError):
 
 def option(help: str, *, default=None, check=None, choices=None, cli: str | None = None,
            flag: str | None = None, metavar: str | None = None, nargs=1, const=None,
-           positional: bool = False):
+           positional: bool = False, required: bool = False):
     """A field of an option group: its option declared once (see the module doc).
     ``cli``: the dest (``args.<cli>``) when not the field's name; ``flag``: the
     option's name when not the dest's (``--format``, read as ``trace_format``).
     ``nargs``: 1, ``"+"`` (a tuple of values) or ``"?"`` (``const`` when the
-    option is given without a value)."""
-    meta = {"help": help, "nargs": nargs, "const": const, "positional": positional}
+    option is given without a value). ``required``: the command line must give it
+    (the dataclass's default, None, is the library's)."""
+    meta = {"help": help, "nargs": nargs, "const": const, "positional": positional,
+            "required": required}
     for key, value in (("check", check), ("choices", choices), ("cli", cli), ("flag", flag),
                        ("metavar", metavar)):
         if value is not None:
@@ -54,7 +59,6 @@ def option(help: str, *, default=None, check=None, choices=None, cli: str | None
 class OptionSpec:
     """One command-line option, read from a field and its metadata."""
 
-    field: str                   # the dataclass field
     dest: str                    # the name the rest of the CLI reads (args.<dest>)
     name: str                    # the option's name without dashes (usually the dest)
     default: Any
@@ -66,6 +70,7 @@ class OptionSpec:
     nargs: Any = 1
     const: Any = None
     positional: bool = False
+    required: bool = False
 
     @property
     def flag(self) -> str:
@@ -76,9 +81,9 @@ class OptionSpec:
         """One value from its text: the check, then the choices. Raises
         ``argparse.ArgumentTypeError`` or ``ValueError`` with the reason."""
         value = self.check(text) if self.check is not None else text
-        if self.choices is not None and value not in self.choices:
-            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from "
-                                             f"{', '.join(map(str, self.choices))})")
+        if self.choices is not None and value not in self.choices:   # argparse's words
+            choices = ", ".join(repr(str(c)) for c in self.choices)
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})")
         return value
 
     def from_cli(self, texts: list[str]):
@@ -105,11 +110,11 @@ def option_specs(cls) -> list[OptionSpec]:
         kind = "value" if not is_bool else ("flag" if default is False else "switch")
         dest = meta.get("cli", f.name)
         out.append(OptionSpec(
-            field=f.name, dest=dest, name=meta.get("flag", dest), default=default,
-            help=meta.get("help", ""),
+            dest=dest, name=meta.get("flag", dest), default=default, help=meta.get("help", ""),
             kind=kind, check=CHECKS[check] if isinstance(check, str) else check,
             choices=meta.get("choices"), metavar=meta.get("metavar"), nargs=meta.get("nargs", 1),
-            const=meta.get("const"), positional=meta.get("positional", False)))
+            const=meta.get("const"), positional=meta.get("positional", False),
+            required=meta.get("required", False)))
     return out
 
 
@@ -127,7 +132,7 @@ def _annotation(spec: OptionSpec):
     # the default is appended to the help unless the text says it (or it is a --x flag's off)
     hint = "" if "default" in spec.help or spec.kind == "flag" else None
     conf = tyro.conf.arg(name=spec.name, help=spec.help, help_behavior_hint=hint)
-    if spec.kind == "flag":   # --x; a config file's true is applied after parsing (as_namespace)
+    if spec.kind == "flag":   # --x; a config file's true is applied after parsing (parse)
         return Annotated[bool, tyro.conf.FlagCreatePairsOff, conf]
     if spec.kind == "switch":
         return Annotated[Optional[bool], tyro.conf.DisallowNone, conf]
@@ -145,15 +150,18 @@ def tyro_class(cls, specs: list[OptionSpec], defaults: dict):
     """The dataclass tyro reads for group ``cls``: one field per option,
     named by its dest, with ``defaults`` (the file's values) over the group's."""
     def default(s: OptionSpec):
+        if s.required and s.dest not in defaults:
+            return dataclasses.field()
         value = s.default if s.kind == "flag" else defaults.get(s.dest, s.default)
         if value.__class__.__hash__ is None:   # a list (--allocators from a file)
             return dataclasses.field(default_factory=lambda: value)
         return dataclasses.field(default=value)
     return dataclasses.make_dataclass(cls.__name__, [(s.dest, _annotation(s), default(s))
-                                                     for s in specs])
+                                                     for s in specs], kw_only=True)
 
 
-def parse(prog: str, groups: dict[str, type], argv: list[str], file_values: dict) -> argparse.Namespace:
+def parse(prog: str, groups: dict[str, type], argv: list[str],
+          file_values: dict) -> argparse.Namespace:
     """``argv`` parsed by tyro into one namespace of dests; ``file_values``
     (``--config``) are the defaults the command line overrides."""
     specs = {title: option_specs(cls) for title, cls in groups.items()}
@@ -163,8 +171,9 @@ def parse(prog: str, groups: dict[str, type], argv: list[str], file_values: dict
         doc = (cls.__doc__ or "").strip()
         doc = None if doc.startswith(cls.__name__ + "(") else doc   # dataclass's generated doc
         parts.append((title.replace(" ", "_"), Annotated[generated, tyro.conf.arg(help=doc)],
-                      dataclasses.field(default_factory=generated)))
-    command = dataclasses.make_dataclass(prog.replace(" ", "_"), parts)
+                      dataclasses.field() if any(s.required for s in specs[title])
+                      else dataclasses.field(default_factory=generated)))
+    command = dataclasses.make_dataclass(prog.replace(" ", "_"), parts, kw_only=True)
     parsed = tyro.cli(tyro.conf.OmitArgPrefixes[command], args=argv, prog=prog)
     ns = argparse.Namespace()
     for title in groups:

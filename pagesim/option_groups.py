@@ -199,3 +199,63 @@ class CompareOptions:
         "compare values of any option instead of allocators, e.g. block-size=8,16,32, "
         "victim=latest,most-blocks, prefix-caching=on,off, rate=10,20,40 (default: allocators)",
         check=opt.vary_spec, metavar="OPTION=V1,V2")
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What is profiled, and where the fitted table goes."""
+
+    model: str = option("model preset", check=opt.model_preset, default="llama-3-8b")
+    gpu_memory_utilization: float = option("fraction of GPU memory for weights + KV (sizes the "
+                                           "cache, as vLLM)", check=opt.fraction, default=0.9)
+    block_size: int = option("tokens per KV block", check=opt.block_size, default=16)
+    num_gpu_blocks: int | None = option("KV blocks (default: from memory)",
+                                        check=opt.positive_int, metavar="N")
+    max_num_seqs: int = option("largest decode batch", check=opt.positive_int, default=256)
+    mode: str = option("synthetic decoder (model) or attention only",
+                       choices=("model", "attention"), default="model")
+    scale: float = option("shrink the grid's lengths and counts (dry runs on a CPU)",
+                          check=opt.fraction, default=1.0)
+    refit: tuple | None = option("refit the pooled samples of these calibration files (no GPU "
+                                 "needed; default: profile)", nargs="+", flag="from",
+                                 metavar="FILE")
+    seed: int = option("seeds the profiled shapes", check=opt.non_negative_int, default=0)
+    out: str | None = option("calibration file to write (JSON)", required=True, metavar="FILE")
+    overwrite: bool = option("replace --out if it exists", default=False)
+    quiet: bool = option("no progress bar", default=False)
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """The validated workload (--measured needs the same) and the output."""
+
+    trace: str | None = option("trace file (default: the built-in workload)",
+                               check=opt.trace_file, metavar="TRACE", positional=True)
+    calibration: str | None = option("calibration file (pagesim calibrate)", required=True,
+                                     metavar="FILE")
+    limit: int | None = option("first N requests only (default: all)", check=opt.positive_int,
+                               metavar="N")
+    duration_s: float | None = option("requests arriving in the first S seconds only (default: "
+                                      "all)", check=opt.positive_float, metavar="S")
+    n: int | None = option("parallel samples per request, set for every request (forks and "
+                           "copy-on-write under --scheduler v0; default: the trace's)",
+                           check=opt.positive_int)
+    beam_width: int | None = option("beam search width, set for every request (default: the "
+                                    "trace's)", check=opt.positive_int)
+    scheduler: str = option("vLLM scheduler generation", choices=("v1", "v0"), default="v1")
+    preemption: str = option("swap needs --scheduler v0", choices=("recompute", "swap"),
+                             default="recompute")
+    max_num_seqs: int = option("most sequences running at once", check=opt.positive_int,
+                               default=256)
+    num_gpu_blocks: int | None = option("KV blocks (default: from memory; small to force "
+                                        "preemption)", check=opt.positive_int, metavar="N")
+    num_cpu_blocks: int | None = option("CPU swap blocks (default 4 GiB with --preemption swap)",
+                                        check=opt.non_negative_int, metavar="N")
+    warmup: int | None = option("requests replayed first, unrecorded (default 16)",
+                                check=opt.non_negative_int, metavar="N")
+    measured: str | None = option("no GPU: re-check an earlier validate output folder's GPU run "
+                                  "against --calibration (same workload options; default: run "
+                                  "on the GPU)", metavar="DIR")
+    seed: int = option("seeds the workload", check=opt.non_negative_int, default=0)
+    out: str = option("output folder", default="validation", metavar="DIR")
+    overwrite: bool = option("replace --out if it exists", default=False)

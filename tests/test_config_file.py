@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pagesim import options
-from pagesim.cli import command_specs, parse_run
+from pagesim.cli import command_specs, parse_command
 from pagesim.sim.config import SchedulerConfig
 
 from tests.clihelpers import FAST, azure, listing, run, strict_load  # noqa: F401 (azure: a fixture)
@@ -85,7 +85,7 @@ def test_toml_for_compare_and_paths_next_to_the_file(tmp_path, azure, capsys, mo
     ("bad.yaml", "chunked_prefill: maybe\n", "key 'chunked_prefill': expected true or false"),
     ("bad.yaml", "block_size: [1, 2\n", "bad.yaml: not valid YAML"),
     ("bad.yaml", "- 1\n- 2\n", "expected a mapping"),
-    ("bad.toml", 'allocator = "foo"\n', "bad.toml: key 'allocator': invalid choice 'foo'"),
+    ("bad.toml", 'allocator = "foo"\n', "bad.toml: key 'allocator': invalid choice: 'foo'"),
     ("bad.json", '{"gpu_memory_utilization": 2}', "key 'gpu_memory_utilization': must be in (0, 1]"),
     ("bad.json", '{"trace": "missing.csv"}', "key 'trace': no such file"),
     ("bad.ini", "[x]\n", "config files are .yaml, .yml, .toml or .json"),
@@ -109,7 +109,7 @@ def test_scheduler_options_are_generated_from_the_dataclass():
     """Each SchedulerConfig field is one option, its default (parsed from an
     empty command line) the dataclass's and its check one the CLI knows (the
     metadata of sim/config.py)."""
-    specs, args = command_specs("replay"), parse_run("replay", [])
+    specs, args = command_specs("replay"), parse_command("replay", [])
     defaults = SchedulerConfig()
     for f in fields(SchedulerConfig):
         dest = f.metadata.get("cli", f.name)
