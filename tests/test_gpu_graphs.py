@@ -188,3 +188,40 @@ def test_prefill_launch_orders_agree(heavy_first):
     kw = {} if HAS_CUDA else dict(block_m=16, block_n=16)
     out = K.paged_prefill(q, kc, vc, tables, cu, ctx_t, heavy_first=heavy_first, **kw)
     assert ((out.float() - ref).norm() / ref.norm()) < (2e-2 if HAS_CUDA else 1e-5)
+
+
+@pytest.mark.parametrize("gather", [False, True])
+@pytest.mark.parametrize("graph_grid", [False, True])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_rope_decode_equals_rope_store_then_decode(gather, graph_grid, splits):
+    """One launch (RoPE, store, decode; the row gather too) against the two-launch path it replaces:
+    same outputs, same cache contents, rotated q and k; padding rows store nothing and return 0."""
+    gen = torch.Generator().manual_seed(11 + gather + 2 * graph_grid)
+    H, Hkv, D, bs = (32, 8, 128, 16) if HAS_CUDA else (4, 2, 16, 4)
+    ctx = [3000, 1, 17, 0, 515] if HAS_CUDA else [37, 1, 9, 0, 20]  # 0: a graph's padding row
+    B, width = len(ctx), max(ctx) // bs + 2
+    nb = B * width + 1
+    kc = torch.randn(nb, bs, Hkv, D, generator=gen).to(DT).to(HERE)
+    vc = torch.randn(nb, bs, Hkv, D, generator=gen).to(DT).to(HERE)
+    tables = (torch.randperm(nb - 1, generator=gen)[:B * width] + 1).view(B, width).int().to(HERE)
+    ctx_t = torch.tensor(ctx, dtype=torch.int32, device=HERE)
+    pos = (ctx_t - 1).clamp_min(0)
+    slots = torch.tensor([int(tables[b, (c - 1) // bs]) * bs + (c - 1) % bs if c else -1 for b, c in enumerate(ctx)],
+                         dtype=torch.int32, device=HERE)
+    src = torch.randn(64 if gather else B, (H + 2 * Hkv) * D, generator=gen).to(DT).to(HERE)
+    rows = torch.randint(0, 64, (B,), generator=gen).int().to(HERE) if gather else None
+    kw = dict(max_context_len=width * bs, split_by_context=True) if graph_grid else {}
+    kw.update(num_splits=splits, **({} if HAS_CUDA else {"tile_n": 16}))
+    qkv = src[rows].clone() if gather else src.clone()
+    kc2, vc2 = kc.clone(), vc.clone()
+    K.rope_store(qkv, pos, slots, kc2, vc2, H)
+    ref = K.paged_decode(qkv[:, :H * D].view(B, H, D), kc2, vc2, tables, ctx_t, **kw)
+    before = src.clone()
+    out, q, k = K.rope_decode(src, pos, slots, kc, vc, tables, ctx_t, H, rows=rows, **kw)
+    assert torch.equal(src, before), "rope_decode must not modify its source rows"
+    tol = 2e-2 if HAS_CUDA else 1e-5
+    assert ((out.float() - ref.float()).norm() / ref.float().norm()) < tol
+    assert torch.equal(out[3], torch.zeros_like(out[3])), "a padding row (context 0) must give zeros"
+    assert (q.float() - qkv[:, :H * D].view(B, H, D).float()).abs().max() < tol
+    assert (k.float() - qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, D).float()).abs().max() < tol
+    assert (kc.float() - kc2.float()).abs().max() < tol and torch.equal(vc, vc2), "cache slots differ"
