@@ -12,8 +12,10 @@ for stage in "$@"; do
           python3 -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -1 ;;
     tests) python3 -m pytest -q -p no:cacheprovider tests/test_gpu_graphs.py tests/test_kernels.py 2>&1 | tail -5
            python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_executor.py 2>&1 | tail -3 ;;
-    exec) python3 bench/bench_gpu_executor.py --batch 1 8 32 64 128 --eager-batch --fuse on off \
-            --results "$OUT/exec.json" 2>&1 | tail -25 ;;
+    exec) python3 bench/bench_gpu_executor.py --batch 1 8 32 64 128 --eager-batch \
+            --results "$OUT/exec.json" 2>&1 | tail -12
+          python3 bench/bench_gpu_executor.py --batch 1 8 32 --eager-batch --fuse off \
+            --results "$OUT/exec_off.json" 2>&1 | tail -8 ;;
     blas) python3 bench/bench_gpu_executor.py --modes model --batch 32 64 --eager-batch --blas cublaslt \
             --results "$OUT/exec_lt.json" 2>&1 | tail -6 ;;
     kernels) python3 bench/bench_kernels.py --tune --prefill --ops --out "$OUT" 2>&1 | grep -v "^kernel " | tail -40 ;;
