@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--modes", nargs="+", default=["attention", "model"])
     p.add_argument("--layouts", nargs="+", default=["out_in"], help="model-mode weight layouts to time")
-    p.add_argument("--fuse", nargs="+", default=["on"], choices=["on", "off"],
+    p.add_argument("--fuse", nargs="+", default=["off"], choices=["on", "off"],
                    help="decode-only steps through rope_decode (on) or rope_store + paged_decode (off)")
     p.add_argument("--blas", choices=["default", "cublas", "cublaslt"], default="default",
                    help="torch's preferred BLAS library for the model's GEMMs")

@@ -12,7 +12,7 @@ for stage in "$@"; do
           python3 -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -1 ;;
     tests) python3 -m pytest -q -p no:cacheprovider tests/test_gpu_graphs.py tests/test_kernels.py 2>&1 | tail -5
            python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_executor.py 2>&1 | tail -3 ;;
-    exec) python3 bench/bench_gpu_executor.py --batch 1 8 32 64 128 --eager-batch \
+    exec) python3 bench/bench_gpu_executor.py --batch 1 8 32 64 128 --eager-batch --fuse on \
             --results "$OUT/exec.json" 2>&1 | tail -12
           python3 bench/bench_gpu_executor.py --batch 1 8 32 --eager-batch --fuse off \
             --results "$OUT/exec_off.json" 2>&1 | tail -8 ;;

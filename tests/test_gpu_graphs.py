@@ -35,18 +35,21 @@ def test_bucket_sizes():
     assert bucket_sizes(30) == [1, 2, 4, 8, 16, 24, 30]
 
 
-def graph_replay(trace, cfg, max_batch, check_every=1):
+def graph_replay(trace, cfg, max_batch, check_every=1, fuse=False):
     ex = executor_for_replay(cfg, check_every=check_every, cuda_graphs=False)
+    ex.model.fuse_decode = fuse
     ex.graphs = DecodeGraphs(ex.model, ex.cache, cfg.block_size, max_batch, taps=check_every > 0, width=2)
     result = run_replay(trace, cfg, executor=ex)
     return result, ex, ex.records_frame()
 
 
-def test_decode_steps_through_graph_views_pass_the_shadow():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_decode_steps_through_graph_views_pass_the_shadow(fuse):
     # 5 sequences, bucket 8: padded rows; prompts up to 20 tokens in blocks of 4: tables widen 2 -> 8
+    # fuse: decode-only steps through rope_decode (RoPE, store and attention in one launch)
     cfg = replace(config(num_blocks=80, block_size=4), model="tiny")
     trace = trace_of((0.0, 5, 6), (0.0, 12, 7), (0.0, 20, 5), (0.1, 3, 9), (0.2, 9, 8))
-    result, ex, df = graph_replay(trace, cfg, max_batch=8)
+    result, ex, df = graph_replay(trace, cfg, max_batch=8, fuse=fuse)
     assert result.summary["requests"]["finished"] == 5
     dec = df[df["graph_bucket"] > 0]
     assert len(dec) >= 5 and set(dec["graph_bucket"]) <= {1, 2, 4, 8}

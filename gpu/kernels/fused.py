@@ -78,9 +78,10 @@ def rope_prologue(src_ptr, rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, kc_p
 
     Reads packed qkv row b (ROPE 1) or row rows[b] of a table (ROPE 2). Returns the group's rotated
     q heads [BLOCK_G, BLOCK_D], the rotated new k and the new v [BLOCK_D], and the position. Split 0
-    writes q and k to q_rot / k_rot and k, v to the cache slot (< 0: skipped); every split keeps its
-    own copies in registers, so none waits for the store. Rotate-half over the whole head: element d
-    pairs with d +- D/2, the same float32 arithmetic as ``_rotate``."""
+    writes q and k to q_rot / k_rot and k, v to the cache slot (< 0: skipped); the split holding
+    position pos adds k, v from registers (``new_token_update``), so none waits for the store.
+    Rotate-half over the whole head: element d pairs with d +- D/2, the same float32 arithmetic as
+    ``_rotate``."""
     if ROPE == 2:
         row = src_ptr + tl.load(rows_ptr + b).to(tl.int64) * stride_t
     else:
@@ -118,6 +119,30 @@ def rope_prologue(src_ptr, rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, kc_p
     tl.store(kc_ptr + dst, k_new, mask=smask)
     tl.store(vc_ptr + dst, v_new, mask=smask)
     return q, k_new, v_new, pos
+
+
+@triton.jit
+def new_token_scores(q, k_new, qk_scale):
+    """Scaled scores [BLOCK_G] of the group's rotated q heads against the new key, in float32."""
+    return tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale
+
+
+@triton.jit
+def new_token_update(qk_new, v_new, pos, ctx, tile_lo, tiles_per_split, m_i, l_i, acc,
+                     TILE_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Online-softmax step over the one new key (``rope_decode``; its scaled scores ``qk_new``
+    [BLOCK_G] come from before the tile loop), taken only by the split whose tile range holds
+    position ``pos`` (and only when pos lies in the context): a rank-1 update in registers, so the
+    tile loop and its shared-memory buffers stay those of plain decode."""
+    t_new = pos // TILE_N
+    own = (t_new >= tile_lo) & (t_new < tile_lo + tiles_per_split) & (pos < ctx)
+    ownv = (tl.zeros([BLOCK_G], tl.int32) + own.to(tl.int32)) != 0  # a block (Triton 3.9's interpreter)
+    qk = tl.where(ownv, qk_new, float("-inf"))
+    m_new = tl.maximum(m_i, qk)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet and not the owner
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(qk - m_safe)
+    return m_new, l_i * alpha + p, acc * alpha[:, None] + p[:, None] * v_new.to(tl.float32)[None, :]
 
 
 def rope_store(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,

@@ -47,7 +47,7 @@ import triton.language as tl
 
 from pagesim.gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 from pagesim.gpu.kernels.decode_tuning import tuned
-from pagesim.gpu.kernels.fused import rope_prologue
+from pagesim.gpu.kernels.fused import new_token_scores, new_token_update, rope_prologue
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64  # the merge holds [splits, head_dim] fp32 per head in registers
@@ -96,6 +96,7 @@ def _paged_decode_kernel(
         q, k_new, v_new, pos = rope_prologue(q_ptr, rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, k_ptr, v_ptr,
                                               b, kvh, s, stride_qb, log2_theta, num_kv_heads, stride_kb, stride_ks,
                                               stride_kh, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_SIZE, ROPE)
+        qk_new = new_token_scores(q, k_new, qk_scale)  # before the loop: q's float32 copy dies here
     else:
         q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
                     mask=gmask[:, None] & dmask[None, :], other=0.0)
@@ -108,14 +109,18 @@ def _paged_decode_kernel(
     n_tiles = tl.cdiv(ctx, TILE_N)
     if SPLIT_BY_CTX:  # each sequence spreads its own tiles over the splits (graph-safe grid)
         tiles_per_split = tl.cdiv(n_tiles, num_splits)
+    if ROPE:  # the cache holds keys before the new token; it is added after the loop, from registers
+        kv_end = tl.minimum(pos, ctx)
+    else:
+        kv_end = ctx
     tile_lo = s * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(kv_end, TILE_N))
     if BT_AHEAD:  # ids of the first tile, independent of ctx (past it they only feed masked loads)
         tok0 = tile_lo * TILE_N + n
         blk_next = tl.load(bt_row + tok0 // BLOCK_SIZE, mask=tok0 < table_tokens, other=0)
     for t in range(tile_lo, tile_hi):
         tok = t * TILE_N + n
-        tmask = tok < ctx
+        tmask = tok < kv_end
         if BT_AHEAD:
             blk = blk_next.to(tl.int64)
             nxt = tok + TILE_N
@@ -126,10 +131,6 @@ def _paged_decode_kernel(
         kv_mask = tmask[:, None] & dmask[None, :]
         k = tl.load(k_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if ROPE:  # the new token's slot may not be written yet: its k, v come from registers
-            is_new = (tok == pos)[:, None]
-            k = tl.where(is_new, k_new[None, :], k)
-            v = tl.where(is_new, v_new[None, :], v)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         qk = tl.where(tmask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every visited tile has a valid token
@@ -138,6 +139,9 @@ def _paged_decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
+    if ROPE:  # the split whose tiles hold position pos adds the new token (its slot may be unwritten yet)
+        m_i, l_i, acc = new_token_update(qk_new, v_new, pos, ctx, tile_lo, tiles_per_split, m_i, l_i, acc,
+                                         TILE_N, BLOCK_G)
 
     o = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty range: acc == 0, o == 0
     if SPLIT:

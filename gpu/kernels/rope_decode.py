@@ -9,13 +9,17 @@ layer, 16 us at the copy bandwidth) they were a third of the layer
 
     qkv row (or table[rows[b]]) ── rotate its q heads and the new k in registers
     split 0 ── q_rot, k_rot (for the shadow hook), k and v into the cache slot
-    every split ── its tiles of the paged KV; the tile holding position pos
-                   takes the new token's k, v from registers, not from the
-                   slot (which another program may not have written yet)
+    every split ── its tiles of the cached keys before position pos
+    the split whose tiles hold pos ── one more online-softmax step over the
+                   new k, v in registers (not from the slot, which another
+                   program may not have written yet)
 
-Rows must be decode tokens whose position is their context length - 1
-(the new token is the last context token). Padding rows: slot < 0 and
-context 0 (nothing stored, output 0).
+Keeping the new token out of the tile loop keeps the loop, its shared
+memory and its occupancy exactly those of ``paged_decode`` (a first version
+that swapped the new row into the loaded tile with tl.where needed 100 KB of
+shared memory instead of 70 KB in an sm_90 compile: 2 programs per SM, not 3).
+Rows are decode tokens: position pos holds the new token, keys before it
+are cached. Padding rows: slot < 0 and context 0 (nothing stored, output 0).
 """
 from __future__ import annotations
 
