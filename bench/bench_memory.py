@@ -50,20 +50,24 @@ def peak_rss_mb() -> float:
 
 
 def child(result_path: str, cli_args: list[str]) -> None:
-    """Run inside the fresh process: the CLI, then report peak RSS."""
-    from pagesim import cli
+    """Run inside a fresh process: the command as a user runs it
+    (``python -m pagesim``, in a process of its own, whose peak RSS is read
+    from ``getrusage`` once it has exited), or the baseline imports here."""
     t = time.perf_counter()
     if cli_args:
-        rc = cli.main(cli_args)
-        assert rc == 0, f"pagesim replay exited with {rc}"
+        import resource
+        subprocess.run([sys.executable, "-m", "pagesim", *cli_args], check=True, stdout=subprocess.DEVNULL)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+        peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
     else:  # baseline: the modules a replay that writes parquet and plots loads
         import pyarrow.parquet  # noqa: F401
 
         import pagesim.analysis.plots  # noqa: F401
         import pagesim.replay  # noqa: F401
         from pagesim import traces  # noqa: F401
+        peak_mb = peak_rss_mb()
     wall = time.perf_counter() - t
-    out = {"peak_mb": peak_rss_mb(), "wall_s": wall}
+    out = {"peak_mb": peak_mb, "wall_s": wall}
     if "--out" in cli_args:
         summary = json.loads((Path(cli_args[cli_args.index("--out") + 1]) / "summary.json").read_text())
         out["requests"] = summary["requests"]["total"]
