@@ -44,6 +44,21 @@ def _seqs_per_request(requests: pd.DataFrame) -> np.ndarray:
                       requests["beam_width"].to_numpy(dtype=np.int64))
 
 
+def _counts_up_to(events: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each ``t[i]``, how many of the sorted ``events`` are <= it:
+    ``np.searchsorted(events, t, side="right")``. The step times of a
+    replica are sorted, and there are far fewer events (requests) than
+    steps: then each event's first step at or after it, counted per step
+    and summed, gives the same integers for one search per event instead of
+    one per step (0.2 G instructions of the Azure trace's 19 k requests
+    and 453 k steps)."""
+    if len(t) < 2 * len(events) or not (t[1:] >= t[:-1]).all():
+        return np.searchsorted(events, t, side="right")   # (a cluster's steps interleave)
+    # event j counts from the first step i with t[i] >= events[j]
+    first = np.searchsorted(t, events, side="left")
+    return np.cumsum(np.bincount(first, minlength=len(t) + 1)[: len(t)])
+
+
 def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int,
                marks: pd.DataFrame | None = None) -> pd.DataFrame:
     """``steps`` with the gauge columns added, in place (a copy would hold
@@ -71,8 +86,8 @@ def add_gauges(steps: pd.DataFrame, requests: pd.DataFrame, capacity_tokens: int
     done = np.isfinite(fin)
     order = np.argsort(fin[done], kind="stable")
     fin_t, fin_seqs = fin[done][order], seqs[done][order]
-    waiting = np.concatenate(([0], np.cumsum(arr_seqs)))[np.searchsorted(arrivals, t, side="right")]
-    waiting -= np.concatenate(([0], np.cumsum(fin_seqs)))[np.searchsorted(fin_t, t, side="right")]
+    waiting = np.concatenate(([0], np.cumsum(arr_seqs)))[_counts_up_to(arrivals, t)]
+    waiting -= np.concatenate(([0], np.cumsum(fin_seqs)))[_counts_up_to(fin_t, t)]
     waiting -= running
     np.maximum(waiting, 0, out=waiting)
     out["num_requests_waiting"] = waiting.astype(np.int32)  # sequences: far below 2**31
