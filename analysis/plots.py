@@ -199,16 +199,16 @@ def weighted_cdf(values, counts=None, max_points: int | None = None):
     picture, and a 6 M-step run's ITL curve stays a few KB. Temporaries are
     freed as it goes (each is one value per step)."""
     v = np.asarray(values, dtype=float)
-    w = np.ones(len(v)) if counts is None else np.asarray(counts, dtype=float)
+    w = np.ones(len(v), dtype=np.int64) if counts is None else np.asarray(counts)
     keep = np.isfinite(v) & (w > 0)
     if not keep.all():
         v, w = v[keep], w[keep]
     del keep
     order = np.argsort(v, kind="stable")
     v = v[order]
-    c = w[order]  # a fresh array: the cumulative sum and the division go in place
+    # counts summed in float64, as integers: exact (the division goes in place)
+    c = np.cumsum(w[order], dtype=np.float64)
     del order, w
-    np.cumsum(c, out=c)
     if len(c):
         c /= c[-1]
     if max_points is not None and len(v) > max_points:
@@ -238,11 +238,14 @@ def latency_samples(requests, steps=None):
     return out
 
 
-def _marks(values, counts) -> dict:
-    """p50 and p99 as the summary computes them (linear interpolation)."""
+def percentile_marks(values, counts) -> dict:
+    """p50 and p99 as the summary computes them (linear interpolation),
+    over the finite values (copied only if some are not)."""
     v = np.asarray(values, dtype=float)
     c = np.ones(len(v), dtype=np.int64) if counts is None else np.asarray(counts)
     ok = np.isfinite(v)
+    if ok.all():
+        return weighted_stats(v, c, (50, 99))
     return weighted_stats(v[ok], c[ok], (50, 99))
 
 
@@ -257,7 +260,7 @@ def latency_cdfs(requests, steps=None, path=None, *, summary=None, axes=None) ->
         x, y = weighted_cdf(values, counts, max_points=CDF_POINTS)
         if len(x):
             ax.plot(x, y, color="#264653", linewidth=1.5)
-            marks = _marks(values, counts)
+            marks = percentile_marks(values, counts)
             for key, q, style, side in (("p50", 0.5, ":", 1), ("p99", 0.99, "--", -1)):
                 v = marks[key]
                 ax.axvline(v, color="#e76f51", linestyle=style, linewidth=1)
@@ -281,4 +284,4 @@ def latency_cdfs(requests, steps=None, path=None, *, summary=None, axes=None) ->
 
 
 __all__ = ["memory_over_time", "memory_per_replica", "memory_breakdown", "queue_panel", "latency_cdfs", "binned_memory",
-           "binned_max", "weighted_cdf", "latency_samples", "new_figure", "run_title"]
+           "binned_max", "weighted_cdf", "latency_samples", "percentile_marks", "new_figure", "run_title"]

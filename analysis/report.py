@@ -19,9 +19,8 @@ import numpy as np
 
 from pagesim.analysis.compare_plots import PALETTE, binned_mean
 from pagesim.analysis.plots import (COLORS, LABELS, binned_max, binned_memory, latency_samples,
-                                    run_title, weighted_cdf)
+                                    percentile_marks, run_title, weighted_cdf)
 from pagesim.sim.accounting import CATEGORIES
-from pagesim.sim.serving_metrics import weighted_stats
 
 MAX_POINTS = 20_000
 CDF_POINTS = 1_000
@@ -98,11 +97,7 @@ def cdf_spec(name: str, runs: dict) -> dict:
         if s["x"]:
             lo, hi = min(lo, min(s["x"])), max(hi, max(s["x"]))
     if len(runs) == 1:
-        v, c = next(iter(runs.values()))
-        v = np.asarray(v, dtype=float)
-        c = np.ones(len(v), dtype=np.int64) if c is None else np.asarray(c)
-        ok = np.isfinite(v)
-        st = weighted_stats(v[ok], c[ok], (50, 99))
+        st = percentile_marks(*next(iter(runs.values())))
         marks = [{"x": st["p50"], "label": f"p50 {st['p50']:,.1f} ms"},
                  {"x": st["p99"], "label": f"p99 {st['p99']:,.1f} ms", "row": 1}]
     logx = bool(lo > 0 and hi / lo > 50)

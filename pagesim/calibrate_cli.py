@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from pagesim import options as opt
 from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
@@ -225,54 +224,4 @@ def _write_dir_atomically(path: Path, fill) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def add_subcommands(sub) -> None:
-    c = sub.add_parser("calibrate", help="profile step shapes on a GPU and fit the table cost model")
-    c.add_argument("--model", default="llama-3-8b", help="model preset")
-    c.add_argument("--gpu-memory-utilization", type=opt.fraction, default=0.9,
-                   help="fraction of GPU memory for weights + KV (sizes the cache, as vLLM)")
-    c.add_argument("--block-size", type=opt.block_size, default=16, help="tokens per KV block")
-    c.add_argument("--num-gpu-blocks", type=opt.positive_int, help="KV blocks (default: from memory)")
-    c.add_argument("--max-num-seqs", type=opt.positive_int, default=256, help="largest decode batch")
-    c.add_argument("--mode", choices=["model", "attention"], default="model",
-                   help="synthetic decoder (model) or attention only")
-    c.add_argument("--scale", type=opt.fraction, default=1.0,
-                   help="shrink the grid's lengths and counts (dry runs on a CPU)")
-    c.add_argument("--from", dest="refit", nargs="+", metavar="FILE",
-                   help="refit the pooled samples of these calibration files (no GPU needed)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", required=True, help="calibration file to write (JSON)")
-    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=cmd_calibrate)
-    v = sub.add_parser("validate", help="a trace on the GPU against the same trace simulated")
-    v.add_argument("trace", nargs="?", type=opt.trace_file,
-                   help="trace file (default: the built-in workload)")
-    v.add_argument("--calibration", required=True, help="calibration file (pagesim calibrate)")
-    v.add_argument("--limit", type=opt.positive_int, help="first N requests only")
-    v.add_argument("--duration-s", type=opt.positive_float,
-                   help="requests arriving in the first S seconds only")
-    v.add_argument("--n", type=opt.positive_int,
-                   help="parallel samples per request, set for every request (forks and "
-                   "copy-on-write under --scheduler v0)")
-    v.add_argument("--beam-width", type=opt.positive_int,
-                   help="beam search width, set for every request")
-    v.add_argument("--scheduler", choices=["v1", "v0"], default="v1")
-    v.add_argument("--preemption", choices=["recompute", "swap"], default="recompute",
-                   help="swap needs --scheduler v0")
-    v.add_argument("--max-num-seqs", type=opt.positive_int, default=256)
-    v.add_argument("--num-gpu-blocks", type=opt.positive_int,
-                   help="KV blocks (default: from memory; small to force preemption)")
-    v.add_argument("--num-cpu-blocks", type=opt.non_negative_int,
-                   help="CPU swap blocks (default 4 GiB with --preemption swap)")
-    v.add_argument("--warmup", type=opt.non_negative_int,
-                   help=f"requests replayed first, unrecorded (default {WARMUP})")
-    v.add_argument("--measured", metavar="DIR",
-                   help="no GPU: re-check an earlier validate output folder's GPU run against "
-                   "--calibration (same workload options)")
-    v.add_argument("--seed", type=opt.non_negative_int, default=0)
-    v.add_argument("--out", default="validation", help="output folder")
-    v.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    v.set_defaults(func=cmd_validate, check=check_validate, parser=v)
-
-
-__all__ = ["add_subcommands", "cmd_calibrate", "cmd_validate", "CommandError", "CalibrationError"]
+__all__ = ["cmd_calibrate", "cmd_validate", "CommandError", "CalibrationError"]

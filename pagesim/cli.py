@@ -6,20 +6,26 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass
+from typing import Callable
 
+from pagesim import generated_options, option_groups as og
 from pagesim import options as opt
-from pagesim.config_file import ConfigError, add_config_option, config_defaults
-from pagesim.engine_options import add_engine_options, engine_conflicts
-from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_outputs
+from pagesim.config_file import ConfigError, config_defaults, config_path
+from pagesim.engine_options import engine_conflicts
+from pagesim.generated_options import OptionError, option_specs
+from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_replay
 from pagesim.provenance import provenance
-from pagesim.sim.allocators import ALLOCATORS
 from pagesim.sim.config import SchedulerConfig
-from pagesim.calibrate_cli import add_subcommands as add_calibration_commands
+from pagesim.calibrate_cli import check_validate, cmd_calibrate, cmd_validate
 from pagesim.sim.vllm_profile import BEHAVIOURS
 from pagesim.trace_cli import add_subcommands
-from pagesim.workload_options import (add_workload_options, load_workload, workload_conflicts,
-                                      workload_dict)
+from pagesim.workload_options import load_workload, workload_conflicts, workload_dict
+
+_SHARED = {"config": og.ConfigOption, "workload": og.WorkloadOptions,
+           "model and hardware": og.ModelOptions, "allocator": og.AllocatorOptions,
+           "scheduler": SchedulerConfig, "seed and checking": og.RunOptions,
+           "cluster": og.ClusterOptions, "serving metrics": og.MetricsOptions}
 
 
 def replay_config(args, max_len: int):
@@ -92,17 +98,27 @@ def cmd_replay(args) -> int:
     cfg = replay_config(args, work.max_model_len)
     print(f"replaying {len(work.trace)} requests from {work.trace.source or 'synthetic'} "
           f"({cfg.model} on {cfg.gpu}, {cfg.allocator})", file=sys.stderr)
-    result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
-                        pause_gc=True,  # a CLI run owns its process
-                        record_requests=bool(args.timeline))
-    result.summary["config"].update(workload=workload_dict(args, args.parser), executor=args.executor)
-    result.summary["provenance"] = provenance(args.argv, work.info)
-    print_summary(result.summary)
-    if args.out is not None:
-        files = write_outputs(result, args.out, plots=not args.no_plots,
-                              table_format=args.table_format, overwrite=args.overwrite,
-                              report=args.report, timeline=args.timeline)
-        print(f"wrote {len(files)} files to {args.out}/ ({', '.join(p.name for p in files)})")
+
+    def replay(steps_path=None):
+        result = run_replay(work.trace, cfg, executor=make_executor(args, cfg), progress=not args.quiet,
+                            pause_gc=True,  # a CLI run owns its process
+                            record_requests=bool(args.timeline), steps_path=steps_path)
+        result.summary["config"].update(workload=workload_dict(args), executor=args.executor)
+        result.summary["provenance"] = provenance(args.argv, work.info)
+        print_summary(result.summary)
+        return result
+
+    if args.out is None:
+        replay()
+        return 0
+    # the steps table streams into the staged output folder as the run goes:
+    # memory stays bounded however many steps the run takes
+    with staged_dir(args.out, args.overwrite) as tmp:
+        result = replay(steps_path=tmp / "steps.parquet")
+        names = [p.name for p in write_replay(result, tmp, plots=not args.no_plots,
+                                              table_format=args.table_format, report=args.report,
+                                              timeline=args.timeline)]
+    print(f"wrote {len(names)} files to {args.out}/ ({', '.join(names)})")
     return 0
 
 
@@ -149,52 +165,6 @@ def compare_runs(args) -> tuple[list, dict | None]:
     return [(label, work.trace, cfg) for label, cfg in labelled], work.info
 
 
-def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--out", type=opt.out_dir, help=f"output folder ({what}); written as a whole "
-                   "when the run completes")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing non-empty --out (refused otherwise)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pagesim", description=__doc__.splitlines()[0])
-    p.set_defaults(check=lambda args: [], parser=p)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("replay", help="replay a trace (or the built-in default) and report")
-    add_config_option(r)
-    add_workload_options(r)
-    add_engine_options(r)
-    r.add_argument("--events", action="store_true",
-                   help="write the allocator event log and its sequence map")
-    add_output_options(r, "summary.json, tables, plots")
-    r.add_argument("--table-format", choices=["parquet", "csv"], default="parquet")
-    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    r.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the self-contained HTML report (report.html) with --out")
-    r.add_argument("--timeline", nargs="?", type=opt.positive_int, const=1000, metavar="MAX_REQUESTS",
-                   help="write timeline.json (Chrome/Perfetto trace: engine steps, one track per "
-                   "request) with --out; at most MAX_REQUESTS request tracks (default 1000)")
-    r.set_defaults(func=cmd_replay, check=check_run, parser=r)
-    c = sub.add_parser("compare", help="several allocators on one trace, side by side")
-    add_config_option(c)
-    add_workload_options(c)
-    add_engine_options(c)
-    c.add_argument("--allocators", type=opt.allocator_list, default=list(ALLOCATORS),
-                   help="comma-separated allocators to compare")
-    c.add_argument("--vary", type=opt.vary_spec, metavar="OPTION=V1,V2",
-                   help="compare values of any option instead of allocators, e.g. block-size=8,16,32, "
-                   "victim=latest,most-blocks, prefix-caching=on,off, rate=10,20,40")
-    add_output_options(c, "compare.csv, compare.png, report.html, provenance.json")
-    c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    c.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the self-contained HTML report (report.html) with --out")
-    c.set_defaults(func=cmd_compare, check=check_run, parser=c)
-    add_subcommands(sub)
-    add_calibration_commands(sub)
-    return p
-
-
 def check_run(args) -> list[tuple[str, str]]:
     """Every cross-option problem of replay/compare, before any work."""
     found = workload_conflicts(args) + engine_conflicts(args)
@@ -219,28 +189,98 @@ def check_run(args) -> list[tuple[str, str]]:
     return found
 
 
+@dataclass(frozen=True)
+class Command:
+    """A command whose options tyro generates from its option groups."""
+
+    help: str
+    groups: dict           # title -> option-group dataclass, in help order
+    func: Callable         # args -> exit code
+    check: Callable        # args -> [(option, problem)], found before any work
+
+
+COMMANDS = {
+    "replay": Command("replay a trace (or the built-in default) and report",
+                      {**_SHARED, "output": og.OutputOptions,
+                       "replay output": og.ReplayOutputOptions}, cmd_replay, check_run),
+    "compare": Command("several allocators (or values of any option) on one trace, side by side",
+                       {**_SHARED, "compared": og.CompareOptions, "output": og.OutputOptions},
+                       cmd_compare, check_run),
+    "calibrate": Command("profile step shapes on a GPU and fit the table cost model",
+                         {"calibrate": og.CalibrateOptions}, cmd_calibrate, lambda args: []),
+    "validate": Command("a trace on the GPU against the same trace simulated",
+                        {"validate": og.ValidateOptions}, cmd_validate, check_validate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The commands, for ``pagesim --help`` and ``trace stats`` (argparse);
+    the options of the others are generated by tyro (``parse_command``)."""
+    p = argparse.ArgumentParser(prog="pagesim", description=__doc__.splitlines()[0])
+    p.set_defaults(check=lambda args: [], parser=p)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=command.help)
+    add_subcommands(sub)
+    return p
+
+
+def command_specs(command: str) -> dict:
+    """dest -> ``OptionSpec`` of every option of ``command``."""
+    return {s.dest: s for cls in COMMANDS[command].groups.values() for s in option_specs(cls)}
+
+
+def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
+    """The options of ``command`` (``argv`` after it), generated by tyro
+    from its groups, with a ``--config`` file's values as the defaults.
+    Raises ``OptionError`` naming the option."""
+    specs = command_specs(command)
+    path = config_path(argv) if "config" in specs else None
+    values = {}
+    if path is not None:
+        try:
+            values = config_defaults(path, specs, command)
+        except ConfigError as exc:
+            raise OptionError("--config", str(exc)) from None
+    args = generated_options.parse(f"pagesim {command}", COMMANDS[command].groups, argv, values)
+    args.command, args.func = command, COMMANDS[command].func
+    return args
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"pagesim: warning: {message}", file=sys.stderr)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, its cross-option problems found (exit 2 on any)."""
+    if argv and argv[0] in COMMANDS:
+        command = argv[0]
+        try:
+            args = parse_command(command, argv[1:])
+            problems = COMMANDS[command].check(args)
+            if problems:
+                raise OptionError(*problems[0])
+        except OptionError as exc:
+            trace = any(s.positional for s in command_specs(command).values())
+            print(f"usage: pagesim {command} [-h] [OPTIONS]{' [TRACE]' if trace else ''}\n"
+                  f"pagesim {command}: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return args
+    args = build_parser().parse_args(argv)
+    problems = args.check(args)
+    if problems:
+        option, problem = problems[0]
+        args.parser.error(f"argument {option}: {problem}")   # the subcommand's usage
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (nothing written), 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if getattr(args, "config", None) is not None:   # the file's values become defaults
-            try:
-                args.parser.set_defaults(**config_defaults(args.config, args.parser, args.command))
-            except ConfigError as exc:
-                args.parser.error(f"argument --config: {exc}")
-            args = parser.parse_args(argv)
+        args = _parse(argv)
         args.argv = argv
-        problems = args.check(args)
-        if problems:
-            option, problem = problems[0]
-            args.parser.error(f"argument {option}: {problem}")   # the subcommand's usage
-    except SystemExit as exc:   # argparse: --help (0) or a usage error (2)
+    except SystemExit as exc:   # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
         with warnings.catch_warnings():

@@ -3,9 +3,10 @@ YAML, TOML or JSON file, so that a run can be kept, shared and re-run.
 
 Keys are the options' names (``block_size`` or ``block-size``); the
 positional trace is ``trace``. Each value goes through the same check as
-on the command line (the option's ``type`` and ``choices``, from
-``pagesim.options``), and the checked values become the parser's defaults,
-so an option given on the command line overrides the file. A bad key or
+on the command line (the option's check and choices, declared once in its
+option group: ``generated_options.OptionSpec.parse``), and the checked
+values become the defaults of the generated options, so an option given on
+the command line overrides the file. A bad key or
 value is refused with the file, the key (and, in YAML, the line) named,
 before anything runs: ``main`` exits 2.
 
@@ -31,8 +32,8 @@ from pathlib import Path
 PATH_KEYS = ("trace", "cost_model", "model", "gpu")
 #: Keys of a summary's config block that are not options: derived values.
 DERIVED = ("capacity_tokens",)
-#: Parser entries that are not options a file may set.
-NOT_OPTIONS = {"help", "config"}
+#: Options that a file may not set.
+NOT_OPTIONS = {"config"}
 #: Config fields whose option has another name.
 RENAMED = {"pcie_bandwidth_gbps": "pcie_bandwidth"}
 #: summary.json keys that a command without that option leaves aside.
@@ -125,16 +126,17 @@ def flatten(data: dict, command: str) -> list[tuple[str, str, object]]:
     return out
 
 
-def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict:
-    """The file's options as ``{dest: checked value}``, for ``set_defaults``."""
+def config_defaults(path: str, specs: dict, command: str) -> dict:
+    """The file's options as ``{dest: checked value}`` (``specs``: dest ->
+    ``OptionSpec`` of the command's options)."""
     data, lines = read_mapping(path)
-    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_OPTIONS}
+    options = {dest: spec for dest, spec in specs.items() if dest not in NOT_OPTIONS}
     values = {}
     for dest, key, value in flatten(data, command):
         where = f"{path}:{lines[key.replace('-', '_')]}" if key.replace("-", "_") in lines else path
-        action = actions.get(dest)
-        if action is None or dest in values:
-            problem = "given twice" if action is not None else (
+        spec = options.get(dest)
+        if spec is None or dest in values:
+            problem = "given twice" if spec is not None else (
                 f"unknown option for pagesim {command} (see pagesim {command} --help)")
             raise ConfigError(f"{where}: key {key!r}: {problem}")
         if value is None:
@@ -142,7 +144,7 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) ->
         if dest in PATH_KEYS and isinstance(value, str):
             value = _near(path, value)
         try:
-            values[dest] = convert(action, value)
+            values[dest] = convert(spec, value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: key {key!r}: {exc}") from None
     return values
@@ -155,42 +157,44 @@ def _near(config_path: str, value: str) -> str:
     return str(beside) if not p.is_absolute() and beside.is_file() else value
 
 
-def convert(action: argparse.Action, value):
+def convert(spec, value):
     """``value`` (from YAML/TOML/JSON) checked as the option checks its text."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+    if spec.kind != "value":
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {value!r}")
         return value
-    if action.nargs in ("+", "*"):
+    if spec.nargs == "+":
         items = list(value.items()) if isinstance(value, dict) else value
         if not isinstance(items, list):
             items = [items]
-        return [_one(action, ":".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
-                for v in items]
+        return tuple(_one(spec, ":".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                     for v in items)
     if isinstance(value, list):   # comma-separated options: --allocators, --metric-percentiles
         value = ",".join(str(_plain(v)) for v in value)
-    return _one(action, value)
+    return _one(spec, value)
 
 
 def _plain(v):
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-def _one(action: argparse.Action, value):
+def _one(spec, value):
     if isinstance(value, bool) or isinstance(value, (dict, list)):
         raise TypeError(f"expected a single value, got {value!r}")
     if not isinstance(value, (str, int, float)):
         raise TypeError(f"unexpected value {value!r}")
-    text = str(value)
-    parsed = action.type(text) if action.type is not None else text
-    if action.choices is not None and parsed not in action.choices:
-        raise ValueError(f"invalid choice {text!r} (choose from "
-                         f"{', '.join(map(str, action.choices))})")
-    return parsed
+    return spec.parse(str(value))
 
 
-def add_config_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="read options from a YAML, TOML or JSON file (keys: option names, e.g. "
-                   "block_size: 32), or a run's summary.json to re-run it; options given on the "
-                   "command line override the file")
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config FILE`` of a command line, read before it is parsed
+    (its values are the defaults the parse starts from); the last one wins."""
+    found = None
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        if token == "--config" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif token.startswith("--config="):
+            found = token.partition("=")[2]
+    return found

@@ -1,7 +1,7 @@
-"""Model, hardware, allocator and scheduler options of ``replay`` and
-``compare``, and the checks of how they combine.
+"""How the model, hardware, allocator and scheduler options of ``replay``
+and ``compare`` combine (the options themselves: ``option_groups.py``).
 
-Each value is checked by its ``type`` (``pagesim.options``) as it is
+Each value is checked by its option's check (``pagesim.options``) as it is
 parsed; ``engine_conflicts`` then finds the combinations that cannot run
 (``--preemption swap`` with no CPU blocks, a tensor-parallel degree that
 does not divide the heads, weights that do not fit), so that each is refused
@@ -9,81 +9,9 @@ with the option's name before a trace is even read.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
-from pagesim import options as opt
-from pagesim.sim.allocators import ALLOCATORS, PLACEMENTS
-from pagesim.sim.config import SchedulerConfig
-from pagesim.sim.policies import ORDER_POLICIES, VICTIM_POLICIES
-from pagesim.sim.engine.links import LINK_MODELS
-from pagesim.sim.router import ROUTERS
-from pagesim.sim.vllm_profile import BEHAVIOURS, PROFILES
-from pagesim.sim.costmodel import (
-    KV_CACHE_DTYPES, get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model,
-)
-
-
-def add_engine_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and hardware")
-    g.add_argument("--model", type=opt.model_preset, default="llama-3-8b",
-                   help="model preset (see README)")
-    g.add_argument("--gpu", type=opt.gpu_preset, default="h100-80gb", help="GPU preset (see README)")
-    g.add_argument("--tp", type=opt.positive_int, default=1, help="tensor-parallel GPUs")
-    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
-                   help="K/V element type, as vLLM's: auto (the model's dtype) or fp8 (one byte: "
-                   "twice the tokens in the same memory, half the bytes read per token)")
-    g.add_argument("--gpu-memory-utilization", type=opt.fraction, default=0.9,
-                   help="fraction of GPU memory vLLM may use, in (0, 1] (sizes the KV cache)")
-    g.add_argument("--num-gpu-blocks", type=opt.positive_int,
-                   help="KV blocks, overriding the size derived from memory")
-    g.add_argument("--num-cpu-blocks", type=opt.non_negative_int,
-                   help="CPU swap blocks (default 4 GiB with --preemption swap)")
-    g.add_argument("--cost-model", type=opt.cost_model, default="auto",
-                   help="'auto' (a shipped calibration matching --model/--gpu/--tp/--block-size, "
-                   "else roofline; the summary says which), 'roofline', or a calibration file")
-    g.add_argument("--executor", choices=["sim", "gpu"], default="sim",
-                   help="sim: cost model; gpu: run every step on the GPU (pip install 'pagesim[gpu]')")
-    a = p.add_argument_group("allocator and scheduler")
-    a.add_argument("--allocator", choices=ALLOCATORS, default="paged", help="KV memory manager")
-    a.add_argument("--placement", choices=PLACEMENTS, default=None,
-                   help="where the contiguous baselines (orca-*) place a request's region: a "
-                   "binary buddy allocator (default, the vLLM paper's Orca) or first-fit on exact "
-                   "sizes; refused with --allocator paged")
-    a.add_argument("--block-size", type=opt.block_size, default=16,
-                   help=f"tokens per KV block (1..{opt.MAX_BLOCK_SIZE})")
-    a.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
-                   help="reuse cached prefix blocks (vLLM V1 semantics; default: on where the "
-                   "allocator supports it, i.e. paged)")
-    opt.add_dataclass_options(a, SchedulerConfig)   # declared once, in sim/config.py
-    a.add_argument("--seed", type=opt.non_negative_int, default=0,
-                   help="seeds every random choice (a non-negative integer)")
-    a.add_argument("--step-by-step", action="store_true",
-                   help="no fast decode stretches (same results, slower; for checking)")
-    c = p.add_argument_group("cluster")
-    c.add_argument("--replicas", type=opt.positive_int, default=1,
-                   help="serving replicas behind a router, each with its own KV cache (default 1)")
-    c.add_argument("--router", choices=sorted(ROUTERS), default="round-robin",
-                   help="routing policy with --replicas > 1 (sim/router.py)")
-    c.add_argument("--cpu-offload-blocks", type=opt.non_negative_int, default=0, metavar="N",
-                   help="CPU tier of N blocks under each replica's prefix cache (LRU): evicted "
-                   "prefix blocks are kept there and loaded back instead of recomputed (vLLM's "
-                   "KV-offload connector, LMCache); 0: none")
-    c.add_argument("--link-model", choices=LINK_MODELS, default="none",
-                   help="pcie: swaps and CPU-tier copies travel on a PCIe link per replica that "
-                   "overlaps compute (bandwidth from the cost model), delaying only the groups "
-                   "that wait on them; none: the step pays for them (default)")
-    c.add_argument("--pcie-bandwidth", type=opt.positive_float, metavar="GB/S",
-                   help="with --link-model pcie: the link's bandwidth per direction in GB/s "
-                   "(default: the cost model's swap time per block, from the GPU preset's PCIe "
-                   "bandwidth or the calibration file)")
-    a.add_argument("--check-invariants", type=opt.non_negative_int, default=0, metavar="N",
-                   help="check the allocator and scheduler invariants every N steps (slow; 0: off)")
-    m = p.add_argument_group("serving metrics (as vllm bench serve)")
-    m.add_argument("--metric-percentiles", type=opt.metric_percentiles, default=(99.0,),
-                   help="comma-separated percentiles of TTFT/TPOT/ITL/E2EL in summary.json (default 99)")
-    m.add_argument("--goodput", nargs="+", type=opt.goodput_slo, metavar="NAME:MS", default=(),
-                   help="SLOs for request_goodput, e.g. ttft:500 tpot:50 (NAME in ttft, tpot, e2el)")
+from pagesim.sim.costmodel import get_model, kv_cache_blocks, kv_heads_per_gpu, make_cost_model
 
 
 def engine_conflicts(args) -> list[tuple[str, str]]:

@@ -200,31 +200,3 @@ CHECKS = {
     "watermark": watermark,
     "max_model_len": int_at_least(2, " (a prompt and an output token)"),
 }
-
-
-def add_dataclass_options(group, cls, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of dataclass ``cls``, generated from the field:
-    the name (``--max-num-seqs``, or the metadata's ``cli``), a switch pair
-    (``--x/--no-x``) for a bool, the metadata's ``check`` (``CHECKS``) as
-    the option's type and its ``choices``, and the help with the default
-    appended when the text does not say it. The defaults are the
-    dataclass's own, so the command line and the library agree."""
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        meta, default = f.metadata, getattr(defaults, f.name)
-        name = "--" + meta.get("cli", f.name).replace("_", "-")
-        text = meta.get("help", "")
-        if "default" not in text and default is not None:
-            shown = ("on" if default else "off") if isinstance(default, bool) else default
-            text += f" (default: {shown})"
-        kw = {"dest": meta.get("cli", f.name), "default": default, "help": text}
-        if str(f.type).replace(" ", "") in ("bool", "bool|None"):
-            group.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if "check" in meta:
-            kw["type"] = CHECKS[meta["check"]]
-        if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
-        group.add_argument(name, **kw)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pagesim.steps_file import StepsFile
+
 
 #: The files pagesim writes into an output folder. ``--overwrite`` replaces
 #: only folders holding nothing else: a mistyped ``--out .`` or ``--out ~``
@@ -139,7 +141,9 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
     written = []
     for name, df in tables:
         path = folder / f"{name}.{ext}"
-        if ext == "parquet":
+        if isinstance(df, StepsFile):   # streamed during the run (``steps_path``)
+            _place_steps(df, path)
+        elif ext == "parquet":
             df.to_parquet(path, index=False)
         else:
             df.to_csv(path, index=False)
@@ -163,9 +167,24 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
         write_timeline(result.requests, result.steps, folder / "timeline.json",
                        result.request_events, max_requests=timeline)
         written.append(folder / "timeline.json")
+    if isinstance(result.steps, StepsFile) and ext == "csv" and result.steps.path.parent == folder:
+        result.steps.path.unlink()   # streamed as Parquet, written as CSV: the Parquet was a means
     (folder / "summary.json").write_text(strict_json(result.summary) + "\n")
     written.append(folder / "summary.json")
     return written
+
+
+def _place_steps(steps: StepsFile, path: Path) -> Path:
+    """A streamed steps file as ``path``: moved if it lies elsewhere, turned
+    into CSV one row group at a time for ``--table-format csv``."""
+    if path.suffix == ".parquet":
+        if steps.path.resolve() != path.resolve():
+            shutil.move(steps.path, path)
+            steps.path = path
+        return path
+    for i, part in enumerate(steps.row_groups()):
+        part.to_csv(path, index=False, mode="w" if i == 0 else "a", header=i == 0)
+    return path
 
 
 def write_outputs(result, out: str | Path, *, plots: bool = True, table_format: str = "parquet",

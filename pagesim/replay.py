@@ -4,6 +4,8 @@ the results. The CLI, notebooks and tests all go through ``run_replay``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -18,10 +20,11 @@ from pagesim.sim.engine import Engine
 from pagesim.sim.engine.links import LINK_COLUMNS, LINK_MODELS, PricesSwaps, Transfers, link_summary
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.executor import CostModelExecutor
-from pagesim.sim.gauges import add_gauges
+from pagesim.sim.gauges import Gauges
 from pagesim.sim.metrics import StepRecorder, requests_dataframe, summarize
 from pagesim.sim.offload import tier_summary
 from pagesim.sim.scheduler import Scheduler
+from pagesim.steps_file import ParquetSink, StepsFile, finish_steps
 from pagesim.traces.trace import Trace
 from pagesim.sim.workload import forks_of
 
@@ -115,16 +118,17 @@ class ReplayConfig:
 class ReplayResult:
     summary: dict
     requests: object   # pandas DataFrame, one row per trace request
-    steps: object      # pandas DataFrame, one row per engine step
+    steps: object      # one row per engine step: a DataFrame, or a StepsFile (``steps_path``)
     events: EventLog | None
     config: ReplayConfig
     request_events: object = None  # DataFrame (step, request, kind, queried, cached)
     links: object = None           # DataFrame of PCIe transfers (--link-model pcie), else None
 
 
-def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
+def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None, sink=None):
     """(engine, scheduler, kv manager, recorder) ready to run (one replica;
-    ``env`` and ``source`` put it in a cluster, see ``pagesim/cluster.py``).
+    ``env`` and ``source`` put it in a cluster, see ``pagesim/cluster.py``;
+    ``sink`` receives the steps' rows as the run goes, see ``StepRecorder``).
 
     Raises ``Unsupported`` (a ValueError) when the configuration or the
     trace needs something the allocator cannot do (``sim/allocators.py``)."""
@@ -144,7 +148,7 @@ def build(trace, cfg: ReplayConfig, executor=None, *, env=None, source=None):
     rng = np.random.default_rng(cfg.seed)
     sched = Scheduler(sched_cfg, kv, rng=rng, event_log=log)
     sched.plan_tables = executor.needs_plans and kv.caps.paged
-    recorder = StepRecorder(kv.usage_from)
+    recorder = StepRecorder(kv.usage_from, sink=sink)
     engine = Engine(trace, sched, executor, fast=cfg.fast, recorder=recorder,
                     check_invariants=cfg.check_invariants, env=env, source=source)
     engine.transfers = make_transfers(cfg, engine, sched)
@@ -173,7 +177,7 @@ def make_transfers(cfg: ReplayConfig, engine, sched) -> Transfers | None:
 
 def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                progress: bool = False, pause_gc: bool = False,
-               record_requests: bool = False) -> ReplayResult:
+               record_requests: bool = False, steps_path: str | Path | None = None) -> ReplayResult:
     """Replay ``trace``; the results are the same whatever ``progress`` and
     ``pause_gc``. ``pause_gc`` turns CPython's cyclic garbage collector off
     for the run (about 15 % faster on large traces) and moves the objects
@@ -185,20 +189,36 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     swaps as ``request_events`` (for ``--timeline``). They are always
     recorded (one small row per admission or preemption, fewer than the
     requests table's rows times two plus the preemptions): the per-step
-    prefix-cache counters are summed from them."""
+    prefix-cache counters are summed from them.
+
+    ``steps_path``: stream the steps table to this Parquet file as the run
+    goes, and return it as a ``StepsFile`` (read by column) instead of a
+    DataFrame: memory then stays bounded however many steps the run takes
+    (``pagesim/steps_file.py``). Cluster runs keep their tables in memory."""
     if cfg.replicas > 1:
         from pagesim.cluster import run_cluster  # the cluster path builds on this module
         return run_cluster(trace, cfg, executor=executor, progress=progress, pause_gc=pause_gc)
-    engine, sched, kv, recorder = build(trace, cfg, executor)
+    raw = None if steps_path is None else Path(steps_path).with_name(f".{Path(steps_path).name}.raw")
+    sink = None if raw is None else ParquetSink(raw)
+    engine, sched, kv, recorder = build(trace, cfg, executor, sink=sink)
     engine.progress = progress
     engine.pause_gc = pause_gc
     sched.request_events = []
-    engine.run()
+    try:
+        engine.run()
+        if sink is not None:
+            recorder.close()
+            sink.close()
+    except BaseException:   # Ctrl-C included: no half-written file left behind
+        if sink is not None:
+            sink.discard()
+        raise
     _check_drained(sched, kv)
     meta = trace.meta if isinstance(trace, Trace) else {}
     req_df = requests_dataframe(sched.records, meta.get("truncated_ids", ()))
     marks = pd.DataFrame(sched.request_events, columns=["step", "request", "kind", "queried", "cached"])
-    step_df = add_gauges(recorder.to_dataframe(), req_df, kv.capacity_tokens, marks)
+    gauges = Gauges(req_df, kv.capacity_tokens, marks)
+    step_df = gauges.add(recorder.to_dataframe()) if raw is None else finish_steps(raw, Path(steps_path), gauges)
     applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=sched.prefix_cache_hits,
@@ -259,4 +279,5 @@ def config_dict(cfg: ReplayConfig, kv) -> dict:
     return d
 
 
-__all__ = ["ReplayConfig", "ReplayResult", "run_replay", "build", "replace", "has_content_identity"]
+__all__ = ["ReplayConfig", "ReplayResult", "StepsFile", "run_replay", "build", "replace",
+           "has_content_identity"]

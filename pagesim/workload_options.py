@@ -9,58 +9,25 @@ that every one is a row of ``requests.parquet`` and counted in
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pagesim import traces
-from pagesim.options import non_negative_int, positive_float, positive_int, trace_file
+from pagesim.generated_options import option_specs
+from pagesim.option_groups import WorkloadOptions
 from pagesim.provenance import file_identity
 from pagesim.sim.costmodel import get_model
-from pagesim.traces.load import FORMATS, ON_TOO_LONG, apply_max_model_len
+from pagesim.traces.load import apply_max_model_len
 from pagesim.traces.synthetic import DEFAULT_REQUESTS
 from pagesim.traces.trace import Trace
 
 
-def add_workload_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("workload")
-    g.add_argument("trace", nargs="?", type=trace_file,
-                   help="trace file (Azure, Mooncake, Vidur, lengths, token-id JSONL, pagesim "
-                   "Parquet/CSV; gzip-compressed too); omitted: a synthetic workload")
-    g.add_argument("--format", dest="trace_format", choices=FORMATS,
-                   help="trace format, if not detected")
-    g.add_argument("--sort", action="store_true",
-                   help="sort the trace by arrival (stable) instead of refusing a file whose "
-                   "times go backwards")
-    g.add_argument("--workload", choices=["default", "sharegpt", "alpaca"], default="default",
-                   help="synthetic workload when no TRACE is given (default: 3,000 ShareGPT-like "
-                   "requests at 20 req/s)")
-    g.add_argument("--num-requests", type=positive_int, help="requests of the synthetic workload")
-    g.add_argument("--rate", type=positive_float, help="mean arrival rate (req/s): synthetic "
-                   "workloads, length-only traces, or to re-time a trace with Poisson arrivals")
-    g.add_argument("--cv", type=positive_float, help="burstiness: coefficient of variation of "
-                   "gaps (Gamma arrivals; with a TRACE, needs --rate)")
-    g.add_argument("--n", type=positive_int, help="parallel samples per request (with a TRACE: "
-                   "set for every request)")
-    g.add_argument("--beam-width", type=positive_int, help="beam search width (with a TRACE: set "
-                   "for every request)")
-    g.add_argument("--system-prompt", type=non_negative_int, default=0,
-                   help="shared system prompt tokens (synthetic workloads)")
-    g.add_argument("--few-shot", choices=["one-shot", "five-shot"],
-                   help="shared few-shot prefix (synthetic workloads)")
-    g.add_argument("--on-too-long", choices=ON_TOO_LONG, default="reject",
-                   help="requests longer than --max-model-len: reject (a row with the reason), "
-                   "truncate (a row marked truncated) or error (stop, naming file and line)")
-    g.add_argument("--limit", type=positive_int, help="replay only the first N requests")
-
-
-def workload_dict(args, parser: argparse.ArgumentParser) -> dict:
+def workload_dict(args) -> dict:
     """The workload options of a run, for ``summary.json``'s config block
     (a config file: ``--config``), the trace as an absolute path so the
     summary re-runs from any folder."""
-    group = next(g for g in parser._action_groups if g.title == "workload")
-    d = {a.dest: getattr(args, a.dest) for a in group._group_actions}
+    d = {s.dest: getattr(args, s.dest) for s in option_specs(WorkloadOptions)}
     if d.get("trace"):
         d["trace"] = str(Path(d["trace"]).resolve())
     return d

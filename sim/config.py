@@ -1,8 +1,8 @@
 """Frozen, validated configuration of the scheduler and engine.
 
 Each field's metadata declares its command-line option once (help, parse
-check, choices; see ``_help``): ``pagesim.options.add_dataclass_options``
-generates the options from it.
+check, choices; see ``_help``): ``pagesim.generated_options`` generates
+the options from it with tyro.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _help(text: str, *, check: str | None = None, choices=None, cli: str | None 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """vLLM's scheduler knobs, and the vLLM release whose behaviour is imitated."""
+
     max_num_seqs: int = _help("most sequences running at once (vLLM max_num_seqs)",
                               check="positive_int", default=256)
     max_num_batched_tokens: int = _help("token budget of one step (vLLM max_num_batched_tokens)",

@@ -17,13 +17,18 @@ copy.
                               │ _flush: vectorised expansion, usage_from
                               ▼
                           typed columns, step order, capacity doubling
-                              │ to_dataframe: trimmed to length
-                              ▼
-                          DataFrame (shares the columns)
+                              │ to_dataframe: trimmed to length     │ with a sink: every
+                              ▼                                     ▼ SPILL_ROWS rows
+                          DataFrame (shares the columns)       sink.write (e.g. a
+                                                               Parquet row group)
+
+With a sink, the table is never held whole: a 100k-request replay of 6 M
+steps keeps at most ``SPILL_ROWS`` rows (~30 MB) instead of 0.45 GB.
 """
 from __future__ import annotations
 
 from itertools import chain
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -45,6 +50,16 @@ COLUMN_DTYPES = {c: np.float64 if c in FLOAT_COLUMNS else
 #: enough that the per-chunk numpy calls are negligible, small enough (a few
 #: MB) not to matter next to the table.
 CHUNK_STEPS = 1 << 14
+#: Rows handed to a sink at a time: a row group of a streamed steps file.
+SPILL_ROWS = 1 << 18
+
+
+class StepSink(Protocol):
+    """Where a recorder streams its rows (``pagesim/steps_file.py`` writes
+    them as Parquet row groups): each call gets the next rows in step order,
+    one array per column of ``STEP_COLUMNS``, valid only during the call."""
+
+    def write(self, columns: dict[str, np.ndarray]) -> None: ...
 
 
 class StepRecorder:
@@ -59,9 +74,12 @@ class StepRecorder:
     tables.
     """
 
-    def __init__(self, usage_from, chunk_steps: int = CHUNK_STEPS) -> None:
+    def __init__(self, usage_from, chunk_steps: int = CHUNK_STEPS, sink: StepSink | None = None,
+                 spill_rows: int | None = None) -> None:
         self.usage_from = usage_from
         self.chunk_steps = chunk_steps
+        self.sink = sink
+        self.spill_rows = SPILL_ROWS if spill_rows is None else spill_rows
         self._rows: list[tuple] = []
         self._stretches: list[tuple] = []
         self._pending = 0                      # steps in the two buffers
@@ -119,6 +137,22 @@ class StepRecorder:
         for c, v in chunk.items():
             self._cols[c][self._n:end] = v
         self._n = end
+        if self.sink is not None:
+            self._spill(final=False)
+
+    def _spill(self, final: bool) -> None:
+        """Hand every full group of ``spill_rows`` rows (and at the end the
+        rest) to the sink and move what is left to the columns' front, so
+        that they never grow past ``spill_rows`` plus one chunk."""
+        done = 0
+        while self._n - done >= self.spill_rows or (final and self._n > done):
+            end = min(done + self.spill_rows, self._n)
+            self.sink.write({c: v[done:end] for c, v in self._cols.items()})
+            done = end
+        if done:
+            for v in self._cols.values():
+                v[: self._n - done] = v[done:self._n]
+            self._n -= done
 
     def _step_rows(self) -> dict | None:
         if not self._rows:
@@ -161,6 +195,13 @@ class StepRecorder:
         }
 
     # -------------------------------------------------------------- output
+    def close(self) -> None:
+        """With a sink: hand it the last rows. The sink then holds the
+        whole table."""
+        assert self.sink is not None, "close() is for a recorder with a sink; use to_dataframe()"
+        self._flush()
+        self._spill(final=True)
+
     def to_dataframe(self) -> pd.DataFrame:
         """The table, one row per step in step order. The columns shrink to
         their length in place (``realloc``: no copy) and the DataFrame

@@ -150,7 +150,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(result, folder, **kw):
         (folder / "requests.parquet").write_text("half")
         raise KeyboardInterrupt
-    monkeypatch.setattr(outputs, "write_replay", interrupted)
+    monkeypatch.setattr("pagesim.cli.write_replay", interrupted)
     code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "run", *FAST)
     assert code == 130
     assert err.strip().splitlines()[-1] == "pagesim: interrupted; nothing written"
@@ -236,7 +236,7 @@ def test_overwrite_never_deletes_foreign_files(tmp_path, capsys, monkeypatch):
 def test_failed_run_removes_the_folders_it_created(tmp_path, capsys, monkeypatch):
     def failing(result, folder, **kw):
         raise OSError("disk full")
-    monkeypatch.setattr(outputs, "write_replay", failing)
+    monkeypatch.setattr("pagesim.cli.write_replay", failing)
     code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "a" / "b" / "run",
                        *FAST)
     assert code == 2 and "disk full" in err

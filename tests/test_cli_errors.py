@@ -88,7 +88,8 @@ BAD = [
 @pytest.mark.parametrize("extra,option", BAD, ids=[" ".join(e) for e, _ in BAD])
 def test_bad_option_exits_2_naming_it(tmp_path, capsys, monkeypatch, extra, option):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "replay", *extra, "--num-requests", 5, "--out", "o", *FAST)
+    # the bad value last: a repeated option's last value is the one parsed (and checked)
+    code, _, err = run(capsys, "replay", "--num-requests", 5, "--out", "o", *FAST, *extra)
     assert code == 2, err
     assert f"argument {option}:" in err, err
     assert "Traceback" not in err and listing(tmp_path) == []

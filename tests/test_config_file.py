@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pagesim import options
-from pagesim.cli import build_parser
+from pagesim.cli import command_specs, parse_command
 from pagesim.sim.config import SchedulerConfig
 
 from tests.clihelpers import FAST, azure, listing, run, strict_load  # noqa: F401 (azure: a fixture)
@@ -85,7 +85,7 @@ def test_toml_for_compare_and_paths_next_to_the_file(tmp_path, azure, capsys, mo
     ("bad.yaml", "chunked_prefill: maybe\n", "key 'chunked_prefill': expected true or false"),
     ("bad.yaml", "block_size: [1, 2\n", "bad.yaml: not valid YAML"),
     ("bad.yaml", "- 1\n- 2\n", "expected a mapping"),
-    ("bad.toml", 'allocator = "foo"\n', "bad.toml: key 'allocator': invalid choice 'foo'"),
+    ("bad.toml", 'allocator = "foo"\n', "bad.toml: key 'allocator': invalid choice: 'foo'"),
     ("bad.json", '{"gpu_memory_utilization": 2}', "key 'gpu_memory_utilization': must be in (0, 1]"),
     ("bad.json", '{"trace": "missing.csv"}', "key 'trace': no such file"),
     ("bad.ini", "[x]\n", "config files are .yaml, .yml, .toml or .json"),
@@ -106,17 +106,14 @@ def test_missing_config_file(tmp_path, capsys):
 
 
 def test_scheduler_options_are_generated_from_the_dataclass():
-    """Each SchedulerConfig field is one option, its default the dataclass's
-    and its check one the CLI knows (the metadata of sim/config.py)."""
-    replay = build_parser().parse_args(["replay"]).parser
-    by_dest = {a.dest: a for a in replay._actions}
+    """Each SchedulerConfig field is one option, its default (parsed from an
+    empty command line) the dataclass's and its check one the CLI knows (the
+    metadata of sim/config.py)."""
+    specs, args = command_specs("replay"), parse_command("replay", [])
     defaults = SchedulerConfig()
     for f in fields(SchedulerConfig):
         dest = f.metadata.get("cli", f.name)
-        action = by_dest[dest]
-        assert action.default == getattr(defaults, f.name), f"--{dest}: default differs from the dataclass"
-        assert action.help, f"--{dest} has no help"
+        assert getattr(args, dest) == getattr(defaults, f.name), f"--{dest}: default differs from the dataclass"
+        assert specs[dest].help, f"--{dest} has no help"
         if "check" in f.metadata:
-            assert action.type is options.CHECKS[f.metadata["check"]]
-        if "choices" in f.metadata:
-            assert list(action.choices) == list(f.metadata["choices"])
+            assert specs[dest].check is options.CHECKS[f.metadata["check"]]
