@@ -50,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--modes", nargs="+", default=["attention", "model"])
     p.add_argument("--layouts", nargs="+", default=["out_in"], help="model-mode weight layouts to time")
+    p.add_argument("--fuse", nargs="+", default=["off"], choices=["on", "off"],
+                   help="decode-only steps through rope_decode (on) or rope_store + paged_decode (off)")
+    p.add_argument("--blas", choices=["default", "cublas", "cublaslt"], default="default",
+                   help="torch's preferred BLAS library for the model's GEMMs")
     p.add_argument("--copy-gbs", type=float, help="copy bandwidth (default: measured here)")
     p.add_argument("--results", help="write the rows here (JSON)")
     return p.parse_args(argv)
@@ -104,9 +108,9 @@ def summarize(rec, spec, dtype, batch, graphs, model, copy_bps) -> dict:
                 * copy_bps))}
 
 
-def bench_mode(args, spec, mode: str, copy_bps: float, layout: str = "out_in") -> list[dict]:
+def bench_mode(args, spec, mode: str, copy_bps: float, layout: str = "out_in", fuse: str = "on") -> list[dict]:
     device, dtype = torch.device("cuda"), torch.bfloat16
-    model = SyntheticDecoder(spec, device=device, dtype=dtype, mode=mode, layout=layout)
+    model = SyntheticDecoder(spec, device=device, dtype=dtype, mode=mode, layout=layout, fuse_decode=fuse == "on")
     top = max(args.batch)
     blocks = top * (-(-(args.prompt + args.output) // args.block_size) + 1) + 64
     ex = GPUExecutor(spec, blocks, 0, args.block_size, device=device, dtype=dtype, mode=mode, model=model,
@@ -116,12 +120,12 @@ def bench_mode(args, spec, mode: str, copy_bps: float, layout: str = "out_in") -
                        prefix_caching=False, scheduler=SchedulerConfig(max_num_seqs=top))
     measure(together(top, args.prompt, 4), cfg, ex)  # compile the kernel variants
     rows = []
-    eager = args.eager_batch if layout == args.layouts[0] else []
+    eager = args.eager_batch if layout == args.layouts[0] and fuse == args.fuse[0] else []
     runs = [(b, True) for b in args.batch] + [(b, False) for b in eager]
     for b, use_graphs in runs:
         ex.graphs = graphs if use_graphs else None
         _, rec = measure(together(b, args.prompt, args.output), cfg, ex)
-        rows.append(summarize(rec, spec, dtype, b, use_graphs, model, copy_bps))
+        rows.append(dict(summarize(rec, spec, dtype, b, use_graphs, model, copy_bps), fused=fuse))
         print(json.dumps(rows[-1]), flush=True)
     ex.graphs = graphs
     del ex, model, graphs
@@ -132,20 +136,23 @@ def bench_mode(args, spec, mode: str, copy_bps: float, layout: str = "out_in") -
 def main(argv=None) -> None:
     args = parse_args(argv)
     spec = get_model(args.model)
+    if args.blas != "default":
+        torch.backends.cuda.preferred_blas_library(args.blas)
     copy_bps = args.copy_gbs * 1e9 if args.copy_gbs else copy_bandwidth()
     rows = []
     for mode in args.modes:
         for layout in (args.layouts if mode == "model" else args.layouts[:1]):
-            rows += bench_mode(args, spec, mode, copy_bps, layout)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bps / 1e9,
+            for fuse in args.fuse:
+                rows += bench_mode(args, spec, mode, copy_bps, layout, fuse)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "blas": args.blas, "copy_GBps": copy_bps / 1e9,
             "model": spec.name, "prompt": args.prompt, "output": args.output, "block_size": args.block_size}
     if args.results:
         Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(json.dumps(meta))
-    print(f"{'mode':9} {'layout':6} {'B':>4} {'graph':>5} {'steps':>5} {'decode ms':>9} {'prep ms':>7} "
+    print(f"{'mode':9} {'layout':6} {'fused':5} {'B':>4} {'graph':>5} {'steps':>5} {'decode ms':>9} {'prep ms':>7} "
           f"{'wall ms':>8} {'KV GB':>6} {'floor ms':>8} {'x floor':>7} {'x read':>6} {'max':>5} {'prefill ms':>10}")
     for r in rows:
-        print(f"{r['mode']:9} {r['layout']:6} {r['batch']:4d} {str(r['graphs']):>5} {r['steps']:5d} "
+        print(f"{r['mode']:9} {r['layout']:6} {r['fused']:5} {r['batch']:4d} {str(r['graphs']):>5} {r['steps']:5d} "
               f"{r['decode_ms']:9.3f} {r['prep_ms']:7.3f} {r['wall_ms']:8.3f} {r['kv_GB']:6.2f} "
               f"{r['floor_ms']:8.3f} {r['ratio']:7.2f} {r['ratio_read']:6.2f} {r['ratio_max']:5.2f} "
               f"{r['prefill_ms']:10.1f}")

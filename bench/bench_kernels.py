@@ -228,7 +228,8 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
                                                   heavy_first=True))]
         if sweep:
             configs += [(f"m{m} n{n} w{w} s{st}", dict(block_m=m, block_n=n, num_warps=w, num_stages=st))
-                        for m, n, w, st in ((128, 64, 8, 3), (128, 64, 8, 5), (128, 128, 8, 3), (64, 64, 4, 3))]
+                        for m, n, w, st in ((128, 64, 8, 3), (128, 64, 8, 5), (128, 128, 8, 3), (64, 64, 4, 3),
+                                            (128, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 4))]
         row["sweep"] = {}
         for name, kw in configs:
             fns = [lambda s=s: K.paged_prefill(qs[s], kc, vc, tables[s], cu, ctx_t, max_seqlen_q=q_len, **kw)
@@ -248,6 +249,39 @@ def bench_prefill(sweep: bool, log) -> list[dict]:
         log(json.dumps({k: v for k, v in row.items() if k != "sweep"}))
         rows.append(row)
     return rows
+
+
+def bench_flex(log) -> dict:
+    """FlexAttention (torch.compile'd) on contiguous K/V: decode at every shape against paged_decode in
+    the same process, prefill 4,096 tokens with and without a cached prefix. Dense Flex reads no block
+    table, so it bounds Flex paged from below: beating it beats Flex paged."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    fa = torch.compile(flex_attention, dynamic=False)
+    res = {"decode": [], "prefill": []}
+    for batch, ctx in SHAPES:
+        case = DecodeCase(batch, ctx)
+        fns = [lambda s=s: fa(case.q[s][:, :, None], *case.dense[s], enable_gqa=True) for s in range(case.sets)]
+        err = case.check(fns[0]()[:, :, 0])
+        row = dict(batch=batch, ctx=ctx, flex_err=err, flex_us=graph_time(fns) * 1e6,
+                   paged_us=graph_time(case.paged_fns()) * 1e6)
+        assert err < 2e-2, f"flex {batch}x{ctx}: relative error {err:.2e}"
+        log("flex " + json.dumps(row))
+        res["decode"].append(row)
+        del case
+    q_len = PREFILL_Q
+    for prefix in PREFILL_PREFIXES:
+        ctx = q_len + prefix
+        q = torch.randn(1, HEADS, q_len, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+        k, v = (torch.randn(1, KV_HEADS, ctx, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(2))
+        bm = create_block_mask(lambda b, h, qi, ki, p=prefix: qi + p >= ki, None, None, q_len, ctx, device=DEVICE)
+        flops = 4 * HEADS * HEAD_DIM * (q_len * prefix + q_len * (q_len + 1) / 2)
+        f = lambda: fa(q, k, v, block_mask=bm, enable_gqa=True)  # noqa: E731
+        f()
+        t = triton.testing.do_bench(f, return_mode="median") / 1e3
+        res["prefill"].append(dict(prefix=prefix, flex_tflops=flops / t / 1e12))
+        log("flex " + json.dumps(res["prefill"][-1]))
+    return res
 
 
 def kernel_report(log) -> list[dict]:
@@ -276,6 +310,8 @@ def main() -> None:
     ap.add_argument("--blocks", action="store_true", help="block size sweep 1..256")
     ap.add_argument("--prefill", action="store_true", help="prefill 4096 tokens with/without a 4096 prefix")
     ap.add_argument("--ops", action="store_true", help="store_kv / copy_blocks / swap bandwidths")
+    ap.add_argument("--flex", action="store_true", help="FlexAttention decode and prefill on contiguous K/V")
+    ap.add_argument("--prefill-only", action="store_true", help="skip the decode table (with --prefill/--ops)")
     ap.add_argument("--tune", action="store_true", help="tune the decode split depth for this device first")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for results.json")
     args = ap.parse_args()
@@ -292,13 +328,18 @@ def main() -> None:
     if args.tune:
         res["tuning"] = tune(torch.device(DEVICE))
         log("tuning " + json.dumps(res["tuning"]))
-    res["decode"] = bench_decode(args.sweep, log)
+    res["decode"] = [] if args.prefill_only else bench_decode(args.sweep, log)
     if args.blocks:
         res["blocks"] = bench_blocks(log)
     if args.prefill:
         res["prefill"] = bench_prefill(args.sweep, log)
     if args.ops:
         res["ops"] = bench_ops(log)
+    if args.flex:
+        try:
+            res["flex"] = bench_flex(log)
+        except Exception as e:  # compilation can fail on another torch
+            log(f"flex failed: {type(e).__name__}: {str(e)[:300]}")
     try:
         res["kernels"] = kernel_report(log)
     except Exception as e:  # Triton internals differ between versions

@@ -11,13 +11,17 @@ produced. Per layer (``mode="model"``)::
 then a final RMSNorm and the LM head on each sequence's last token (the
 logits are computed, as a real step must, and thrown away). Each residual
 add is fused with the RMSNorm after it, RoPE with store_kv, SiLU with the
-product (``gpu/kernels/fused.py``): nine launches per layer at decode. Decoding rows
+product (``gpu/kernels/fused.py``): nine launches per layer at decode; with
+``fuse_decode`` a decode-only step does RoPE + store_kv inside the attention
+launch (``gpu/kernels/rope_decode.py``): eight. Decoding rows
 go to ``paged_decode``, prefill rows (chunks, with or without a cached
 prefix) to ``paged_prefill``; see ``gpu/batch.py`` for the row order.
 
 ``mode="attention"`` keeps only the KV-cache work: q/k/v come from a fixed
-random table indexed by token id and layer (a gather, no GEMM), then
-RoPE + store_kv and paged attention. It isolates what the memory manager changes.
+random table indexed by token id and layer (no GEMM), then RoPE + store_kv
+and paged attention (with ``fuse_decode``, at decode-only steps the gather,
+RoPE, store and attention are one launch, plus the split merge). It isolates
+what the memory manager changes.
 
 Weights are scaled by 1/sqrt(fan_in) so activations stay O(1) through any
 number of layers, which keeps bf16 attention inputs well conditioned.
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from pagesim.gpu.batch import StepBatch
 from pagesim.gpu.cache import PagedCache
-from pagesim.gpu.kernels import add_rmsnorm, paged_decode, paged_prefill, rope_store, silu_mul
+from pagesim.gpu.kernels import add_rmsnorm, paged_decode, paged_prefill, rope_decode, rope_store, silu_mul
 from pagesim.sim.costmodel import ModelSpec
 
 MODES = ("model", "attention")
@@ -44,13 +48,15 @@ ATTN_TABLE_ROWS = 4096  # distinct q/k/v rows in attention mode
 
 class SyntheticDecoder:
     def __init__(self, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype,
-                 mode: str = "model", seed: int = 0, layout: str = "out_in") -> None:
+                 mode: str = "model", seed: int = 0, layout: str = "out_in", fuse_decode: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.spec, self.device, self.dtype, self.mode = spec, torch.device(device), dtype, mode
         self.layout = layout
+        # decode-only steps through rope_decode; off by default until timed on a GPU (KERNEL_NOTES run 8)
+        self.fuse_decode = fuse_decode
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         h, H, Hkv, D = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.qkv_width = (H + 2 * Hkv) * D
@@ -101,7 +107,7 @@ class SyntheticDecoder:
         if self.mode == "attention":  # table rows of every layer at once: 3 launches a step, not a layer
             rows = (d["tokens"][None, :] + self._layer_offsets[:, None]) % ATTN_TABLE_ROWS
             for layer in range(self.spec.num_layers):
-                self._attention(layer, self.table[rows[layer]], cache, batch, hook)
+                self._attention(layer, self.table, cache, batch, hook, rows[layer])
             return None
         x = self.embed[d["tokens"]]
         h = add_rmsnorm(x, None, self.layers[0]["norm1"])
@@ -123,13 +129,28 @@ class SyntheticDecoder:
             return self.mm(silu_mul(up), w["wdown"])
         return self.mm(F.relu(up), w["wdown"])
 
-    def _attention(self, layer, qkv, cache, batch, hook) -> torch.Tensor:
-        """RoPE and store_kv in one launch (q and k rotated in place in the
-        qkv rows), then paged attention over the cache."""
+    def _attention(self, layer, qkv, cache, batch, hook, rows=None) -> torch.Tensor:
+        """RoPE, store_kv and paged attention of the step's qkv rows (with ``rows``:
+        rows ``qkv[rows]`` of a table). With ``fuse_decode`` a decode-only step
+        does all three in one launch (``rope_decode``; the gather too); otherwise
+        RoPE and store_kv are one launch (q and k rotated in place in the rows),
+        attention another."""
         spec = self.spec
-        T, H, Hkv, D = qkv.shape[0], spec.num_heads, spec.num_kv_heads, spec.head_dim
+        H, Hkv, D = spec.num_heads, spec.num_kv_heads, spec.head_dim
         k_cache, v_cache = cache.layer(layer)
-        rope_store(qkv, batch.dev["positions"], batch.dev["slots"], k_cache, v_cache, H, ROPE_THETA)
+        d = batch.dev
+        if self.fuse_decode and batch.num_decode == batch.num_tokens:
+            out, q, k = rope_decode(qkv, d["positions"], d["slots"], k_cache, v_cache, d["dec_tables"], d["dec_ctx"],
+                                    H, rows=rows, theta=ROPE_THETA, max_context_len=batch.dec_max_ctx,
+                                    split_by_context=batch.graph)
+            if hook is not None:
+                src = qkv[rows] if rows is not None else qkv
+                hook(layer, q, k, src[:, (H + Hkv) * D:].view(-1, Hkv, D), out)
+            return out
+        if rows is not None:
+            qkv = qkv[rows]
+        T = qkv.shape[0]
+        rope_store(qkv, d["positions"], d["slots"], k_cache, v_cache, H, ROPE_THETA)
         q = qkv[:, :H * D].view(T, H, D)
         out = paged_attention(q, k_cache, v_cache, batch)
         if hook is not None:

@@ -15,6 +15,7 @@ from pagesim.config_file import ConfigError, config_defaults, config_path
 from pagesim.engine_options import engine_conflicts
 from pagesim.generated_options import OptionError, option_specs
 from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_replay
+from pagesim.process import bound_memory
 from pagesim.provenance import provenance
 from pagesim.sim.config import SchedulerConfig
 from pagesim.calibrate_cli import check_validate, cmd_calibrate, cmd_validate
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
     except SystemExit as exc:   # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
+    bound_memory()   # this process runs one command: see pagesim/process.py
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")

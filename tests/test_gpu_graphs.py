@@ -35,18 +35,21 @@ def test_bucket_sizes():
     assert bucket_sizes(30) == [1, 2, 4, 8, 16, 24, 30]
 
 
-def graph_replay(trace, cfg, max_batch, check_every=1):
+def graph_replay(trace, cfg, max_batch, check_every=1, fuse=False):
     ex = executor_for_replay(cfg, check_every=check_every, cuda_graphs=False)
+    ex.model.fuse_decode = fuse
     ex.graphs = DecodeGraphs(ex.model, ex.cache, cfg.block_size, max_batch, taps=check_every > 0, width=2)
     result = run_replay(trace, cfg, executor=ex)
     return result, ex, ex.records_frame()
 
 
-def test_decode_steps_through_graph_views_pass_the_shadow():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_decode_steps_through_graph_views_pass_the_shadow(fuse):
     # 5 sequences, bucket 8: padded rows; prompts up to 20 tokens in blocks of 4: tables widen 2 -> 8
+    # fuse: decode-only steps through rope_decode (RoPE, store and attention in one launch)
     cfg = replace(config(num_blocks=80, block_size=4), model="tiny")
     trace = trace_of((0.0, 5, 6), (0.0, 12, 7), (0.0, 20, 5), (0.1, 3, 9), (0.2, 9, 8))
-    result, ex, df = graph_replay(trace, cfg, max_batch=8)
+    result, ex, df = graph_replay(trace, cfg, max_batch=8, fuse=fuse)
     assert result.summary["requests"]["finished"] == 5
     dec = df[df["graph_bucket"] > 0]
     assert len(dec) >= 5 and set(dec["graph_bucket"]) <= {1, 2, 4, 8}
@@ -188,3 +191,40 @@ def test_prefill_launch_orders_agree(heavy_first):
     kw = {} if HAS_CUDA else dict(block_m=16, block_n=16)
     out = K.paged_prefill(q, kc, vc, tables, cu, ctx_t, heavy_first=heavy_first, **kw)
     assert ((out.float() - ref).norm() / ref.norm()) < (2e-2 if HAS_CUDA else 1e-5)
+
+
+@pytest.mark.parametrize("gather", [False, True])
+@pytest.mark.parametrize("graph_grid", [False, True])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_rope_decode_equals_rope_store_then_decode(gather, graph_grid, splits):
+    """One launch (RoPE, store, decode; the row gather too) against the two-launch path it replaces:
+    same outputs, same cache contents, rotated q and k; padding rows store nothing and return 0."""
+    gen = torch.Generator().manual_seed(11 + gather + 2 * graph_grid)
+    H, Hkv, D, bs = (32, 8, 128, 16) if HAS_CUDA else (4, 2, 16, 4)
+    ctx = [3000, 1, 17, 0, 515] if HAS_CUDA else [37, 1, 9, 0, 20]  # 0: a graph's padding row
+    B, width = len(ctx), max(ctx) // bs + 2
+    nb = B * width + 1
+    kc = torch.randn(nb, bs, Hkv, D, generator=gen).to(DT).to(HERE)
+    vc = torch.randn(nb, bs, Hkv, D, generator=gen).to(DT).to(HERE)
+    tables = (torch.randperm(nb - 1, generator=gen)[:B * width] + 1).view(B, width).int().to(HERE)
+    ctx_t = torch.tensor(ctx, dtype=torch.int32, device=HERE)
+    pos = (ctx_t - 1).clamp_min(0)
+    slots = torch.tensor([int(tables[b, (c - 1) // bs]) * bs + (c - 1) % bs if c else -1 for b, c in enumerate(ctx)],
+                         dtype=torch.int32, device=HERE)
+    src = torch.randn(64 if gather else B, (H + 2 * Hkv) * D, generator=gen).to(DT).to(HERE)
+    rows = torch.randint(0, 64, (B,), generator=gen).int().to(HERE) if gather else None
+    kw = dict(max_context_len=width * bs, split_by_context=True) if graph_grid else {}
+    kw.update(num_splits=splits, **({} if HAS_CUDA else {"tile_n": 16}))
+    qkv = src[rows].clone() if gather else src.clone()
+    kc2, vc2 = kc.clone(), vc.clone()
+    K.rope_store(qkv, pos, slots, kc2, vc2, H)
+    ref = K.paged_decode(qkv[:, :H * D].view(B, H, D), kc2, vc2, tables, ctx_t, **kw)
+    before = src.clone()
+    out, q, k = K.rope_decode(src, pos, slots, kc, vc, tables, ctx_t, H, rows=rows, **kw)
+    assert torch.equal(src, before), "rope_decode must not modify its source rows"
+    tol = 2e-2 if HAS_CUDA else 1e-5
+    assert ((out.float() - ref.float()).norm() / ref.float().norm()) < tol
+    assert torch.equal(out[3], torch.zeros_like(out[3])), "a padding row (context 0) must give zeros"
+    assert (q.float() - qkv[:, :H * D].view(B, H, D).float()).abs().max() < tol
+    assert (k.float() - qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, D).float()).abs().max() < tol
+    assert (kc.float() - kc2.float()).abs().max() < tol and torch.equal(vc, vc2), "cache slots differ"

@@ -265,7 +265,8 @@ def test_prefill_random_shapes_interpreter(data):
 # ---------------------------------------------------------------- copy_blocks
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stacked", [False, True])
-def test_copy_blocks_copies_exactly_the_pairs(device, stacked):
+@pytest.mark.parametrize("block_major", [False, True])
+def test_copy_blocks_copies_exactly_the_pairs(device, stacked, block_major):
     gen = torch.Generator().manual_seed(7)
     layers, nb, bs, kvh, d = (3, 12, 4, 2, 16) if device == "cpu" else (32, 128, 16, 8, 128)
     for dtype in dtypes(device):
@@ -275,7 +276,7 @@ def test_copy_blocks_copies_exactly_the_pairs(device, stacked):
         perm = torch.randperm(nb, generator=gen).tolist()
         pairs = list(zip(perm[:5], perm[5:10]))
         ref = K.copy_blocks_ref(caches, pairs)
-        K.copy_blocks(caches, pairs)
+        K.copy_blocks(caches, pairs, block_major=block_major, chunk=32 if device == "cpu" else None)
         got = list(stack.reshape(-1, nb, bs, kvh, d)) if stacked else caches
         assert all(torch.equal(a, b) for a, b in zip(got, ref))
 

@@ -137,3 +137,13 @@ def test_cli_streams_and_writes_the_same_tables(tmp_path, fmt, small_groups, mon
     else:
         expected.to_csv(tmp_path / "expected.csv", index=False)
         assert (tmp_path / "o" / "steps.csv").read_text() == (tmp_path / "expected.csv").read_text()
+
+
+def test_cli_bounds_its_process_memory(tmp_path, capsys):
+    """A CLI run puts Arrow on the system allocator (whose freed blocks go
+    back to the OS with glibc's fixed mmap threshold): see pagesim/process.py."""
+    import pyarrow as pa
+    from pagesim.process import bound_memory
+    assert main(["replay", "--num-requests", "5", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    assert pa.default_memory_pool().backend_name == "system"
+    assert isinstance(bound_memory(), bool)

@@ -34,10 +34,17 @@ from pagesim.gpu.kernels._common import check_device, next_pow2
 
 @triton.jit
 def _copy_blocks_kernel(src_ptr, dst_ptr, src_off_ptr, dst_off_ptr, pairs_ptr, block_numel,
-                        src_stride_block, dst_stride_block, CHUNK: tl.constexpr, VEC: tl.constexpr):
-    p = tl.program_id(0)
-    c = tl.program_id(1)
-    j = tl.program_id(2)
+                        src_stride_block, dst_stride_block, n_caches, n_chunks, CHUNK: tl.constexpr,
+                        VEC: tl.constexpr, BLOCK_MAJOR: tl.constexpr):
+    if BLOCK_MAJOR:  # 1-D grid, chunks of one (pair, cache) block on consecutive programs
+        pid = tl.program_id(0)
+        j = pid % n_chunks
+        c = (pid // n_chunks) % n_caches
+        p = pid // (n_chunks * n_caches)
+    else:
+        p = tl.program_id(0)
+        c = tl.program_id(1)
+        j = tl.program_id(2)
     src = tl.load(pairs_ptr + 2 * p).to(tl.int64)
     dst = tl.load(pairs_ptr + 2 * p + 1).to(tl.int64)
     s_off = tl.multiple_of(tl.load(src_off_ptr + c), VEC)  # launcher checked: 16-byte aligned
@@ -59,7 +66,8 @@ def _offsets_on(device: torch.device, offsets: list[int]) -> torch.Tensor:
 
 
 def _launch(src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor, dst_offsets: list[int],
-            pairs_t: torch.Tensor, device: torch.device, chunk: int | None, num_warps: int | None) -> None:
+            pairs_t: torch.Tensor, device: torch.device, chunk: int | None, num_warps: int | None,
+            block_major: bool = False) -> None:
     """One launch: block pairs[p].src of every source cache -> block pairs[p].dst of its destination."""
     block_numel = src[0].numel()
     assert dst[0].numel() == block_numel and src.dtype == dst.dtype, "source and destination blocks differ"
@@ -71,10 +79,13 @@ def _launch(src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor, dst_of
     aligned = (all(o % vec == 0 for o in src_offsets + dst_offsets) and src.stride(0) % vec == 0
                and dst.stride(0) % vec == 0 and src.data_ptr() % 16 == 0 and dst.data_ptr() % 16 == 0)
     chunk = chunk or min(next_pow2(block_numel), 4096)
-    grid = (pairs_t.shape[0], len(src_offsets), triton.cdiv(block_numel, chunk))
+    n_chunks = triton.cdiv(block_numel, chunk)
+    grid = (pairs_t.shape[0], len(src_offsets), n_chunks)
+    if block_major:
+        grid = (grid[0] * grid[1] * grid[2],)
     _copy_blocks_kernel[grid](src, dst, _offsets_on(device, src_offsets), _offsets_on(device, dst_offsets),
-                              pairs_t, block_numel, src.stride(0), dst.stride(0),
-                              CHUNK=chunk, VEC=vec if aligned else 1,
+                              pairs_t, block_numel, src.stride(0), dst.stride(0), len(src_offsets), n_chunks,
+                              CHUNK=chunk, VEC=vec if aligned else 1, BLOCK_MAJOR=block_major,
                               num_warps=num_warps or (4 if device.type == "cuda" else 1))
 
 
@@ -113,15 +124,18 @@ def _pairs_tensor(pairs, num_blocks: int, device: torch.device) -> torch.Tensor:
 
 
 def copy_blocks(caches: torch.Tensor | Sequence[torch.Tensor], pairs, *, chunk: int | None = None,
-                num_warps: int | None = None) -> None:
+                num_warps: int | None = None, block_major: bool = False) -> None:
     """In place: for every cache, block[dst] = block[src] for each (src, dst).
 
     Graph-capturable when ``pairs`` is a device tensor (module docstring).
+    ``chunk`` elements per program; ``block_major`` launches the chunks of
+    one block on consecutive programs (a 1-D grid) instead of one chunk of
+    every pair.
     """
     base, offsets = _as_caches(caches)
     device = check_device(base)
     pairs_t = _pairs_tensor(pairs, base.shape[0], device)
-    _launch(base, offsets, base, offsets, pairs_t, device, chunk, num_warps)
+    _launch(base, offsets, base, offsets, pairs_t, device, chunk, num_warps, block_major)
 
 
 def move_blocks(src: torch.Tensor, dst: torch.Tensor, pairs, *, chunk: int | None = None,

@@ -69,6 +69,82 @@ def _rope_store_kernel(qkv_ptr, pos_ptr, slot_ptr, kc_ptr, vc_ptr, stride_t, log
     tl.store(vc_ptr + dst + HALF, tl.load(vrow + HALF, mask=mask), mask=mask)
 
 
+@triton.jit
+def rope_prologue(src_ptr, rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, kc_ptr, vc_ptr, b, kvh, s, stride_t,
+                  log2_theta, num_kv_heads, stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr,
+                  BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  ROPE: tl.constexpr):
+    """rope_store's work for one (sequence b, kv head) inside the decode kernel (``rope_decode``).
+
+    Reads packed qkv row b (ROPE 1) or row rows[b] of a table (ROPE 2). Returns the group's rotated
+    q heads [BLOCK_G, BLOCK_D], the rotated new k and the new v [BLOCK_D], and the position. Split 0
+    writes q and k to q_rot / k_rot and k, v to the cache slot (< 0: skipped); the split holding
+    position pos adds k, v from registers (``new_token_update``), so none waits for the store.
+    Rotate-half over the whole head: element d pairs with d +- D/2, the same float32 arithmetic as
+    ``_rotate``."""
+    if ROPE == 2:
+        row = src_ptr + tl.load(rows_ptr + b).to(tl.int64) * stride_t
+    else:
+        row = src_ptr + b.to(tl.int64) * stride_t
+    pos = tl.load(pos_ptr + b)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    gmask = g < GROUP
+    dmask = d < HEAD_DIM
+    lo = d < HEAD_DIM // 2
+    dp = tl.where(lo, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
+    fi = tl.where(lo, d, d - HEAD_DIM // 2)
+    ang = pos.to(tl.float32) * tl.exp2(-(2.0 * fi.to(tl.float32) / HEAD_DIM) * log2_theta)
+    c = tl.cos(ang)
+    sn = tl.where(lo, -tl.sin(ang), tl.sin(ang))
+    heads = kvh * GROUP + g
+    qm = gmask[:, None] & dmask[None, :]
+    qa = tl.load(row + heads[:, None] * HEAD_DIM + d[None, :], mask=qm, other=0.0).to(tl.float32)
+    qb = tl.load(row + heads[:, None] * HEAD_DIM + dp[None, :], mask=qm, other=0.0).to(tl.float32)
+    q = (qa * c[None, :] + qb * sn[None, :]).to(src_ptr.dtype.element_ty)
+    num_heads = num_kv_heads * GROUP
+    krow = row + (num_heads + kvh) * HEAD_DIM
+    ka = tl.load(krow + d, mask=dmask, other=0.0).to(tl.float32)
+    kb = tl.load(krow + dp, mask=dmask, other=0.0).to(tl.float32)
+    k_new = (ka * c + kb * sn).to(src_ptr.dtype.element_ty)
+    v_new = tl.load(row + (num_heads + num_kv_heads + kvh) * HEAD_DIM + d, mask=dmask, other=0.0)
+    # masks as blocks, not scalar comparisons (Triton 3.9's interpreter: see store_kv)
+    first = (tl.zeros([BLOCK_D], tl.int32) + s) == 0
+    bq = b.to(tl.int64)
+    tl.store(qrot_ptr + (bq * num_heads + heads[:, None]) * HEAD_DIM + d[None, :], q, mask=qm & first[None, :])
+    tl.store(krot_ptr + (bq * num_kv_heads + kvh) * HEAD_DIM + d, k_new, mask=dmask & first)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    smask = dmask & first & ((tl.zeros([BLOCK_D], tl.int64) + slot) >= 0)
+    dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs + kvh.to(tl.int64) * stride_ch + d
+    tl.store(kc_ptr + dst, k_new, mask=smask)
+    tl.store(vc_ptr + dst, v_new, mask=smask)
+    return q, k_new, v_new, pos
+
+
+@triton.jit
+def new_token_scores(q, k_new, qk_scale):
+    """Scaled scores [BLOCK_G] of the group's rotated q heads against the new key, in float32."""
+    return tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale
+
+
+@triton.jit
+def new_token_update(qk_new, v_new, pos, ctx, tile_lo, tiles_per_split, m_i, l_i, acc,
+                     TILE_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Online-softmax step over the one new key (``rope_decode``; its scaled scores ``qk_new``
+    [BLOCK_G] come from before the tile loop), taken only by the split whose tile range holds
+    position ``pos`` (and only when pos lies in the context): a rank-1 update in registers, so the
+    tile loop and its shared-memory buffers stay those of plain decode."""
+    t_new = pos // TILE_N
+    own = (t_new >= tile_lo) & (t_new < tile_lo + tiles_per_split) & (pos < ctx)
+    ownv = (tl.zeros([BLOCK_G], tl.int32) + own.to(tl.int32)) != 0  # a block (Triton 3.9's interpreter)
+    qk = tl.where(ownv, qk_new, float("-inf"))
+    m_new = tl.maximum(m_i, qk)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet and not the owner
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(qk - m_safe)
+    return m_new, l_i * alpha + p, acc * alpha[:, None] + p[:, None] * v_new.to(tl.float32)[None, :]
+
+
 def rope_store(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, num_heads: int, theta: float = ROPE_THETA) -> None:
     """qkv [tokens, (H + 2 Hkv) * D]: rotate q and k in place, store k and v at ``slots`` (< 0: skipped)."""

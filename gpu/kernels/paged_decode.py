@@ -47,6 +47,7 @@ import triton.language as tl
 
 from pagesim.gpu.kernels._common import ATTN_TYPES, check_cache, check_device, dot_precision, gather_kv, next_pow2, num_sms
 from pagesim.gpu.kernels.decode_tuning import tuned
+from pagesim.gpu.kernels.fused import new_token_scores, new_token_update, rope_prologue
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64  # the merge holds [splits, head_dim] fp32 per head in registers
@@ -76,9 +77,10 @@ def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, opart_ptr, lse_ptr,
     qk_scale, num_kv_heads, tiles_per_split, num_splits, table_tokens,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_btb, stride_ob, stride_oh,
+    rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, log2_theta,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr,
-    BT_AHEAD: tl.constexpr, SPLIT_BY_CTX: tl.constexpr,
+    BT_AHEAD: tl.constexpr, SPLIT_BY_CTX: tl.constexpr, ROPE: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
@@ -90,8 +92,14 @@ def _paged_decode_kernel(
     heads = kvh * GROUP + g
     gmask = g < GROUP
     dmask = d < HEAD_DIM
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    if ROPE:  # q_ptr holds packed qkv rows (gpu/kernels/rope_decode.py): rotate q, take the new k, v
+        q, k_new, v_new, pos = rope_prologue(q_ptr, rows_ptr, pos_ptr, slot_ptr, qrot_ptr, krot_ptr, k_ptr, v_ptr,
+                                              b, kvh, s, stride_qb, log2_theta, num_kv_heads, stride_kb, stride_ks,
+                                              stride_kh, GROUP, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_SIZE, ROPE)
+        qk_new = new_token_scores(q, k_new, qk_scale)  # before the loop: q's float32 copy dies here
+    else:
+        q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                    mask=gmask[:, None] & dmask[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -101,14 +109,18 @@ def _paged_decode_kernel(
     n_tiles = tl.cdiv(ctx, TILE_N)
     if SPLIT_BY_CTX:  # each sequence spreads its own tiles over the splits (graph-safe grid)
         tiles_per_split = tl.cdiv(n_tiles, num_splits)
+    if ROPE:  # the cache holds keys before the new token; it is added after the loop, from registers
+        kv_end = tl.minimum(pos, ctx)
+    else:
+        kv_end = ctx
     tile_lo = s * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
+    tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(kv_end, TILE_N))
     if BT_AHEAD:  # ids of the first tile, independent of ctx (past it they only feed masked loads)
         tok0 = tile_lo * TILE_N + n
         blk_next = tl.load(bt_row + tok0 // BLOCK_SIZE, mask=tok0 < table_tokens, other=0)
     for t in range(tile_lo, tile_hi):
         tok = t * TILE_N + n
-        tmask = tok < ctx
+        tmask = tok < kv_end
         if BT_AHEAD:
             blk = blk_next.to(tl.int64)
             nxt = tok + TILE_N
@@ -127,6 +139,9 @@ def _paged_decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
+    if ROPE:  # the split whose tiles hold position pos adds the new token (its slot may be unwritten yet)
+        m_i, l_i, acc = new_token_update(qk_new, v_new, pos, ctx, tile_lo, tiles_per_split, m_i, l_i, acc,
+                                         TILE_N, BLOCK_G)
 
     o = acc / tl.maximum(l_i, 1e-30)[:, None]  # empty range: acc == 0, o == 0
     if SPLIT:
@@ -242,37 +257,58 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
     if batch == 0:
         return torch.empty_like(q)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    launch_decode(q, (q.stride(0), q.stride(1)), out, k_cache, v_cache, block_tables, context_lens, scale,
+                  num_heads, max_context_len, split_by_context,
+                  dict(num_splits=num_splits, tile_n=tile_n, num_warps=num_warps, num_stages=num_stages,
+                       bt_ahead=bt_ahead))
+    return out
+
+
+def launch_decode(q_src: torch.Tensor, q_strides: tuple[int, int], out: torch.Tensor, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                  num_heads: int, max_context_len: int, split_by_context: bool, overrides: dict,
+                  rope: dict | None = None) -> None:
+    """The decode launch (and its merge) into ``out`` [batch, num_heads, head_dim], arguments checked by
+    the caller. ``rope`` (from ``rope_decode``): q_src is packed qkv rows to rotate, and its keys
+    rows / positions / slots / q_rot / k_rot / log2_theta are the fused prologue's inputs and outputs."""
+    device = out.device
+    batch = out.shape[0]
+    _, block_size, num_kv_heads, head_dim = k_cache.shape
     group = num_heads // num_kv_heads
     cfg = decode_config(device, batch * num_kv_heads, max_context_len, block_size, head_dim)
-    tile_n = tile_n or cfg["tile_n"]
+    tile_n = overrides.get("tile_n") or cfg["tile_n"]
     assert tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n {tile_n}: a power of two >= 16"
     tiles = max(1, triton.cdiv(max_context_len, tile_n))
-    splits = min(num_splits or cfg["num_splits"], tiles, MAX_SPLITS)
+    splits = min(overrides.get("num_splits") or cfg["num_splits"], tiles, MAX_SPLITS)
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # no split left without tiles
 
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if splits > 1:
         opart = torch.empty(batch, num_heads, splits, head_dim, device=device, dtype=torch.float32)
         lse = torch.empty(batch, num_heads, splits, device=device, dtype=torch.float32)
     else:
         opart, lse = out, out  # unused
+    r = rope or dict(rows=context_lens, positions=context_lens, slots=context_lens, q_rot=out, k_rot=out,
+                     log2_theta=0.0)  # unused without ROPE
+    bt_ahead = overrides.get("bt_ahead")
     meta = dict(GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim))
     _paged_decode_kernel[(num_kv_heads, batch, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, opart, lse,
+        q_src, k_cache, v_cache, block_tables, context_lens, out, opart, lse,
         scale * LOG2E, num_kv_heads, tiles_per_split, splits, block_tables.shape[1] * block_size,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q_strides[0], q_strides[1], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, DOT_PREC=dot_precision(q.dtype),
+        r["rows"], r["positions"], r["slots"], r["q_rot"], r["k_rot"], r["log2_theta"],
+        BLOCK_SIZE=block_size, TILE_N=tile_n, SPLIT=splits > 1, DOT_PREC=dot_precision(out.dtype),
         BT_AHEAD=cfg["bt_ahead"] if bt_ahead is None else bt_ahead, SPLIT_BY_CTX=split_by_context,
-        num_warps=num_warps or cfg["num_warps"],
-        num_stages=num_stages or cfg["num_stages"], **meta,
+        ROPE=0 if rope is None else (2 if rope.get("gather") else 1),
+        num_warps=overrides.get("num_warps") or cfg["num_warps"],
+        num_stages=overrides.get("num_stages") or cfg["num_stages"], **meta,
     )
     if splits > 1:
         _merge_kernel[(num_heads, batch)](opart, lse, out, num_heads, splits, out.stride(0), out.stride(1),
                                           HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], SPLITS_PAD=next_pow2(splits),
                                           num_warps=4 if device.type == "cuda" else 1)
-    return out
 
 
 def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
