@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from pagesim.calibrate import calibrate, default_base, fit_report, refit_files
 from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
@@ -50,6 +49,9 @@ def _device(torch, gpu_preset_name) -> tuple[str, str]:
 
 
 def cmd_calibrate(args) -> int:
+    # the calibration pipeline loads only for this command, not for every
+    # ``pagesim`` start (the parser is built for all commands)
+    from pagesim.calibrate import calibrate, default_base, fit_report, refit_files
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CommandError(f"--out {out}: exists (give --overwrite to replace it)")

@@ -28,13 +28,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 #: Options whose value may name an input file (see the module doc).
 PATH_KEYS = ("trace", "cost_model", "model", "gpu")
 #: Keys of a summary's config block that are not options: derived values.
@@ -61,18 +54,15 @@ def read_mapping(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     lines: dict[str, int] = {}
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json, "
+                          f"not {suffix or 'a file without a suffix'!r}")
+    loads, error = _parser(suffix)
     try:
+        data = loads(text)
         if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
             lines = _yaml_lines(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json, "
-                              f"not {suffix or 'a file without a suffix'!r}")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    except error as exc:
         raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
     if data is None:
         data = {}
@@ -85,7 +75,24 @@ def read_mapping(path: str) -> tuple[dict, dict[str, int]]:
     return data, lines
 
 
+def _parser(suffix: str):
+    """(loads, its error type) for a config file's suffix. The YAML and TOML
+    parsers are imported only when a config file is read: every ``pagesim``
+    command starts by building this parser, and most give no ``--config``."""
+    if suffix == ".json":
+        return json.loads, json.JSONDecodeError
+    if suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        return tomllib.loads, tomllib.TOMLDecodeError
+    import yaml
+    return yaml.safe_load, yaml.YAMLError
+
+
 def _yaml_lines(text: str) -> dict[str, int]:
+    import yaml  # already loaded by _parser
     node = yaml.compose(text)
     out: dict[str, int] = {}
 

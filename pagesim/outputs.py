@@ -19,9 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pagesim.analysis.plots import latency_cdfs, memory_over_time, memory_per_replica
-from pagesim.analysis.report import replay_report
-from pagesim.analysis.timeline import write_timeline
 from pagesim.steps_file import StepsFile
 
 
@@ -151,7 +148,10 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
         else:
             df.to_csv(path, index=False)
         written.append(path)
+    # the figure, report and timeline modules load only when asked for (a
+    # --no-plots --no-report replay starts without them)
     if plots:
+        from pagesim.analysis.plots import latency_cdfs, memory_over_time, memory_per_replica
         if "replica" in result.steps and result.steps["replica"].nunique() > 1:
             memory_per_replica(result.steps, result.summary, folder / "memory.png")
         else:
@@ -159,9 +159,11 @@ def write_replay(result, folder: Path, *, plots: bool = True, table_format: str 
         latency_cdfs(result.requests, result.steps, folder / "latency.png", summary=result.summary)
         written += [folder / "memory.png", folder / "latency.png"]
     if report:
+        from pagesim.analysis.report import replay_report
         replay_report(result, folder / "report.html")
         written.append(folder / "report.html")
     if timeline:
+        from pagesim.analysis.timeline import write_timeline
         write_timeline(result.requests, result.steps, folder / "timeline.json",
                        result.request_events, max_requests=timeline)
         written.append(folder / "timeline.json")

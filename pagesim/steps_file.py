@@ -28,6 +28,13 @@ from pagesim.sim.gauges import Gauges
 from pagesim.sim.step_recorder import COLUMN_DTYPES, STEP_COLUMNS
 
 
+#: The raw file is read back once, by ``finish_steps``, and deleted: written
+#: plain (no compression, dictionaries or statistics) it costs a copy rather
+#: than a second encoding of the whole table (~1 G instructions of the
+#: Azure trace). The final file keeps Parquet's defaults.
+RAW = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+
+
 class ParquetSink:
     """A ``StepSink`` writing each batch of rows as one Parquet row group."""
 
@@ -38,14 +45,14 @@ class ParquetSink:
     def write(self, columns: dict[str, np.ndarray]) -> None:
         table = pa.table({c: columns[c] for c in STEP_COLUMNS})
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
+            self._writer = pq.ParquetWriter(self.path, table.schema, **RAW)
         self._writer.write_table(table)
 
     def close(self) -> None:
         """Close the file; a run that recorded no step still gets one (empty)."""
         if self._writer is None:
             empty = {c: np.empty(0, dtype=COLUMN_DTYPES[c]) for c in STEP_COLUMNS}
-            pq.write_table(pa.table(empty), self.path)
+            pq.write_table(pa.table(empty), self.path, **RAW)
         else:
             self._writer.close()
             self._writer = None

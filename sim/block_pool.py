@@ -214,7 +214,10 @@ class BlockPool:
 
     @property
     def num_free(self) -> int:
-        return len(self.free_queue)
+        # the queue's count read directly, as get_new_blocks does: len()
+        # would be a second Python call (this is read at every allocator
+        # event of a replay)
+        return self.free_queue._len
 
     @property
     def num_usable(self) -> int:
@@ -235,25 +238,42 @@ class BlockPool:
         if n > q._len:
             raise OutOfBlocks(f"need {n} blocks, {q._len} free")
         out = q.pop_front(n)
-        if self.num_cached_free:
+        if not self.num_cached_free:
+            for b in out:
+                b.ref_cnt = 1
+                b.fill = fill
+        elif self.on_evict is None and self.on_evict_content is None:
+            evicted = 0  # (no callback can read the count mid-loop)
             for b in out:
                 h = b.hash
                 if h is not None:  # evict: the block loses its cached content
                     if h < UNIQUE_KEY_BASE:
                         self._forget(b, h)
                     b.hash = None
-                    self.num_cached_free -= 1
-                    if self.on_evict is not None:
-                        self.on_evict(b.id)
-                    if self.on_evict_content is not None and h < UNIQUE_KEY_BASE:
-                        self.on_evict_content(b.id, h)
+                    evicted += 1
                 b.ref_cnt = 1
                 b.fill = fill
+            self.num_cached_free -= evicted
         else:
-            for b in out:
-                b.ref_cnt = 1
-                b.fill = fill
+            self._evict_announced(out, fill)
         return out
+
+    def _evict_announced(self, out: list[Block], fill: int) -> None:
+        """``get_new_blocks``'s eviction with the callbacks (event log,
+        offload tier) told of each evicted block as it goes."""
+        for b in out:
+            h = b.hash
+            if h is not None:
+                if h < UNIQUE_KEY_BASE:
+                    self._forget(b, h)
+                b.hash = None
+                self.num_cached_free -= 1
+                if self.on_evict is not None:
+                    self.on_evict(b.id)
+                if self.on_evict_content is not None and h < UNIQUE_KEY_BASE:
+                    self.on_evict_content(b.id, h)
+            b.ref_cnt = 1
+            b.fill = fill
 
     def _forget(self, b: Block, h: int) -> None:
         """Remove ``b``'s entry under ``h`` from the map (eviction)."""

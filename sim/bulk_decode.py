@@ -58,13 +58,14 @@ class BulkDecodeMixin:
             new = (self.pool.get_new_blocks(1, fill=1)[0] for _ in seq_ids)
         for sid, lag, b in zip(seq_ids, lags, new):
             s = seqs[sid]
-            last = s.table[-1]
-            last.fill += lag
+            table = s.table
+            last = table[-1]
+            fill = last.fill + lag
+            last.fill = fill
             # a full last block may be shared (a prefix-cache hit); one that
             # is written into may not
-            assert last.fill == bs and (lag == 0 or last.ref_cnt == 1), (
+            assert fill == bs and (lag == 0 or last.ref_cnt == 1), (
                 f"cross_blocks: sequence {sid} is not at a block boundary, or writes a shared block")
-            table = s.table
             table.append(b)
             s.num_tokens += lag + 1
             if log is not None:

@@ -23,7 +23,7 @@ class DecodeStretches:
         plain decoder in the lazy set (None otherwise): until the first
         finish or the first crossing the free blocks cannot cover."""
         lazy = self.lazy
-        n = len(lazy)
+        n = len(lazy.members)  # (len(lazy), without its Python-level call)
         if (not n or n + len(self.finishing) != len(self.running) or self.swapped
                 or n > self.token_budget):
             return None
@@ -63,4 +63,5 @@ class DecodeStretches:
         for m in lazy.finished_by(lazy.D):
             lazy.remove(m.sid)
             done.append(m.group)
-        self.end_groups(done, now)
+        if done:  # (most stretches end at an arrival, with no member done)
+            self.end_groups(done, now)

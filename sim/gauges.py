@@ -44,6 +44,23 @@ def _seqs_per_request(requests: pd.DataFrame) -> np.ndarray:
                       requests["beam_width"].to_numpy(dtype=np.int64))
 
 
+def _counts_up_to(events: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each ``t[i]``, how many of the sorted ``events`` are <= it:
+    ``np.searchsorted(events, t, side="right")``. A replica's step times are
+    sorted, and there are far fewer events (requests) than steps: then the
+    events up to ``t[0]`` count everywhere, and each later one from its first
+    step at or after it: the same integers for one search per event instead
+    of one per step (0.14 G instructions of the Azure trace's 19 k requests
+    and 453 k steps)."""
+    if len(t) < 2 or not (t[1:] >= t[:-1]).all():
+        return np.searchsorted(events, t, side="right")   # (a cluster's steps interleave)
+    lo, hi = np.searchsorted(events, (t[0], t[-1]), side="right")
+    first = np.searchsorted(t, events[lo:hi], side="left")  # (none is 0: they are > t[0])
+    counts = np.cumsum(np.bincount(first, minlength=len(t))[: len(t)])
+    counts += lo
+    return counts
+
+
 class Gauges:
     """Adds the gauge columns to a steps table given in consecutive chunks
     (the whole table is one chunk): the counters carry over from chunk to
@@ -85,8 +102,8 @@ class Gauges:
         running = steps["num_seqs"].to_numpy()
         steps["num_requests_running"] = running
         t = steps["start_s"].to_numpy(dtype=np.float64)
-        waiting = self.arrived[np.searchsorted(self.arrivals, t, side="right")]
-        waiting -= self.finished[np.searchsorted(self.finishes, t, side="right")]
+        waiting = self.arrived[_counts_up_to(self.arrivals, t)]
+        waiting -= self.finished[_counts_up_to(self.finishes, t)]
         waiting -= running
         np.maximum(waiting, 0, out=waiting)
         steps["num_requests_waiting"] = waiting.astype(np.int32)  # sequences: far below 2**31

@@ -240,10 +240,12 @@ class LazyDecodeSet:
         if not self.paged:
             return  # contiguous memory: decodes never need the allocator
         kv = self.kv
-        events = self.events_at(j)
+        at = self.D + j
+        r = at % self.bs
+        # events_at(j), its common case inline (a call per step with events)
+        events = self.buckets[r].values() if r not in self._unsorted else self.events_at(j)
         if not events:
             return
-        at = self.D + j
         if not self.num_fill or all(m.fill is None for m in events):
             # Only crossings of content nobody can share: one bulk call.
             ids, lags = [], []
@@ -253,7 +255,6 @@ class LazyDecodeSet:
                 m.kd0 = at + 1
             self._sum_kd0 += kv.cross_blocks(ids, lags)  # each kd0 moved by its lag + 1
             return
-        r = at % self.bs
         for m in events:
             self.materialize(m, at)
             s = m.seq

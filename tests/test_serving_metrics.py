@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pagesim import traces
 from pagesim.replay import ReplayConfig, run_replay
 from pagesim.sim.config import SchedulerConfig
+from pagesim.sim.gauges import _counts_up_to
 from pagesim.sim.serving_metrics import (itl_samples, parse_goodput, parse_percentiles,
                                          serving_metrics, weighted_stats)
 
@@ -197,3 +198,19 @@ def test_percentiles_parse():
         parse_percentiles("50,abc")
     with pytest.raises(ValueError, match="--metric-percentiles"):
         parse_percentiles("100")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=20), st.lists(st.integers(0, 30), max_size=200),
+       st.booleans())
+def test_gauge_counts_equal_searchsorted(events, times, shuffle):
+    # num_requests_waiting counts the arrivals (finishes) at or before each
+    # step start: numpy's searchsorted(side="right") by definition, whichever
+    # way _counts_up_to computes it (sorted step times, or interleaved ones)
+    ev = np.sort(np.asarray(events, dtype=np.float64))
+    t = np.sort(np.asarray(times, dtype=np.float64))
+    if shuffle:
+        t = t[::-1].copy()
+    got = _counts_up_to(ev, t)
+    assert got.dtype == np.int64
+    assert got.tolist() == np.searchsorted(ev, t, side="right").tolist()
