@@ -191,10 +191,12 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     requests table's rows times two plus the preemptions): the per-step
     prefix-cache counters are summed from them.
 
-    ``steps_path``: stream the steps table to this Parquet file as the run
-    goes, and return it as a ``StepsFile`` (read by column) instead of a
+    ``steps_path``: once the steps table grows past ``HOLD_ROWS`` rows
+    (``sim/step_recorder.py``), stream it to this Parquet file as the run
+    goes and return it as a ``StepsFile`` (read by column) instead of a
     DataFrame: memory then stays bounded however many steps the run takes
-    (``pagesim/steps_file.py``). Cluster runs keep their tables in memory."""
+    (``pagesim/steps_file.py``). A shorter table is returned as a DataFrame
+    and nothing is written. Cluster runs keep their tables in memory."""
     if cfg.replicas > 1:
         from pagesim.cluster import run_cluster  # the cluster path builds on this module
         return run_cluster(trace, cfg, executor=executor, progress=progress, pause_gc=pause_gc)
@@ -218,7 +220,10 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
     req_df = requests_dataframe(sched.records, meta.get("truncated_ids", ()))
     marks = pd.DataFrame(sched.request_events, columns=["step", "request", "kind", "queried", "cached"])
     gauges = Gauges(req_df, kv.capacity_tokens, marks)
-    step_df = gauges.add(recorder.to_dataframe()) if raw is None else finish_steps(raw, Path(steps_path), gauges)
+    if recorder.spilled:
+        step_df = finish_steps(raw, Path(steps_path), gauges)
+    else:
+        step_df = gauges.add(recorder.to_dataframe())
     applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=sched.prefix_cache_hits,

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pagesim.sim.gauges import Gauges
-from pagesim.sim.step_recorder import COLUMN_DTYPES, STEP_COLUMNS
+from pagesim.sim.step_recorder import STEP_COLUMNS
 
 
 #: The raw file is read back once, by ``finish_steps``, and deleted: written
@@ -49,11 +49,8 @@ class ParquetSink:
         self._writer.write_table(table)
 
     def close(self) -> None:
-        """Close the file; a run that recorded no step still gets one (empty)."""
-        if self._writer is None:
-            empty = {c: np.empty(0, dtype=COLUMN_DTYPES[c]) for c in STEP_COLUMNS}
-            pq.write_table(pa.table(empty), self.path, **RAW)
-        else:
+        """Close the file (there is none if no row came)."""
+        if self._writer is not None:
             self._writer.close()
             self._writer = None
 

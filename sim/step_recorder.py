@@ -22,8 +22,11 @@ copy.
                           DataFrame (shares the columns)       sink.write (e.g. a
                                                                Parquet row group)
 
-With a sink, the table is never held whole: a 100k-request replay of 6 M
-steps keeps at most ``SPILL_ROWS`` rows (~30 MB) instead of 0.45 GB.
+With a sink, a table longer than ``HOLD_ROWS`` is never held whole: a
+100k-request replay of 6 M steps keeps at most ``HOLD_ROWS`` rows (~75 MB)
+instead of 0.45 GB. A shorter one stays in memory (``spilled`` is False)
+and is read with ``to_dataframe``: writing and reading it back would cost a
+typical replay more than its whole loop saves.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ COLUMN_DTYPES = {c: np.float64 if c in FLOAT_COLUMNS else
 CHUNK_STEPS = 1 << 14
 #: Rows handed to a sink at a time: a row group of a streamed steps file.
 SPILL_ROWS = 1 << 18
+#: Rows held in memory before a recorder with a sink starts streaming.
+HOLD_ROWS = 1 << 20
 
 
 class StepSink(Protocol):
@@ -75,11 +80,13 @@ class StepRecorder:
     """
 
     def __init__(self, usage_from, chunk_steps: int = CHUNK_STEPS, sink: StepSink | None = None,
-                 spill_rows: int | None = None) -> None:
+                 spill_rows: int | None = None, hold_rows: int | None = None) -> None:
         self.usage_from = usage_from
         self.chunk_steps = chunk_steps
         self.sink = sink
         self.spill_rows = SPILL_ROWS if spill_rows is None else spill_rows
+        self.hold_rows = HOLD_ROWS if hold_rows is None else hold_rows
+        self.spilled = False   # whether rows went to the sink (then all of them do)
         self._rows: list[tuple] = []
         self._stretches: list[tuple] = []
         self._pending = 0                      # steps in the two buffers
@@ -137,7 +144,7 @@ class StepRecorder:
         for c, v in chunk.items():
             self._cols[c][self._n:end] = v
         self._n = end
-        if self.sink is not None:
+        if self.sink is not None and (self.spilled or self._n > self.hold_rows):
             self._spill(final=False)
 
     def _spill(self, final: bool) -> None:
@@ -148,11 +155,15 @@ class StepRecorder:
         while self._n - done >= self.spill_rows or (final and self._n > done):
             end = min(done + self.spill_rows, self._n)
             self.sink.write({c: v[done:end] for c, v in self._cols.items()})
+            self.spilled = True
             done = end
         if done:
-            for v in self._cols.values():
-                v[: self._n - done] = v[done:self._n]
-            self._n -= done
+            rest = self._n - done
+            for c, v in self._cols.items():   # the held rows' capacity goes back to the system
+                keep = v if len(v) <= 2 * self.spill_rows else np.empty(2 * self.spill_rows, v.dtype)
+                keep[:rest] = v[done:self._n]
+                self._cols[c] = keep
+            self._n = rest
 
     def _step_rows(self) -> dict | None:
         if not self._rows:
@@ -196,11 +207,13 @@ class StepRecorder:
 
     # -------------------------------------------------------------- output
     def close(self) -> None:
-        """With a sink: hand it the last rows. The sink then holds the
-        whole table."""
+        """With a sink that got rows: hand it the last ones, so that it holds
+        the whole table. A table short enough to hold (``spilled`` False)
+        stays here, for ``to_dataframe``."""
         assert self.sink is not None, "close() is for a recorder with a sink; use to_dataframe()"
         self._flush()
-        self._spill(final=True)
+        if self.spilled:
+            self._spill(final=True)
 
     def to_dataframe(self) -> pd.DataFrame:
         """The table, one row per step in step order. The columns shrink to

@@ -30,7 +30,9 @@ CASES = {  # preemptions; prefix caching with samples (the hit counters); a base
 
 @pytest.fixture
 def small_groups(monkeypatch):
+    """Row groups of 97 steps, streaming from the 301st step on."""
     monkeypatch.setattr(step_recorder, "SPILL_ROWS", 97)
+    monkeypatch.setattr(step_recorder, "HOLD_ROWS", 300)
 
 
 def without_wall(summary: dict) -> dict:
@@ -85,6 +87,7 @@ def test_sink_gets_every_row_once_in_order(small_groups):
     for i in range(500):
         rec.add(i, float(i), 1.0, (1, 1, 0, i), 0, i, (7, 3))
     rec.close()
+    assert rec.spilled
     assert [len(r["step"]) for r in rows] == [97] * 5 + [15], "full groups of SPILL_ROWS, then the rest"
     assert (np.concatenate([r["step"] for r in rows]) == np.arange(500)).all()
 
@@ -104,11 +107,16 @@ def test_failed_run_leaves_no_file(tmp_path, monkeypatch, small_groups):
     assert list(tmp_path.iterdir()) == [], "an interrupted run leaves no raw or partial steps file"
 
 
-def test_empty_run_gives_an_empty_file_with_every_column(tmp_path):
+def test_short_runs_stay_in_memory_and_write_nothing(tmp_path):
+    """Below HOLD_ROWS steps the table is held (writing and reading it back
+    would cost more than it saves) and is the same table."""
+    trace = synthetic("sharegpt", num_requests=30, seed=0)
+    held = run_replay(trace, ReplayConfig(), steps_path=tmp_path / "steps.parquet")
+    assert isinstance(held.steps, pd.DataFrame) and list(tmp_path.iterdir()) == []
+    pd.testing.assert_frame_equal(held.steps, run_replay(trace, ReplayConfig()).steps, check_exact=True)
     sink = ParquetSink(tmp_path / "raw.parquet")
     sink.close()
-    assert list(StepsFile(tmp_path / "raw.parquet").columns) == list(STEP_COLUMNS)
-    assert len(StepsFile(tmp_path / "raw.parquet")) == 0
+    assert list(tmp_path.iterdir()) == [], "a sink that got no rows writes no file"
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
