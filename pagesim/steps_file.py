@@ -56,14 +56,13 @@ class ParquetSink:
 
     def discard(self) -> None:
         """Close and delete the file (a run that failed)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.close()
         self.path.unlink(missing_ok=True)
 
 
 def finish_steps(raw: Path, final: Path, gauges: Gauges) -> StepsFile:
-    """Rewrite ``raw`` (the recorder's columns) as ``final`` with the gauge
+    """Rewrite ``raw`` (the recorder's columns: at least one row group, as
+    a sink writes a file only for rows) as ``final`` with the gauge
     columns, one row group at a time, and delete ``raw``."""
     source = pq.ParquetFile(raw)
     writer = None
@@ -75,10 +74,6 @@ def finish_steps(raw: Path, final: Path, gauges: Gauges) -> StepsFile:
             if writer is None:
                 writer = pq.ParquetWriter(final, table.schema)
             writer.write_table(table)
-        if writer is None:   # no step at all: the empty table with every column
-            empty = gauges.add(source.read().to_pandas())
-            pa_table = pa.Table.from_pandas(empty, preserve_index=False)
-            pq.write_table(pa_table, final)
     finally:
         if writer is not None:
             writer.close()
