@@ -24,9 +24,9 @@ current folder.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+
+from pagesim.sim.costmodel.spec_files import loader
 
 #: Options whose value may name an input file (see the module doc).
 PATH_KEYS = ("trace", "cost_model", "model", "gpu")
@@ -57,7 +57,7 @@ def read_mapping(path: str) -> tuple[dict, dict[str, int]]:
     if suffix not in (".yaml", ".yml", ".toml", ".json"):
         raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json, "
                           f"not {suffix or 'a file without a suffix'!r}")
-    loads, error = _parser(suffix)
+    loads, error = loader(suffix)
     try:
         data = loads(text)
         if suffix in (".yaml", ".yml"):
@@ -75,24 +75,8 @@ def read_mapping(path: str) -> tuple[dict, dict[str, int]]:
     return data, lines
 
 
-def _parser(suffix: str):
-    """(loads, its error type) for a config file's suffix. The YAML and TOML
-    parsers are imported only when a config file is read: every ``pagesim``
-    command starts by building this parser, and most give no ``--config``."""
-    if suffix == ".json":
-        return json.loads, json.JSONDecodeError
-    if suffix == ".toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        return tomllib.loads, tomllib.TOMLDecodeError
-    import yaml
-    return yaml.safe_load, yaml.YAMLError
-
-
 def _yaml_lines(text: str) -> dict[str, int]:
-    import yaml  # already loaded by _parser
+    import yaml  # already loaded by loader
     node = yaml.compose(text)
     out: dict[str, int] = {}
 

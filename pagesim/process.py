@@ -15,7 +15,6 @@ objects, which are all the simulator itself allocates, are unaffected.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 import pyarrow as pa
@@ -32,8 +31,9 @@ def bound_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the process's own symbols, which hold the C library's: no
+        # ``find_library`` (it runs ``ldconfig``, ~15 ms of every start)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):   # not glibc (e.g. musl has no mallopt)
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
