@@ -224,7 +224,7 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
         step_df = finish_steps(raw, Path(steps_path), gauges)
     else:
         step_df = gauges.add(recorder.to_dataframe())
-    applies = getattr(kv, "enable_prefix_caching", False) and has_content_identity(trace, cfg)
+    applies = kv.caps.prefix_caching and has_content_identity(trace, cfg)
     summary = summarize(req_df, step_df, capacity_tokens=kv.capacity_tokens,
                         preemptions=sched.preemptions, hit_tokens=sched.prefix_cache_hits,
                         queried_tokens=sched.prefix_cache_queries, wall_s=engine.wall_s,

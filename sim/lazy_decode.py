@@ -217,7 +217,7 @@ class LazyDecodeSet:
         step with events in ``st``; then ``D`` advances. ``log``: the event
         log, stamped with steps."""
         counters = self.kv.counters
-        steps, snaps = st.event_steps, st.event_counters = [-1], [counters(pending_tokens)]
+        steps, snaps = st.event_steps, st.event_counters = [-1], list(counters(pending_tokens))
         if self.paged:
             buckets, bs, r0 = self.buckets, self.bs, self.D % self.bs
             for j in range(st.num_steps):
@@ -226,7 +226,7 @@ class LazyDecodeSet:
                         log.step = st.step + j
                     self.apply_events(j)
                     steps.append(j)
-                    snaps.append(counters(pending_tokens))
+                    snaps += counters(pending_tokens)
         self.D += st.num_steps
         if log is not None:
             log.step = st.step + st.num_steps - 1

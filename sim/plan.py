@@ -171,9 +171,10 @@ class DecodeStretch:
     seq_ids: list[int] | None = None
     context_lens0: list[int] | None = None
     #: Filled by ``Scheduler.commit``: relative steps of the allocator events
-    #: (-1: before the first step) and the manager's ``counters()`` after each.
+    #: (-1: before the first step) and the manager's ``counters()`` after
+    #: each, concatenated (flat: the recorder reads them in one pass).
     event_steps: Sequence[int] = ()
-    event_counters: Sequence[tuple] = ()
+    event_counters: Sequence[int] = ()
 
     def __init__(self, step: int, num_steps: int, num_seqs: int, sum_context0: int) -> None:
         self.step = step

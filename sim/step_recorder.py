@@ -101,7 +101,8 @@ class StepRecorder:
 
     def add_stretch(self, step0, k, n, sum_ctx0, live0, times, dts, snap_steps, snap_counters) -> None:
         """``snap_steps[i]`` (relative step, -1 for the state before the
-        first step) from which ``snap_counters[i]`` holds."""
+        first step) from which the ``i``-th ``counters()`` snapshot holds;
+        ``snap_counters`` holds the snapshots concatenated."""
         self._stretches.append((step0, k, n, sum_ctx0, live0, times[:k], dts[:k], snap_steps, snap_counters))
         self._pending += k
         if self._pending >= self.chunk_steps:
@@ -190,8 +191,9 @@ class StepRecorder:
         snaps = [st[7] for st in self._stretches]
         rel = np.fromiter(chain.from_iterable(snaps), dtype=np.int64)
         start_rows = np.repeat(offsets, [len(v) for v in snaps]) + np.maximum(rel, 0)
-        width = len(self._stretches[0][8][0])
-        counters = np.fromiter(chain.from_iterable(chain.from_iterable(st[8] for st in self._stretches)),
+        first = self._stretches[0]
+        width = len(first[8]) // len(first[7])
+        counters = np.fromiter(chain.from_iterable(st[8] for st in self._stretches),
                                dtype=np.int64, count=len(rel) * width).reshape(len(rel), width)
         which = np.searchsorted(start_rows, np.arange(total), side="right") - 1
         snap = counters[which]

@@ -85,7 +85,7 @@ def record(rec, steps):
         k = 60
         times = [t + 0.01 * j for j in range(k + 1)]
         rec.add_stretch(step, k, 3, 10**6, 10**6 + step, times, [0.01] * k,
-                        [-1, 17], [(5000 + step, 10**4), (4999 + step, 10**4)])
+                        [-1, 17], [5000 + step, 10**4, 4999 + step, 10**4])
         step, t = step + k, times[k]
     return step
 
