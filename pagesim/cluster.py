@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pagesim.replay import ReplayResult, _check_drained, add_transfer_summary, build, config_dict
+from pagesim.replica import ReplayResult, add_transfer_summary, build, check_drained, config_dict
 from pagesim.sim.engine.cluster import Cluster
 from pagesim.sim.event_log import EventLog
 from pagesim.sim.gauges import add_gauges
@@ -45,7 +45,7 @@ def run_cluster(trace, cfg, *, executor=None, progress: bool = False,
     truncated = trace.meta.get("truncated_ids", ()) if isinstance(trace, Trace) else ()
     for i in range(cfg.replicas):
         sched, kv, recorder = parts[i]
-        _check_drained(sched, kv)
+        check_drained(sched, kv)
         rq = requests_dataframe(sched.records, truncated)
         marks = pd.DataFrame(sched.request_events,
                              columns=["step", "request", "kind", "queried", "cached"])
