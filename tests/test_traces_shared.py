@@ -76,7 +76,7 @@ def test_empirical_lengths_and_replayed_arrivals():
     lengths = raw("sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
     azure = raw("AzureLLMInferenceTrace_conv.csv")
     t = traces.synthetic(str(lengths), num_requests=5000,
-                         arrival=traces.Replay.from_file(azure), seed=1)
+                         arrival=traces.Replay.from_trace(traces.load_trace(azure)), seed=1)
     assert t.prompt_tokens.mean() == pytest.approx(2340.03, rel=0.05)
     real = load_trace(azure).arrival_s[:5000]
     assert np.allclose(t.arrival_s, real)

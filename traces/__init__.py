@@ -6,10 +6,10 @@ seeded synthetic workloads with ``synthetic`` / ``default_workload``; map a
 request's hash blocks to the simulator's pages with ``page_keys``. Bad input
 raises ``TraceError`` naming the file, line and problem.
 """
-from pagesim.traces.arrivals import Gamma, Poisson, Replay, parse_arrival, rescale
+from pagesim.traces.arrivals import Gamma, Poisson, Replay, rescale
 from pagesim.traces.errors import TraceError, TraceWarning
 from pagesim.traces.lengths import EmpiricalLengths, FixedLengths, LognormalLengths, length_sampler
-from pagesim.traces.load import FORMATS, apply_max_model_len, load_trace, read_table
+from pagesim.traces.load import FORMATS, apply_max_model_len, load_trace, parse_arrival, read_table
 from pagesim.traces.pages import page_keys
 from pagesim.traces.readers import detect_format
 from pagesim.traces.request import Request

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -91,11 +90,6 @@ class Replay:
     def from_trace(cls, trace: Trace) -> Replay:
         return cls(tuple(trace.arrival_s.tolist()), label=trace.source)
 
-    @classmethod
-    def from_file(cls, path: str | Path, fmt: str | None = None) -> Replay:
-        from pagesim.traces.load import load_trace   # load imports this module
-        return cls.from_trace(load_trace(path, fmt))
-
     def __call__(self, n: int, rng: np.random.Generator) -> np.ndarray:
         t = np.asarray(self.times, dtype=np.float64)
         t = t - t[0]
@@ -115,36 +109,6 @@ def draw(process: ArrivalProcess, n: int, rng: np.random.Generator) -> np.ndarra
     if times.shape != (n,) or not np.isfinite(times).all() or (times < 0).any():
         raise ValueError(f"arrival process {process!r} must return {n} finite times >= 0")
     return times
-
-
-def parse_arrival(spec) -> ArrivalProcess:
-    """An arrival process from a short spec.
-
-    Accepts a number (Poisson at that rate), ``"poisson:RATE"``,
-    ``"gamma:RATE:CV"``, ``"replay:PATH"``, a ``Trace`` (replay its times), or
-    any callable ``(n, rng) -> times`` (returned as is).
-    """
-    if isinstance(spec, Trace):
-        return Replay.from_trace(spec)
-    if callable(spec):
-        return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return Poisson(float(spec))
-    if isinstance(spec, str):
-        kind, _, rest = spec.partition(":")
-        try:
-            if kind == "poisson":
-                return Poisson(float(rest))
-            if kind == "gamma":
-                rate, _, cv = rest.partition(":")
-                return Gamma(float(rate), float(cv))
-            if kind == "replay" and rest:
-                return Replay.from_file(rest)
-            return Poisson(float(spec))
-        except ValueError as exc:
-            raise ValueError(f"bad arrival spec {spec!r}: {exc}") from None
-    raise ValueError(f"bad arrival spec {spec!r}: expected a rate, 'poisson:R', "
-                     "'gamma:R:CV', 'replay:PATH', a Trace or a callable")
 
 
 def rescale(trace: Trace, *, rate: float | None = None,

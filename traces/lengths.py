@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pagesim.traces.load import read_table
+
 
 def clipped_mean(mu: float, sigma: float, lo: int, hi: int) -> float:
     """Exact mean of ``clip(rint(X), lo, hi)`` for ``X ~ LogNormal(mu, sigma)``.
@@ -111,7 +113,6 @@ class EmpiricalLengths:
     @classmethod
     def from_file(cls, path: str | Path, fmt: str | None = None) -> EmpiricalLengths:
         """Any readable trace file (length-only CSVs need no arrival here)."""
-        from pagesim.traces.load import read_table   # load imports this module
         frame = read_table(path, fmt).frame
         return cls(tuple(frame["prompt_tokens"].tolist()),
                    tuple(np.maximum(frame["output_tokens"], 1).tolist()),

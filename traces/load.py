@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pagesim.traces import validate as v
-from pagesim.traces.arrivals import draw, parse_arrival
+from pagesim.traces.arrivals import ArrivalProcess, Gamma, Poisson, Replay, draw
 from pagesim.traces.canonical import Table
 from pagesim.traces.errors import TraceError, TraceWarning
 from pagesim.traces.jsonl import read_mooncake, read_tokens
@@ -61,7 +61,7 @@ def load_trace(path: str | Path, fmt: str | None = None, *, arrival=None, seed: 
         path: the file.
         fmt: one of ``FORMATS`` (``azure``, ``mooncake``, ``lengths``,
             ``vidur``, ``tokens``, ``pagesim``); detected from the file if None.
-        arrival: an arrival spec (``traces.arrivals.parse_arrival``: a rate for
+        arrival: an arrival spec (``parse_arrival`` below: a rate for
             Poisson, ``"gamma:RATE:CV"``, ``"replay:PATH"``, a Trace, a
             callable). Required for length-only files; for timed files it
             replaces the file's times, rows staying in file order.
@@ -196,3 +196,36 @@ def apply_max_model_len(trace: Trace, max_model_len: int,
     meta = dict(trace.meta)
     frame, _ = _limit(table, table.frame, table.lines, max_model_len, on_too_long, meta)
     return Trace.from_frame(frame, trace.source, meta)
+
+
+def parse_arrival(spec) -> ArrivalProcess:
+    """An arrival process from a short spec.
+
+    Here, beside ``load_trace``, because ``"replay:PATH"`` loads a trace
+    (whose own ``arrival=`` may be such a spec).
+
+    Accepts a number (Poisson at that rate), ``"poisson:RATE"``,
+    ``"gamma:RATE:CV"``, ``"replay:PATH"``, a ``Trace`` (replay its times), or
+    any callable ``(n, rng) -> times`` (returned as is).
+    """
+    if isinstance(spec, Trace):
+        return Replay.from_trace(spec)
+    if callable(spec):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Poisson(float(spec))
+    if isinstance(spec, str):
+        kind, _, rest = spec.partition(":")
+        try:
+            if kind == "poisson":
+                return Poisson(float(rest))
+            if kind == "gamma":
+                rate, _, cv = rest.partition(":")
+                return Gamma(float(rate), float(cv))
+            if kind == "replay" and rest:
+                return Replay.from_trace(load_trace(rest))
+            return Poisson(float(spec))
+        except ValueError as exc:
+            raise ValueError(f"bad arrival spec {spec!r}: {exc}") from None
+    raise ValueError(f"bad arrival spec {spec!r}: expected a rate, 'poisson:R', "
+                     "'gamma:R:CV', 'replay:PATH', a Trace or a callable")

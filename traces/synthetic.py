@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from pagesim.traces import canonical
-from pagesim.traces.arrivals import Gamma, Poisson, draw, parse_arrival
+from pagesim.traces.arrivals import Gamma, Poisson, draw
+from pagesim.traces.load import parse_arrival
 from pagesim.traces.lengths import length_sampler
 from pagesim.traces.sharing import FEW_SHOT_TOKENS, session_block_hashes, shared_segments
 from pagesim.traces.trace import Trace
@@ -55,7 +56,7 @@ def synthetic(workload="sharegpt", num_requests: int = 1000, rate: float = 10.0,
             should hold a turn until the previous turn of its ``session_id``
             finishes. The sampled prompt length is the new message only.
         seed: seeds the one generator everything is drawn from.
-        arrival: any arrival spec (``traces.arrivals.parse_arrival``) for the
+        arrival: any arrival spec (``traces.load.parse_arrival``) for the
             session starts; overrides ``rate`` and ``cv``.
         think_time_s: mean gap between turns of a conversation.
         hash_block_size: tokens per hash block when content is shared.
