@@ -28,7 +28,9 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
+from pagesim.gpu.executor import GPUExecutor
 from pagesim.gpu.model import ATTN_TABLE_ROWS, SyntheticDecoder
+from pagesim.replay import run_replay
 from pagesim.sim.costmodel import ModelSpec, get_model
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -129,8 +131,6 @@ class TPExecutor:
 def tp_executor(cfg, *, rank: int, tp: int, group=None, **kwargs) -> TPExecutor:
     """Rank ``rank``'s executor for replay configuration ``cfg`` (its model,
     pool sizes and block size), inside an initialised process group."""
-    from pagesim.gpu.executor import GPUExecutor
-
     if cfg.allocator != "paged":
         raise ValueError(f"the GPU executor needs block tables: allocator must be 'paged', "
                          f"got {cfg.allocator!r}")
@@ -148,8 +148,6 @@ def tp_executor(cfg, *, rank: int, tp: int, group=None, **kwargs) -> TPExecutor:
 
 def _replay_rank(rank: int, tp: int, init: str, trace, cfg, kwargs: dict, out: str | None) -> None:
     """One rank's process: join the group, replay, rank 0 saves the result."""
-    from pagesim.replay import run_replay
-
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(rank)

@@ -14,9 +14,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from pagesim import traces
+from pagesim.engine_options import swap_conflicts
 from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
+from pagesim.traces.trace import Trace
 
 WARMUP = 16  # requests replayed before a validation run (kernels compile, graphs capture)
 GPU_HINT = "needs the gpu extra: pip install 'pagesim[gpu]' (torch and triton)"
@@ -115,9 +118,6 @@ def workload_of(args) -> dict:
 def validation_trace(args):
     """The trace file (or the built-in workload), cut by --limit and
     --duration-s, with --n / --beam-width set for every request."""
-    from pagesim import traces
-    from pagesim.traces.trace import Trace
-
     trace = traces.load_trace(args.trace) if args.trace else traces.default_workload(args.seed)
     if args.limit:
         trace = trace[: args.limit]
@@ -192,8 +192,6 @@ def write_validation(record: dict, out: Path) -> None:
 
 def check_validate(args) -> list[tuple[str, str]]:
     """Cross-option problems of ``validate``, with replay's rules."""
-    from pagesim.engine_options import swap_conflicts
-
     found = swap_conflicts(args.preemption, args.scheduler, args.num_cpu_blocks)
     if args.measured and args.warmup:
         found.append(("--warmup", "--measured re-reads an earlier GPU run; nothing is warmed"))

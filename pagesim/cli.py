@@ -17,6 +17,7 @@ from pagesim.generated_options import OptionError, option_specs
 from pagesim.outputs import OutputError, check_out, staged_dir, strict_json, write_replay
 from pagesim.process import bound_memory
 from pagesim.provenance import provenance
+from pagesim.replay import ReplayConfig, run_replay
 from pagesim.sim.config import SchedulerConfig
 from pagesim.calibrate_cli import check_validate, cmd_calibrate, cmd_validate
 from pagesim.sim.vllm_profile import BEHAVIOURS
@@ -30,7 +31,6 @@ _SHARED = {"config": og.ConfigOption, "workload": og.WorkloadOptions,
 
 
 def replay_config(args, max_len: int):
-    from pagesim.replay import ReplayConfig
     sched = SchedulerConfig(
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         chunked_prefill=args.chunked_prefill, generation=args.scheduler,
@@ -94,7 +94,6 @@ def print_summary(s: dict, out=None) -> None:
 
 
 def cmd_replay(args) -> int:
-    from pagesim.replay import run_replay
     work = load_workload(args)
     cfg = replay_config(args, work.max_model_len)
     print(f"replaying {len(work.trace)} requests from {work.trace.source or 'synthetic'} "
@@ -124,6 +123,8 @@ def cmd_replay(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    # the comparison's tables, report and plots load when it runs (the
+    # other commands would pay for them at every start)
     from pagesim.analysis.compare import format_table, table
     from pagesim.compare import run_all, write_compare
     runs, info = compare_runs(args)
@@ -146,7 +147,7 @@ def compare_option(args) -> str:
 def compare_runs(args) -> tuple[list, dict | None]:
     """(label, trace, config) per compared value, ``--vary OPTION=V1,V2``
     or by default the ``--allocators``; and the workload's provenance."""
-    from pagesim.compare import variants
+    from pagesim.compare import variants   # (loaded with the command: see cmd_compare)
     if args.vary:
         option, _, values = args.vary.partition("=")
         values = [v.strip() for v in values.split(",") if v.strip()]

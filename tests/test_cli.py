@@ -159,11 +159,11 @@ def test_interrupted_write_leaves_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_simulation(tmp_path, capsys, monkeypatch):
-    from pagesim import replay
+    from pagesim import cli
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(replay, "run_replay", interrupted)
+    monkeypatch.setattr(cli, "run_replay", interrupted)
     code, out, err = run(capsys, "replay", "--num-requests", 5, "--out", tmp_path / "run", *FAST)
     assert code == 130 and "Traceback" not in err and out == ""
     assert listing(tmp_path) == []

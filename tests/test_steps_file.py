@@ -123,15 +123,15 @@ def test_short_runs_stay_in_memory_and_write_nothing(tmp_path):
 def test_cli_streams_and_writes_the_same_tables(tmp_path, fmt, small_groups, monkeypatch, capsys):
     """The CLI streams the steps into its output folder; the table it
     writes equals the same replay's table held in memory."""
-    import pagesim.replay
-    real, seen = pagesim.replay.run_replay, {}
+    import pagesim.cli
+    real, seen = pagesim.cli.run_replay, {}
 
     def both(trace, cfg, **kw):
         assert kw.get("steps_path") is not None, "a CLI run with --out streams its steps"
         seen["memory"] = real(trace, cfg, **{**kw, "steps_path": None})
         return real(trace, cfg, **kw)
 
-    monkeypatch.setattr(pagesim.replay, "run_replay", both)
+    monkeypatch.setattr(pagesim.cli, "run_replay", both)
     args = ["replay", "--num-requests", "60", "--num-gpu-blocks", "150", "--quiet",
             "--table-format", fmt, "--out", str(tmp_path / "o")]
     assert main(args) == 0
