@@ -49,7 +49,7 @@ def format_table(df: pd.DataFrame) -> str:
         if isinstance(x, float):
             return f"{x:,.2f}" if abs(x) < 1000 else f"{x:,.0f}"
         return f"{x:,}"
-    body = df.map(fmt) if hasattr(df, "map") else df.applymap(fmt)
+    body = df.map(fmt)
     w0 = max(len(i) for i in body.index)
     widths = [max(len(str(c)), *(len(v) for v in body[c])) for c in body.columns]
     lines = [" " * w0 + "  " + "  ".join(f"{c:>{w}}" for c, w in zip(body.columns, widths))]

@@ -14,6 +14,7 @@ from pagesim.replica import (
     has_content_identity, replace,
 )
 from pagesim.sim.costmodel import describe
+from pagesim.sim.executor import cost_model_of
 from pagesim.sim.gauges import Gauges
 from pagesim.sim.metrics import requests_dataframe, summarize
 from pagesim.steps_file import ParquetSink, StepsFile, finish_steps
@@ -76,7 +77,7 @@ def run_replay(trace, cfg: ReplayConfig = ReplayConfig(), *, executor=None,
                         percentiles=cfg.metric_percentiles, goodput=cfg.goodput)
     summary["config"] = config_dict(cfg, kv)
     links = add_transfer_summary(summary, cfg, engine, kv)
-    model = getattr(engine.executor, "model", None)
+    model = cost_model_of(engine.executor)
     summary["cost_model"] = describe(model) if model is not None else {"kind": "executor",
                                                                        "name": type(engine.executor).__name__}
     return ReplayResult(summary, req_df, step_df, sched.log, cfg,

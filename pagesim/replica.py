@@ -20,7 +20,7 @@ from pagesim.sim.costmodel import (
 from pagesim.sim.engine import Engine
 from pagesim.sim.engine.links import LINK_COLUMNS, LINK_MODELS, PricesSwaps, Transfers, link_summary
 from pagesim.sim.event_log import EventLog
-from pagesim.sim.executor import CostModelExecutor
+from pagesim.sim.executor import CostModelExecutor, cost_model_of
 from pagesim.sim.metrics import StepRecorder
 from pagesim.sim.offload import tier_summary
 from pagesim.sim.scheduler import Scheduler
@@ -167,7 +167,7 @@ def make_transfers(cfg: ReplayConfig, engine, sched) -> Transfers | None:
         block_bytes = kv_bytes_per_token(get_model(cfg.model), cfg.tp) * cfg.block_size
         return Transfers(engine.env, sched, links=True,
                          block_s=block_bytes / (cfg.pcie_bandwidth_gbps * 1e9))
-    model = getattr(engine.executor, "model", None)
+    model = cost_model_of(engine.executor)
     if not isinstance(model, PricesSwaps):
         raise ValueError("--link-model pcie needs a cost model with a per-block swap time "
                          "(swap_block_s: the roofline's PCIe bandwidth or a calibration file's)")

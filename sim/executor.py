@@ -141,6 +141,13 @@ class CostModelExecutor:
         return times, dts, k
 
 
+def cost_model_of(executor):
+    """The cost model that prices ``executor``'s steps, or None for an
+    executor that runs or replays them (a GPU executor's ``model`` is the
+    network it runs, not a price list: no attribute probe can tell)."""
+    return executor.model if isinstance(executor, CostModelExecutor) else None
+
+
 class ReplayedExecutor:
     """Returns recorded step durations, step by step.
 

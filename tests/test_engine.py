@@ -256,3 +256,22 @@ def test_cli_check_invariants_runs_the_checks_in_both_modes(monkeypatch, capsys)
     assert fast and calls and calls == list(range(25, calls[-1] + 1, 25))
     assert main(args[:-1] + ["-1"]) == 2
     assert "invariants" in capsys.readouterr().err  # the option is named
+
+
+def test_summary_names_what_priced_the_steps():
+    """summary.json's cost_model: the cost model behind a CostModelExecutor
+    (a user's own by class name), and "executor" for one that runs steps,
+    even when that executor has a ``model`` of its own (the GPU executor's
+    is the network it runs, not a price list)."""
+    from pagesim.sim.executor import ReplayedExecutor
+
+    trace = trace_of((0.0, 6, 3))
+    res = run_replay(trace, config(), executor=CostModelExecutor(LinearCost()))
+    assert res.summary["cost_model"] == {"kind": "custom", "name": "LinearCost"}
+    steps = len(res.steps)
+
+    class RunsANetwork(ReplayedExecutor):
+        model = object()  # like GPUExecutor.model: what it runs
+
+    res = run_replay(trace, replace(config(), fast=False), executor=RunsANetwork([0.5] * steps))
+    assert res.summary["cost_model"] == {"kind": "executor", "name": "RunsANetwork"}

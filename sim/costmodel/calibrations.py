@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from pagesim.sim.costmodel.presets import get_gpu, get_model
+from pagesim.sim.costmodel.roofline import RooflineCostModel
+from pagesim.sim.costmodel.table import TableCostModel
 
 
 def calibration_dir() -> Path:
@@ -46,9 +48,13 @@ def find_calibration(model, gpu, tp: int = 1, block_size: int = 16,
 
 
 def describe(model) -> dict:
-    """What priced the steps, for ``summary.json``."""
-    meta = getattr(model, "meta", None)
-    if meta is None:
+    """What priced the steps, for ``summary.json``: a calibration file
+    (which, measured where and when), the roofline, or a user's own model
+    (by class name: never passed off as one of ours)."""
+    if isinstance(model, TableCostModel):
+        meta = model.meta
+        return {"kind": "table", "file": model.source,
+                "device_name": meta.get("device_name"), "date": meta.get("date")}
+    if isinstance(model, RooflineCostModel):
         return {"kind": "roofline"}
-    return {"kind": "table", "file": getattr(model, "source", None),
-            "device_name": meta.get("device_name"), "date": meta.get("date")}
+    return {"kind": "custom", "name": type(model).__name__}
