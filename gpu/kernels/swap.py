@@ -83,17 +83,11 @@ def swap_blocks(src_cache: torch.Tensor | Sequence[torch.Tensor], dst_cache: tor
     stream (default: a new one per call).
     """
     srcs, dsts = _as_list(src_cache), _as_list(dst_cache)
-    assert len(srcs) == len(dsts), f"{len(srcs)} source caches but {len(dsts)} destination caches"
-    for s, d in zip(srcs, dsts):
-        assert s.shape[1:] == d.shape[1:] and s.dtype == d.dtype, \
-            f"block shape/dtype differ: {tuple(s.shape[1:])} {s.dtype} vs {tuple(d.shape[1:])} {d.dtype}"
     pairs = [(int(s), int(d)) for s, d in pairs]
+    _check_swap(srcs, dsts, pairs)
     if not pairs:
         return SwapHandle()
     src_ids, dst_ids = [s for s, _ in pairs], [d for _, d in pairs]
-    assert 0 <= min(src_ids) and max(src_ids) < srcs[0].shape[0], f"source ids outside [0, {srcs[0].shape[0]})"
-    assert 0 <= min(dst_ids) and max(dst_ids) < dsts[0].shape[0], f"destination ids outside [0, {dsts[0].shape[0]})"
-    assert len(set(dst_ids)) == len(dst_ids), "a destination block appears twice"
     src_idx, dst_idx = torch.tensor(src_ids), torch.tensor(dst_ids)
     src_dev, dst_dev = srcs[0].device, dsts[0].device
     if src_dev == dst_dev and src_dev.type == "cpu":
@@ -102,36 +96,18 @@ def swap_blocks(src_cache: torch.Tensor | Sequence[torch.Tensor], dst_cache: tor
         return SwapHandle()
 
     gpu = src_dev if src_dev.type == "cuda" else dst_dev
-    main = torch.cuda.current_stream(gpu)
     side = stream or torch.cuda.Stream(gpu)
-    side.wait_stream(main)  # cache writes issued before this call land first
+    side.wait_stream(torch.cuda.current_stream(gpu))  # cache writes issued before this call land first
     keep, pending = [], []
     with torch.cuda.stream(side):
         if src_dev.type == "cuda" and dst_dev.type == "cuda":
             si, di = src_idx.to(src_dev), dst_idx.to(dst_dev)
             for s, d in zip(srcs, dsts):
                 d.index_copy_(0, di, s.index_select(0, si).to(dst_dev))
-        elif src_dev.type == "cuda":  # swap out
-            si, d0 = src_idx.pin_memory().to(gpu, non_blocking=True), _run_start(dst_ids)
-            for s, d in zip(srcs, dsts):
-                staged = s.index_select(0, si)
-                if d0 is not None and d.is_pinned():
-                    d[d0:d0 + len(dst_ids)].copy_(staged, non_blocking=True)
-                else:
-                    host = torch.empty(staged.shape, dtype=staged.dtype, pin_memory=True)
-                    host.copy_(staged, non_blocking=True)
-                    pending.append((d, host))
-                keep.append(staged)
-        else:  # swap in
-            di, s0 = dst_idx.pin_memory().to(gpu, non_blocking=True), _run_start(src_ids)
-            for s, d in zip(srcs, dsts):
-                if s0 is not None and s.is_pinned():
-                    host = s[s0:s0 + len(src_ids)]
-                else:
-                    host = torch.empty((len(src_ids), *s.shape[1:]), dtype=s.dtype, pin_memory=True)
-                    torch.index_select(s, 0, src_idx, out=host)
-                d.index_copy_(0, di, host.to(gpu, non_blocking=True))
-                keep.append(host)
+        elif src_dev.type == "cuda":
+            _swap_out(srcs, dsts, src_idx, dst_ids, gpu, keep, pending)
+        else:
+            _swap_in(srcs, dsts, src_idx, src_ids, dst_idx, gpu, keep)
         event = torch.cuda.Event()
         event.record(side)
 
@@ -140,6 +116,52 @@ def swap_blocks(src_cache: torch.Tensor | Sequence[torch.Tensor], dst_cache: tor
             d.index_copy_(0, dst_idx, host)
 
     return SwapHandle(event, gpu, finish if pending else None, (keep, srcs, dsts, side))
+
+
+def _check_swap(srcs: list[torch.Tensor], dsts: list[torch.Tensor], pairs: list[tuple[int, int]]) -> None:
+    """Matching caches, ids inside both pools, no destination written twice."""
+    assert len(srcs) == len(dsts), f"{len(srcs)} source caches but {len(dsts)} destination caches"
+    for s, d in zip(srcs, dsts):
+        assert s.shape[1:] == d.shape[1:] and s.dtype == d.dtype, \
+            f"block shape/dtype differ: {tuple(s.shape[1:])} {s.dtype} vs {tuple(d.shape[1:])} {d.dtype}"
+    if not pairs:
+        return
+    src_ids, dst_ids = [s for s, _ in pairs], [d for _, d in pairs]
+    assert 0 <= min(src_ids) and max(src_ids) < srcs[0].shape[0], f"source ids outside [0, {srcs[0].shape[0]})"
+    assert 0 <= min(dst_ids) and max(dst_ids) < dsts[0].shape[0], f"destination ids outside [0, {dsts[0].shape[0]})"
+    assert len(set(dst_ids)) == len(dst_ids), "a destination block appears twice"
+
+
+def _swap_out(srcs, dsts, src_idx, dst_ids, gpu, keep, pending) -> None:
+    """GPU -> CPU on the current (side) stream: gather the blocks on the
+    device, then one transfer per cache, straight into the pinned pool when
+    the destination ids are one run, else into pinned staging that
+    ``finish`` scatters once the copy is done."""
+    si, d0 = src_idx.pin_memory().to(gpu, non_blocking=True), _run_start(dst_ids)
+    for s, d in zip(srcs, dsts):
+        staged = s.index_select(0, si)
+        if d0 is not None and d.is_pinned():
+            d[d0:d0 + len(dst_ids)].copy_(staged, non_blocking=True)
+        else:
+            host = torch.empty(staged.shape, dtype=staged.dtype, pin_memory=True)
+            host.copy_(staged, non_blocking=True)
+            pending.append((d, host))
+        keep.append(staged)
+
+
+def _swap_in(srcs, dsts, src_idx, src_ids, dst_idx, gpu, keep) -> None:
+    """CPU -> GPU on the current (side) stream: one transfer per cache from
+    the pinned pool (a run of ids) or from pinned staging gathered on the
+    host, scattered on the device."""
+    di, s0 = dst_idx.pin_memory().to(gpu, non_blocking=True), _run_start(src_ids)
+    for s, d in zip(srcs, dsts):
+        if s0 is not None and s.is_pinned():
+            host = s[s0:s0 + len(src_ids)]
+        else:
+            host = torch.empty((len(src_ids), *s.shape[1:]), dtype=s.dtype, pin_memory=True)
+            torch.index_select(s, 0, src_idx, out=host)
+        d.index_copy_(0, di, host.to(gpu, non_blocking=True))
+        keep.append(host)
 
 
 def pinned_pool_like(cache: torch.Tensor, num_blocks: int) -> torch.Tensor:
