@@ -1,4 +1,4 @@
-"""``pagesim calibrate`` / ``pagesim validate`` on a CPU (Triton interpreter).
+"""``pagesim calibrate`` / ``pagesim validate`` on a CPU (Triton interpreter) or a GPU.
 
 Timings under the interpreter mean nothing, so these tests assert what the
 commands guarantee whatever the timings: the calibration file's contents
@@ -7,14 +7,13 @@ memory identical to the GPU run's when fed the measured durations."""
 from __future__ import annotations
 
 import json
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 torch = pytest.importorskip("torch")
+from pagesim.gpu.kernels import _env  # noqa: E402,F401  interpreter only without CUDA, before triton loads
+
 pytest.importorskip("triton")
 
 from pagesim.calibrate import GridPoint, _decode_trace, _prefill_trace, calibrate, default_base, grid  # noqa: E402

@@ -207,7 +207,7 @@ def test_sigint_mid_run_exits_130_with_one_line(tmp_path):
     import signal
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     # A job started in the background by a non-interactive shell (a CI
     # runner, `cmd &`) inherits SIGINT ignored, and Python then keeps it
     # ignored: give the child the default disposition, as a terminal would.

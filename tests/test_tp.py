@@ -5,14 +5,17 @@ share of the KV heads) and, driven by the same scheduler and allocator,
 make exactly the simulator's allocator decisions."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 torch = pytest.importorskip("torch")
+from pagesim.gpu.kernels import _env  # noqa: E402  interpreter only without CUDA, before triton loads
+
 pytest.importorskip("triton")
+if not _env.interpreting():
+    # Kernels are compiled for CUDA in this process (the choice is made once,
+    # when they are decorated), so CPU tensors cannot run through them.
+    pytest.skip("CPU ranks need the Triton interpreter; this process compiles kernels for CUDA",
+                allow_module_level=True)
 
 from pagesim.gpu.executor import executor_for_replay  # noqa: E402
 from pagesim.gpu.tp import ShardedDecoder, rank_spec, run_replay_tp  # noqa: E402

@@ -18,12 +18,16 @@ def interpreting() -> bool:
 
 
 def use_interpreter_without_cuda() -> bool:
-    """Set TRITON_INTERPRET=1 unless set already or CUDA is present."""
+    """Set TRITON_INTERPRET to 1 without CUDA and to 0 with it, unless set
+    already. The choice is written down either way: a later
+    ``os.environ.setdefault("TRITON_INTERPRET", "1")`` (a test module
+    imported after this one, a child process) must not flip it once kernels
+    are compiled, or CUDA tensors run through the interpreter (bf16 results
+    wrong, CUDA-graph capture refused)."""
     if "TRITON_INTERPRET" not in os.environ:
         import torch  # torch does not import triton, so this is still early enough
 
-        if not torch.cuda.is_available():
-            os.environ["TRITON_INTERPRET"] = "1"
+        os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
     return interpreting()
 
 
