@@ -7,6 +7,8 @@ row. Whole columns are parsed and checked at once with pandas/numpy.
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import re
 from pathlib import Path
@@ -21,9 +23,19 @@ from pagesim.traces.compression import open_binary, readable_compression
 from pagesim.traces.errors import TraceError
 
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"   # pandas' %f takes 7 digits too
-# Canonical CSVs must round-trip floats exactly. pandas 3 parses them exactly
-# by default (and deprecates the option); pandas 2 needs to be asked.
-_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+#: A float that pandas' fast ("high") parser rounds to its neighbour.
+_HARD_FLOAT = "3.1138546225766286e-06"
+
+
+@functools.cache
+def exact_floats() -> dict:
+    """``read_csv`` options that parse floats exactly, as canonical CSVs
+    must round-trip. Recent pandas do by default and deprecate asking
+    (3.1); pandas 2 and some 3.0 builds must be asked for "round_trip". The
+    version number does not tell which (a 3.0 parsed inexactly on the H200
+    machine), so ask the parser once, on a value it would get wrong."""
+    default = pd.read_csv(io.StringIO(f"x\n{_HARD_FLOAT}\n"))["x"].iloc[0]
+    return {} if default == float(_HARD_FLOAT) else {"float_precision": "round_trip"}
 
 
 def first_line(path: Path) -> tuple[int, str]:
@@ -86,7 +98,7 @@ def read_csv(path: Path, skip: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     first_line(path)
     try:
         frame = pd.read_csv(path, skiprows=skip, skip_blank_lines=False,
-                            compression=readable_compression(path), **_EXACT_FLOATS)
+                            compression=readable_compression(path), **exact_floats())
     except pd.errors.EmptyDataError:
         raise TraceError(path, None, "empty file") from None
     except (UnicodeDecodeError, EOFError, OSError) as exc:   # binary or damaged
