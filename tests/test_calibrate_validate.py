@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from pagesim.gpu.kernels import _env  # noqa: E402,F401  interpreter only without CUDA, before triton loads
+from pagesim.gpu.kernels import _env  # noqa: E402  interpreter only without CUDA, before triton loads
 
 pytest.importorskip("triton")
 
@@ -26,6 +26,19 @@ from pagesim.traces import Request, Trace  # noqa: E402
 BLOCKS = 64
 
 
+def _preset() -> str:
+    """The preset ``pagesim calibrate`` records for this machine: "cpu"
+    under the interpreter, the card's preset on a GPU (``validate`` on a GPU
+    prices with the calibration's preset, so a "cpu" file cannot serve)."""
+    if _env.interpreting():
+        return "cpu"
+    from pagesim.gpu.calibrate import gpu_preset_name
+    return gpu_preset_name(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory)
+
+
+PRESET = _preset()
+
+
 @pytest.fixture(scope="module")
 def executor():
     return GPUExecutor(get_model("tiny"), BLOCKS, 16, 4, mode="model", seed=0)
@@ -33,7 +46,7 @@ def executor():
 
 @pytest.fixture(scope="module")
 def base():
-    return default_base("tiny", "cpu", 4, 0.9, BLOCKS, 4, 0)
+    return default_base("tiny", PRESET, 4, 0.9, BLOCKS, 4, 0)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +58,7 @@ def table(executor, base):
               GridPoint("prefill", "7+0", _prefill_trace(7, 0, 0), base),
               GridPoint("prefill", "19+4", _prefill_trace(19, 4, 1), base),
               GridPoint("prefill", "3+12", _prefill_trace(3, 12, 2), base)]
-    return calibrate(base, executor, gpu_preset="cpu", points=points, progress=False)
+    return calibrate(base, executor, gpu_preset=PRESET, points=points, progress=False)
 
 
 def test_grid_covers_every_part_and_fits_the_pool(base):

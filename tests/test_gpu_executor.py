@@ -66,12 +66,21 @@ class PlanRecorder:
         return self.inner.price(shapes)
 
 
+def checked_executor(cfg, **kw):
+    """The executor of the tiny traces, in fp32 on every device: Triton
+    multiplies fp32 exactly ("ieee"), so the dense float32 reference holds
+    it to 1e-4 on a GPU as under the interpreter (the executor's default on
+    a GPU is bf16, 2e-2; ``test_real_sizes_bf16_on_gpu`` runs that)."""
+    kw.setdefault("dtype", torch.float32)
+    return executor_for_replay(cfg, **kw)
+
+
 def replay_checked(trace, cfg, **kw):
     """Replay with every step checked. Step times come from ``LinearCost``
     (the kernels still run and are timed): measured times would make which
     arrivals join which step depend on the machine's load."""
     kw.setdefault("time_from", LinearCost())
-    ex = executor_for_replay(cfg, check_every=1, **kw)
+    ex = checked_executor(cfg, check_every=1, **kw)
     rec = PlanRecorder(ex)
     result = run_replay(trace, cfg, executor=rec)
     df = ex.records_frame()
@@ -146,7 +155,7 @@ def fork_runs():
 @pytest.mark.parametrize("name,trace,cfg", fork_runs(), ids=[r[0] for r in fork_runs()])
 def test_forked_sequences_write_and_read_their_own_tokens(name, trace, cfg):
     cfg = tiny(cfg)
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = checked_executor(cfg, check_every=1)
     written = {}
     take = ex.book.take
 
@@ -175,7 +184,7 @@ def test_forked_sequences_write_and_read_their_own_tokens(name, trace, cfg):
 def test_skipped_copy_on_write_is_caught(broken):
     _, trace, cfg = fork_runs()[0]
     cfg = tiny(cfg)
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = checked_executor(cfg, check_every=1)
     ex.cache.copy = lambda pairs: None
     match = "copy-on-write"
     if broken == "copy-and-its-check":  # then the attention reference must catch it
@@ -201,7 +210,7 @@ def test_swap_preemption_restores_blocks_bit_identically():
 
 def test_corrupted_swap_is_caught():
     trace, cfg = swap_case()
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = checked_executor(cfg, check_every=1)
     swap_in = ex.cache.swap_in
 
     def corrupt(pairs):
@@ -222,7 +231,7 @@ def test_recompute_preemption_same_tokens_and_own_prefix_hits():
                             prompt_token_ids=tuple(range(1000 * i, 1000 * i + p)))
                        for i, p in enumerate((14, 13, 10))])
     cfg = tiny(config(num_blocks=8, block_size=4, caching=True))
-    ex = executor_for_replay(cfg, check_every=1)
+    ex = checked_executor(cfg, check_every=1)
     seen, take = {}, ex.book.take
 
     def spy(step, seq, table, start, end):
@@ -246,7 +255,7 @@ def test_prefix_hits_adopt_cached_blocks_and_corruption_is_caught():
     trace, cfg = shared_prefix_requests(), tiny(config(num_blocks=16, block_size=4, caching=True))
     result, ex, _ = replay_checked(trace, cfg)
     assert result.requests["cached_tokens"].sum() >= 16
-    ex = executor_for_replay(cfg, check_every=1, time_from=LinearCost())
+    ex = checked_executor(cfg, check_every=1, time_from=LinearCost())
     execute = ex.execute
 
     def poison_cached_free_blocks(plan):
