@@ -31,9 +31,9 @@ _HARD_FLOAT = "3.1138546225766286e-06"
 def exact_floats() -> dict:
     """``read_csv`` options that parse floats exactly, as canonical CSVs
     must round-trip. Recent pandas do by default and deprecate asking
-    (3.1); pandas 2 and some 3.0 builds must be asked for "round_trip". The
-    version number does not tell which (a 3.0 parsed inexactly on the H200
-    machine), so ask the parser once, on a value it would get wrong."""
+    (3.1); older ones must be asked for "round_trip". A version test chose
+    wrong on the H200 machine's pandas (this value came back one ulp off),
+    so ask the parser itself, once, on a value it would get wrong."""
     default = pd.read_csv(io.StringIO(f"x\n{_HARD_FLOAT}\n"))["x"].iloc[0]
     return {} if default == float(_HARD_FLOAT) else {"float_precision": "round_trip"}
 
