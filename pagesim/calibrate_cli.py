@@ -19,6 +19,7 @@ from pagesim.engine_options import swap_conflicts
 from pagesim.replay import ReplayConfig
 from pagesim.sim.config import SchedulerConfig
 from pagesim.sim.costmodel import CalibrationError, TableCostModel, get_model
+from pagesim.traces.readers import exact_floats
 from pagesim.traces.trace import Trace
 
 WARMUP = 16  # requests replayed before a validation run (kernels compile, graphs capture)
@@ -151,8 +152,10 @@ def revalidate(args, trace, table: TableCostModel) -> dict:
     src = Path(args.measured)
     try:
         old = json.loads((src / "validation.json").read_text())
-        rows = pd.read_csv(src / GPU_STEPS)
-        requests = pd.read_csv(src / GPU_REQUESTS)
+        # the measured seconds must come back exactly: --measured re-checks
+        # give the same figures as the run that measured them
+        rows = pd.read_csv(src / GPU_STEPS, **exact_floats())
+        requests = pd.read_csv(src / GPU_REQUESTS, **exact_floats())
     except (OSError, ValueError) as e:
         raise CommandError(f"--measured {src}: not a validate output folder with raw GPU data "
                            f"({e})") from None
