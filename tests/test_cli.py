@@ -13,6 +13,7 @@ import pandas as pd
 import pagesim
 from pagesim import outputs
 from pagesim.cli import main
+from tests.childenv import with_checkout
 from tests.clihelpers import AZURE, FAST, azure, listing, run, strict_load  # noqa: F401 (azure: a fixture)
 
 
@@ -206,8 +207,7 @@ def test_sigint_mid_run_exits_130_with_one_line(tmp_path):
     has announced itself; 50,000 requests keep it busy for many seconds."""
     import signal
     import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    env = {**os.environ, "PYTHONPATH": with_checkout()}
     # A job started in the background by a non-interactive shell (a CI
     # runner, `cmd &`) inherits SIGINT ignored, and Python then keeps it
     # ignored: give the child the default disposition, as a terminal would.

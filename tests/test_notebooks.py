@@ -10,7 +10,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat", reason="the test extra (nbformat, nbclient, ipykernel) is missing")
 nbclient = pytest.importorskip("nbclient", reason="the test extra (nbformat, nbclient, ipykernel) is missing")
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.childenv import ROOT, with_checkout  # noqa: E402
+
 NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 CONVERSATION = Path(__file__).resolve().parents[2] / "shared" / "traces" / "raw" / "conversation_trace.jsonl"
 
@@ -87,7 +88,7 @@ def run_notebook(path: Path, env: dict) -> object:
     nb.cells.append(nbformat.v4.new_code_cell(CHECKS[path.stem]))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = with_checkout()
     try:
         nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.childenv import ROOT, instead_of_checkout
 SOURCES = ("pyproject.toml", "README.md", "pagesim", "sim", "gpu", "traces", "analysis", "calibration")
 
 pytestmark = pytest.mark.slow
@@ -74,13 +74,8 @@ def test_installed_wheel_imports_outside_the_checkout(wheel, tmp_path):
     run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site),
         str(wheel), cwd=tmp_path)
     assert not (site / "sim").exists() and not (site / "traces").exists()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # the run's dependencies come from this interpreter's env, and from any
-    # PYTHONPATH entry other than the checkout (where they were installed
-    # with --target, as on the GPU machines)
-    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-              if p and Path(p).resolve() != ROOT]
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *others])
+    # the run's dependencies come from this interpreter's env (and the caller's PYTHONPATH)
+    env = {**os.environ, "PYTHONPATH": instead_of_checkout(site)}
     code = ("import pagesim, pagesim.sim.scheduler, pagesim.traces, pagesim.replay\n"
             "print(pagesim.__file__); print(pagesim.sim.scheduler.__file__); print(pagesim.__path__)")
     out = run(sys.executable, "-c", code, cwd=tmp_path, env=env).splitlines()
